@@ -1,0 +1,85 @@
+// The model folder in the diffusers layout and typed access to its JSON configs.
+//
+//   auto folder = taiyi::ModelFolder::open("models/taiyi");   // reads model_index.json
+//   taiyi::Config unet_cfg = folder.config("unet");            // unet/config.json
+//   int64_t ch = unet_cfg.get_int("in_channels");              // Error names file and key when absent
+//
+// No size is hard-coded anywhere in taiyi: every module reads its sizes through Config.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace taiyi {
+
+// Reads and parses a JSON file; Error "<file>: cannot open" / "<file>: malformed JSON: ...".
+nlohmann::json read_json_file(const std::filesystem::path& path);
+
+// A parsed config.json with typed getters whose errors name the file, the key, the value and the
+// expected type. Getters with a default return it when the key is absent or null.
+class Config {
+ public:
+  Config() = default;
+  Config(nlohmann::json json, std::filesystem::path path);
+  static Config load(const std::filesystem::path& path);
+
+  bool has(const std::string& key) const;  // present and not null
+  int64_t get_int(const std::string& key) const;
+  int64_t get_int(const std::string& key, int64_t fallback) const;
+  double get_double(const std::string& key) const;
+  double get_double(const std::string& key, double fallback) const;
+  bool get_bool(const std::string& key) const;
+  bool get_bool(const std::string& key, bool fallback) const;
+  std::string get_string(const std::string& key) const;
+  std::string get_string(const std::string& key, const std::string& fallback) const;
+  std::vector<int64_t> get_int_list(const std::string& key) const;
+  std::vector<std::string> get_string_list(const std::string& key) const;
+  // An int or a list of ints (diffusers' "int or tuple" keys such as attention_head_dim): a single
+  // int is repeated `count` times; a list must have exactly `count` entries.
+  std::vector<int64_t> get_int_or_list(const std::string& key, size_t count) const;
+  std::vector<int64_t> get_int_or_list(const std::string& key, size_t count, int64_t fallback) const;
+
+  // Error "<file>: key '<key>' = <value>: <what>" for an option taiyi does not support.
+  [[noreturn]] void unsupported(const std::string& key, const std::string& what) const;
+
+  const nlohmann::json& json() const { return json_; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  const nlohmann::json& at(const std::string& key) const;
+  nlohmann::json json_ = nlohmann::json::object();
+  std::filesystem::path path_;
+};
+
+enum class TextEncoderKind { Clip, Bert };
+
+// A diffusers pipeline folder: model_index.json names the component classes; each component has
+// its own sub-folder with config.json (scheduler: scheduler_config.json) and weights.
+class ModelFolder {
+ public:
+  static ModelFolder open(const std::filesystem::path& root);
+
+  const std::filesystem::path& root() const { return root_; }
+  // The class named in model_index.json for a component, e.g. "UNet2DConditionModel".
+  std::string class_name(const std::string& component) const;
+  std::filesystem::path component_dir(const std::string& component) const;
+  // <component>/config.json, or scheduler/scheduler_config.json for "scheduler".
+  Config config(const std::string& component) const;
+  // CLIPTextModel + CLIPTokenizer, or BertModel + BertTokenizer (Taiyi Chinese-v0.1).
+  TextEncoderKind text_encoder_kind() const;
+  // The weight files of a component: <dir>/model.safetensors, diffusion_pytorch_model.safetensors,
+  // or the shards listed by *.safetensors.index.json. Error when there are none (naming .bin
+  // files found instead and the converter that turns them into safetensors).
+  std::vector<std::filesystem::path> weight_files(const std::string& component) const;
+
+ private:
+  std::filesystem::path root_;
+  nlohmann::json index_;
+};
+
+}  // namespace taiyi

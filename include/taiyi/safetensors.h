@@ -1,0 +1,86 @@
+// Safetensors files, memory-mapped and validated, and strict loading of a libtorch module by name.
+//
+//   taiyi::SafetensorsFile file("unet/diffusion_pytorch_model.safetensors");
+//   torch::Tensor w = file.tensor("conv_in.weight");           // a CPU view of the mapping
+//   taiyi::load_weights(*unet, {path}, {torch::kHalf, torch::kCUDA});
+//
+// Format: 8-byte little-endian header length n, n bytes of JSON {name: {dtype, shape,
+// data_offsets:[begin,end]}, "__metadata__": {...}}, then the data buffer. Everything is checked
+// before use (see SafetensorsFile::open); each problem is an Error naming the file and the tensor.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace torch::nn {
+class Module;
+}
+
+namespace taiyi {
+
+enum class StDtype { F32, F16, BF16 };
+const char* to_string(StDtype dtype);
+size_t element_size(StDtype dtype);
+
+struct TensorInfo {
+  std::string name;
+  StDtype dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // byte offsets into the data buffer
+  uint64_t end = 0;
+  int64_t numel() const;
+};
+
+class SafetensorsFile {
+ public:
+  // Maps and validates the file: header length within the file, JSON well-formed, dtypes F32, F16
+  // or BF16, offsets in bounds, ordered and non-overlapping, spans equal to shape x element size,
+  // no duplicate names.
+  explicit SafetensorsFile(const std::filesystem::path& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in file order
+  const TensorInfo* find(const std::string& name) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  uint64_t file_size() const { return size_; }
+  // A CPU tensor viewing the mapped bytes (no copy). It keeps the mapping alive.
+  torch::Tensor tensor(const std::string& name) const;
+
+ private:
+  struct Mapping;
+  std::filesystem::path path_;
+  std::shared_ptr<Mapping> mapping_;
+  uint64_t size_ = 0;
+  uint64_t data_start_ = 0;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, size_t> index_;
+  std::map<std::string, std::string> metadata_;
+};
+
+struct LoadOptions {
+  torch::Dtype dtype = torch::kFloat;
+  torch::Device device = torch::kCPU;
+  // Keys in the files that may be absent from the module without error, by prefix or exact name
+  // (e.g. "text_model.embeddings.position_ids", or "encoder." when only decoding).
+  std::vector<std::string> ignore_unexpected;
+  // Module keys that may be absent from the files (their initial values are kept).
+  std::vector<std::string> ignore_missing;
+};
+
+// Copies every parameter and buffer of `module` from the files by its state-dict name, converting
+// to options.dtype and options.device tensor by tensor (never a second full copy of the model).
+// Missing, unexpected and mis-shaped keys are all collected and reported in one Error.
+// Integer buffers keep their dtype.
+void load_weights(torch::nn::Module& module, const std::vector<std::filesystem::path>& files,
+                  const LoadOptions& options = {});
+
+}  // namespace taiyi

@@ -1,0 +1,28 @@
+// Text encoders as libtorch modules whose parameter names are transformers' state-dict keys:
+// CLIPTextModel (text_model.encoder.layers.N.self_attn.q_proj.weight, ...) and BertModel
+// (embeddings.word_embeddings.weight, encoder.layer.N.attention.self.query.weight, ...).
+// Sizes come from text_encoder/config.json. Inference only; forward returns last_hidden_state.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "taiyi/config.h"
+
+namespace taiyi {
+
+// The interface the pipeline sees: token ids [B, L] (int64) -> last_hidden_state [B, L, hidden].
+struct TextEncoderImpl : torch::nn::Module {
+  virtual torch::Tensor forward(const torch::Tensor& input_ids) = 0;
+  // Keys present in transformers' checkpoints that this module does not hold (e.g. position_ids
+  // buffers, BERT's pooler): load_weights ignores them.
+  virtual std::vector<std::string> ignored_checkpoint_keys() const = 0;
+};
+
+// Pre-LayerNorm transformer, causal mask, quick_gelu (or gelu per hidden_act), final LayerNorm.
+std::shared_ptr<TextEncoderImpl> make_clip_text_model(const Config& config);
+// Post-LayerNorm transformer, erf GELU, no attention mask, token types all zero (no pooler).
+std::shared_ptr<TextEncoderImpl> make_bert_model(const Config& config);
+// The text encoder named in model_index.json, built from its config (weights not loaded).
+std::shared_ptr<TextEncoderImpl> make_text_encoder(const ModelFolder& folder);
+
+}  // namespace taiyi

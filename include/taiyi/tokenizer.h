@@ -1,0 +1,46 @@
+// Tokenizers exact to transformers' slow CLIPTokenizer and BertTokenizer as diffusers'
+// StableDiffusionPipeline loads them (transformers 4.57, no ftfy installed): the ids that the
+// pipeline passes to the text encoder, padded to model_max_length.
+//
+//   auto tok = taiyi::load_tokenizer(folder);        // picks CLIP or BERT from model_index.json
+//   taiyi::Encoding e = tok->encode("小桥流水人家");  // e.ids.size() == tok->max_length()
+//
+// No torch here: the tokenizers are plain C++.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace taiyi {
+
+class ModelFolder;
+
+struct Encoding {
+  std::vector<int64_t> ids;         // [BOS/CLS] + content + [EOS/SEP] + padding, max_length long
+  std::vector<std::string> tokens;  // the token string of each id (same length as ids)
+  size_t content_tokens = 0;        // content tokens before truncation (no specials)
+  size_t kept_tokens = 0;           // content tokens kept after truncation
+  bool truncated() const { return kept_tokens < content_tokens; }
+};
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  // tokenizer(text, padding="max_length", max_length=model_max_length, truncation=True).
+  virtual Encoding encode(const std::string& utf8_text) const = 0;
+  virtual size_t max_length() const = 0;  // model_max_length from tokenizer_config.json
+  virtual std::string kind() const = 0;   // "CLIPTokenizer" or "BertTokenizer"
+};
+
+// CLIP byte-level BPE from <dir>/vocab.json and merges.txt; special tokens and model_max_length
+// from tokenizer_config.json / special_tokens_map.json.
+std::unique_ptr<Tokenizer> load_clip_tokenizer(const std::filesystem::path& dir);
+// BERT WordPiece from <dir>/vocab.txt; options from tokenizer_config.json.
+std::unique_ptr<Tokenizer> load_bert_tokenizer(const std::filesystem::path& dir);
+// The tokenizer named in model_index.json.
+std::unique_ptr<Tokenizer> load_tokenizer(const ModelFolder& folder);
+
+}  // namespace taiyi

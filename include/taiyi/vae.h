@@ -1,0 +1,32 @@
+// AutoencoderKL (diffusers) as a libtorch module whose parameter names are diffusers' state-dict
+// keys (encoder.*, quant_conv.*, post_quant_conv.*, decoder.*). Sizes from vae/config.json.
+// Inference only; NCHW.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "taiyi/config.h"
+
+namespace taiyi {
+
+class AutoencoderKLImpl;  // defined in vae.cpp
+
+class AutoencoderKL {
+ public:
+  explicit AutoencoderKL(const Config& config);
+  // latents [B, latent_channels, h, w] (already divided by scaling_factor) -> images [B, 3, 8h, 8w]
+  // in [-1, 1] (not clamped): post_quant_conv then the decoder.
+  torch::Tensor decode(const torch::Tensor& latents);
+  // images [B, 3, H, W] in [-1, 1] -> mean of the latent distribution [B, latent_channels, H/8, W/8]
+  // (encoder, quant_conv, first half of the moments; not scaled).
+  torch::Tensor encode_mean(const torch::Tensor& images);
+  torch::nn::Module& module();
+  double scaling_factor() const;  // config scaling_factor, 0.18215 when absent
+  int64_t scale_factor() const;   // 2^(len(block_out_channels)-1): pixels per latent
+  int64_t latent_channels() const;
+
+ private:
+  std::shared_ptr<AutoencoderKLImpl> impl_;
+};
+
+}  // namespace taiyi

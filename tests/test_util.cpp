@@ -1,0 +1,107 @@
+#include "test_util.h"
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "taiyi/safetensors.h"
+
+namespace taiyi::test {
+
+namespace fs = std::filesystem;
+
+// Must equal FIXTURE_VERSION in tools/make_fixtures.py.
+constexpr int kFixtureVersion = 1;
+
+fs::path fixtures_dir() {
+  const char* env = std::getenv("TAIYI_FIXTURES");
+  if (!env || !*env) {
+    ADD_FAILURE() << "TAIYI_FIXTURES is not set: run the tests through ctest (the make_fixtures test "
+                     "runs tools/make_fixtures.py first)";
+    return {};
+  }
+  fs::path dir(env);
+  std::ifstream version_file(dir / "VERSION");
+  int version = 0;
+  if (!(version_file >> version) || version != kFixtureVersion) {
+    ADD_FAILURE() << dir << ": fixtures missing or of version " << version << ", expected " << kFixtureVersion
+                  << "; regenerate with: python tools/make_fixtures.py " << dir;
+  }
+  return dir;
+}
+
+fs::path fixture(const std::string& relative) {
+  fs::path p = fixtures_dir() / relative;
+  if (!fs::exists(p)) ADD_FAILURE() << "fixture missing: " << p << " (regenerate with tools/make_fixtures.py)";
+  return p;
+}
+
+torch::Tensor reference_tensor(const fs::path& file, const std::string& name) {
+  SafetensorsFile st(file);
+  if (!st.find(name)) {
+    ADD_FAILURE() << file << ": no reference tensor '" << name << "'";
+    return {};
+  }
+  torch::Tensor t = st.tensor(name);
+  return t.is_floating_point() ? t.to(torch::kFloat).clone() : t.clone();
+}
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kDouble).cpu() - b.to(torch::kDouble).cpu()).abs().max().item<double>();
+}
+
+double relative_l2(const torch::Tensor& actual, const torch::Tensor& expected) {
+  auto a = actual.to(torch::kDouble).cpu();
+  auto e = expected.to(torch::kDouble).cpu();
+  return ((a - e).norm() / e.norm()).item<double>();
+}
+
+void expect_close(const std::string& name, const torch::Tensor& actual, const torch::Tensor& expected,
+                  double atol) {
+  ASSERT_TRUE(actual.defined() && expected.defined()) << name << ": undefined tensor";
+  ASSERT_EQ(actual.sizes(), expected.sizes()) << name << ": shape mismatch";
+  double diff = max_abs_diff(actual, expected);
+  std::printf("%s: max abs diff %.3g (tol %.3g)\n", name.c_str(), diff, atol);
+  EXPECT_LE(diff, atol) << name << ": max abs diff " << diff << " over tolerance " << atol;
+}
+
+static std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    if (c == '\'') q += "'\\''";
+    else q += c;
+  }
+  return q + "'";
+}
+
+static std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+CommandResult run_taiyi(const std::vector<std::string>& args) {
+  fs::path dir = temp_dir("run_taiyi");
+  std::string cmd = shell_quote(TAIYI_BINARY);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  cmd += " >" + shell_quote((dir / "out").string()) + " 2>" + shell_quote((dir / "err").string()) + " </dev/null";
+  int status = std::system(cmd.c_str());
+  CommandResult r{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(dir / "out"),
+                  slurp(dir / "err")};
+  fs::remove_all(dir);
+  return r;
+}
+
+fs::path temp_dir(const std::string& name) {
+  static std::mt19937_64 rng(std::random_device{}());
+  fs::path dir = fs::temp_directory_path() / ("taiyi-test-" + name + "-" + std::to_string(rng()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+}  // namespace taiyi::test

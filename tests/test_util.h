@@ -1,0 +1,39 @@
+// Shared helpers of the C++ tests: where the reference fixtures are, reading reference tensors and
+// comparing against them with a named tolerance (the failure message gives the measured difference).
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+namespace taiyi::test {
+
+// $TAIYI_FIXTURES (made by tools/make_fixtures.py); fails the test, never skips, when it is absent
+// or made by another fixture version.
+std::filesystem::path fixtures_dir();
+std::filesystem::path fixture(const std::string& relative);  // fixtures_dir() / relative, must exist
+
+// Reads one tensor from a reference safetensors file (as float32 or its own integer type).
+torch::Tensor reference_tensor(const std::filesystem::path& file, const std::string& name);
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
+double relative_l2(const torch::Tensor& actual, const torch::Tensor& expected);
+
+// EXPECT that shapes match and max |actual - expected| <= atol; prints "name: max abs diff X (tol Y)".
+void expect_close(const std::string& name, const torch::Tensor& actual, const torch::Tensor& expected,
+                  double atol);
+
+// Runs the taiyi binary with arguments (shell-quoted here); returns exit status, captures output.
+struct CommandResult {
+  int exit_code;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+CommandResult run_taiyi(const std::vector<std::string>& args);
+
+// A fresh empty temporary folder for one test.
+std::filesystem::path temp_dir(const std::string& name);
+
+}  // namespace taiyi::test
