@@ -20,6 +20,7 @@ import gzip
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -165,6 +166,10 @@ def main():
             # The hub's Taiyi scheduler config also carries clip_sample=false (spec §4), a key
             # PNDMScheduler does not take but DDIMScheduler.from_config inherits.
             sched = folder / "scheduler" / "scheduler_config.json"
+            if family == "bert":
+                # The hub ships the original vocab.txt; save_pretrained would drop its duplicate lines
+                # (bert-base-chinese has some), which shifts ids. Keep the file users have.
+                shutil.copyfile(VOCAB_DATA / "bert-base-chinese-vocab.txt", folder / "tokenizer" / "vocab.txt")
             sched.write_text(json.dumps(dict(json.loads(sched.read_text()), clip_sample=False), indent=2) + "\n")
             print(f"make_fixtures: {folder.name}: {time.time() - t0:.1f} s", file=sys.stderr)
     if not args.pipelines_only:

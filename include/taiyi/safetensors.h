@@ -67,6 +67,10 @@ class SafetensorsFile {
 };
 
 struct LoadOptions {
+  LoadOptions(torch::Dtype dtype_ = torch::kFloat, torch::Device device_ = torch::kCPU,
+              std::vector<std::string> ignore_unexpected_ = {}, std::vector<std::string> ignore_missing_ = {})
+      : dtype(dtype_), device(device_), ignore_unexpected(std::move(ignore_unexpected_)),
+        ignore_missing(std::move(ignore_missing_)) {}
   torch::Dtype dtype = torch::kFloat;
   torch::Device device = torch::kCPU;
   // Keys in the files that may be absent from the module without error, by prefix or exact name

@@ -1,0 +1,135 @@
+// Building blocks shared by the UNet and the VAE, ports of diffusers 0.37.1 (models/resnet.py,
+// downsampling.py, upsampling.py, activations.py, attention_processor.py's AttnProcessor2_0) as
+// libtorch modules whose parameter names are diffusers' state-dict keys. Inference only; NCHW.
+//
+// Parameters are created uninitialised (torch::empty, no autograd): load_weights overwrites every
+// one of them, and libtorch's random initialisers cost about 10 s for the full-size UNet. Until
+// weights are loaded the values are garbage.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "taiyi/config.h"
+
+namespace taiyi::nn {
+
+// nn.Conv2d(in, out, kernel, stride, padding, bias): "weight" [out, in, k, k], "bias" [out].
+class Conv2dImpl : public torch::nn::Module {
+ public:
+  Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride = 1,
+             int64_t padding = 0, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::Tensor weight_, bias_;
+  int64_t stride_, padding_;
+};
+TORCH_MODULE(Conv2d);
+
+// nn.Linear(in, out, bias): "weight" [out, in], "bias" [out].
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::Tensor weight_, bias_;
+};
+TORCH_MODULE(Linear);
+
+// nn.GroupNorm(num_groups, num_channels, eps, affine=True).
+class GroupNormImpl : public torch::nn::Module {
+ public:
+  GroupNormImpl(int64_t num_groups, int64_t num_channels, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::Tensor weight_, bias_;
+  int64_t num_groups_;
+  double eps_;
+};
+TORCH_MODULE(GroupNorm);
+
+// nn.LayerNorm(dim, eps, elementwise_affine=True) over the last dimension.
+class LayerNormImpl : public torch::nn::Module {
+ public:
+  LayerNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::Tensor weight_, bias_;
+  int64_t dim_;
+  double eps_;
+};
+TORCH_MODULE(LayerNorm);
+
+// diffusers' get_activation: "silu"/"swish", "mish", "gelu" (erf), "relu".
+enum class Activation { SiLU, Mish, GELU, ReLU };
+// Reads `key` (fallback when absent); an unknown name is config.unsupported(key, ...).
+Activation activation_from_config(const Config& config, const std::string& key, const std::string& fallback);
+torch::Tensor activate(Activation activation, const torch::Tensor& x);
+
+// The options of diffusers' ResnetBlock2D that the SD v1 UNet and VAE use
+// (time_embedding_norm "default", pre_norm, no up/down inside the block).
+struct ResnetBlock2DOptions {
+  int64_t in_channels = 0;
+  int64_t out_channels = 0;
+  int64_t temb_channels = 0;  // 0: no time_emb_proj (the VAE)
+  int64_t groups = 32;
+  double eps = 1e-6;
+  Activation activation = Activation::SiLU;
+  double output_scale_factor = 1.0;
+};
+
+// norm1, conv1, time_emb_proj, norm2, conv2 and conv_shortcut (1x1, when in != out channels):
+// out = (shortcut(x) + conv2(act(norm2(conv1(act(norm1(x))) + proj(act(temb)))))) / output_scale_factor.
+class ResnetBlock2DImpl : public torch::nn::Module {
+ public:
+  explicit ResnetBlock2DImpl(const ResnetBlock2DOptions& options);
+  // x [B, in, h, w]; temb [B, temb_channels], or undefined when temb_channels == 0.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& temb = {});
+
+ private:
+  ResnetBlock2DOptions options_;
+  GroupNorm norm1{nullptr}, norm2{nullptr};
+  Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
+  Linear time_emb_proj{nullptr};
+};
+TORCH_MODULE(ResnetBlock2D);
+
+// Downsample2D(use_conv=True, name="op"): a 3x3 stride-2 conv named "conv". With padding 0 the
+// input is first padded by (0, 1, 0, 1) (right and bottom only), as diffusers does (the VAE).
+class Downsample2DImpl : public torch::nn::Module {
+ public:
+  Downsample2DImpl(int64_t channels, int64_t out_channels, int64_t padding);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  Conv2d conv{nullptr};
+  int64_t padding_;
+};
+TORCH_MODULE(Downsample2D);
+
+// Upsample2D(use_conv=True): nearest-neighbour 2x (or to output_size when given, as the UNet does
+// for sizes not divisible by its overall up factor), then a 3x3 conv named "conv".
+class Upsample2DImpl : public torch::nn::Module {
+ public:
+  Upsample2DImpl(int64_t channels, int64_t out_channels);
+  torch::Tensor forward(const torch::Tensor& x, std::optional<std::vector<int64_t>> output_size = std::nullopt);
+
+ private:
+  Conv2d conv{nullptr};
+};
+TORCH_MODULE(Upsample2D);
+
+// Multi-head attention as AttnProcessor2_0 computes it after the projections:
+// q [B, Lq, heads*d], k and v [B, Lk, heads*d] -> [B, Lq, heads*d], through
+// at::scaled_dot_product_attention on [B, heads, L, d] with the default scale 1/sqrt(d).
+torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   int64_t heads);
+
+}  // namespace taiyi::nn

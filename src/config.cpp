@@ -1,0 +1,202 @@
+// The model folder (model_index.json) and typed config access; see include/taiyi/config.h.
+#include "taiyi/config.h"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "taiyi/error.h"
+
+namespace taiyi {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+Json read_json_file(const fs::path& path) {
+  if (!fs::exists(path)) throw Error(path.string() + ": file not found");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path.string() + ": cannot open");
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    return Json::parse(text.str());
+  } catch (const Json::parse_error& e) {
+    throw Error(path.string() + ": malformed JSON at byte " + std::to_string(e.byte) + ": " + e.what());
+  }
+}
+
+Config::Config(Json json, fs::path path) : json_(std::move(json)), path_(std::move(path)) {
+  if (!json_.is_object()) throw Error(path_.string() + ": expected a JSON object at the top level");
+}
+
+Config Config::load(const fs::path& path) { return Config(read_json_file(path), path); }
+
+bool Config::has(const std::string& key) const { return json_.contains(key) && !json_.at(key).is_null(); }
+
+const Json& Config::at(const std::string& key) const {
+  if (!has(key)) throw Error(path_.string() + ": missing key '" + key + "'");
+  return json_.at(key);
+}
+
+static std::string describe(const Json& value) {
+  std::string s = value.dump();
+  return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+}
+
+int64_t Config::get_int(const std::string& key) const {
+  const Json& v = at(key);
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
+    return static_cast<int64_t>(v.get<double>());
+  throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected an integer");
+}
+
+int64_t Config::get_int(const std::string& key, int64_t fallback) const { return has(key) ? get_int(key) : fallback; }
+
+double Config::get_double(const std::string& key) const {
+  const Json& v = at(key);
+  if (!v.is_number()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a number");
+  return v.get<double>();
+}
+
+double Config::get_double(const std::string& key, double fallback) const {
+  return has(key) ? get_double(key) : fallback;
+}
+
+bool Config::get_bool(const std::string& key) const {
+  const Json& v = at(key);
+  if (!v.is_boolean()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected true or false");
+  return v.get<bool>();
+}
+
+bool Config::get_bool(const std::string& key, bool fallback) const { return has(key) ? get_bool(key) : fallback; }
+
+std::string Config::get_string(const std::string& key) const {
+  const Json& v = at(key);
+  if (!v.is_string()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a string");
+  return v.get<std::string>();
+}
+
+std::string Config::get_string(const std::string& key, const std::string& fallback) const {
+  return has(key) ? get_string(key) : fallback;
+}
+
+std::vector<int64_t> Config::get_int_list(const std::string& key) const {
+  const Json& v = at(key);
+  if (!v.is_array()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a list of integers");
+  std::vector<int64_t> out;
+  for (const Json& item : v) {
+    if (!item.is_number_integer())
+      throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a list of integers");
+    out.push_back(item.get<int64_t>());
+  }
+  return out;
+}
+
+std::vector<std::string> Config::get_string_list(const std::string& key) const {
+  const Json& v = at(key);
+  if (!v.is_array()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a list of strings");
+  std::vector<std::string> out;
+  for (const Json& item : v) {
+    if (!item.is_string())
+      throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a list of strings");
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
+std::vector<int64_t> Config::get_int_or_list(const std::string& key, size_t count) const {
+  const Json& v = at(key);
+  if (v.is_array()) {
+    std::vector<int64_t> list = get_int_list(key);
+    if (list.size() != count)
+      throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected " + std::to_string(count) +
+                  " entries");
+    return list;
+  }
+  return std::vector<int64_t>(count, get_int(key));
+}
+
+std::vector<int64_t> Config::get_int_or_list(const std::string& key, size_t count, int64_t fallback) const {
+  return has(key) ? get_int_or_list(key, count) : std::vector<int64_t>(count, fallback);
+}
+
+void Config::unsupported(const std::string& key, const std::string& what) const {
+  std::string value = json_.contains(key) ? describe(json_.at(key)) : "(absent)";
+  throw Error(path_.string() + ": key '" + key + "' = " + value + " is not supported: " + what);
+}
+
+ModelFolder ModelFolder::open(const fs::path& root) {
+  if (!fs::exists(root)) throw Error(root.string() + ": model folder not found");
+  if (!fs::is_directory(root)) throw Error(root.string() + ": not a folder (expected a diffusers model folder)");
+  fs::path index_path = root / "model_index.json";
+  if (!fs::exists(index_path))
+    throw Error(index_path.string() + ": file not found (not a diffusers model folder; convert a hub snapshot or "
+                                      "checkpoint with tools/convert.py)");
+  ModelFolder folder;
+  folder.root_ = root;
+  folder.index_ = read_json_file(index_path);
+  if (!folder.index_.is_object()) throw Error(index_path.string() + ": expected a JSON object");
+  return folder;
+}
+
+std::string ModelFolder::class_name(const std::string& component) const {
+  fs::path index_path = root_ / "model_index.json";
+  if (!index_.contains(component))
+    throw Error(index_path.string() + ": no '" + component + "' entry (expected [\"library\", \"ClassName\"])");
+  const Json& entry = index_.at(component);
+  if (!entry.is_array() || entry.size() != 2 || !entry[1].is_string())
+    throw Error(index_path.string() + ": '" + component + "' = " + describe(entry) +
+                ": expected [\"library\", \"ClassName\"]");
+  return entry[1].get<std::string>();
+}
+
+fs::path ModelFolder::component_dir(const std::string& component) const {
+  fs::path dir = root_ / component;
+  if (!fs::is_directory(dir)) throw Error(dir.string() + ": component folder not found");
+  return dir;
+}
+
+Config ModelFolder::config(const std::string& component) const {
+  fs::path dir = component_dir(component);
+  return Config::load(dir / (component == "scheduler" ? "scheduler_config.json" : "config.json"));
+}
+
+TextEncoderKind ModelFolder::text_encoder_kind() const {
+  std::string encoder = class_name("text_encoder");
+  if (encoder == "CLIPTextModel") return TextEncoderKind::Clip;
+  if (encoder == "BertModel") return TextEncoderKind::Bert;
+  throw Error((root_ / "model_index.json").string() + ": text_encoder class '" + encoder +
+              "' is not supported (expected CLIPTextModel or BertModel)");
+}
+
+std::vector<fs::path> ModelFolder::weight_files(const std::string& component) const {
+  fs::path dir = component_dir(component);
+  for (const char* name : {"model.safetensors", "diffusion_pytorch_model.safetensors"}) {
+    if (fs::exists(dir / name)) return {dir / name};
+  }
+  // Sharded: <name>.safetensors.index.json lists the shard of every tensor.
+  for (const char* name : {"model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"}) {
+    fs::path index_path = dir / name;
+    if (!fs::exists(index_path)) continue;
+    Json index = read_json_file(index_path);
+    if (!index.contains("weight_map") || !index["weight_map"].is_object())
+      throw Error(index_path.string() + ": missing 'weight_map' object");
+    std::vector<fs::path> files;
+    for (const auto& item : index["weight_map"].items()) {
+      if (!item.value().is_string()) throw Error(index_path.string() + ": weight_map['" + item.key() + "'] is not a file name");
+      fs::path shard = dir / item.value().get<std::string>();
+      if (std::find(files.begin(), files.end(), shard) == files.end()) files.push_back(shard);
+    }
+    return files;
+  }
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    std::string ext = entry.path().extension().string();
+    if (ext == ".bin" || ext == ".ckpt" || ext == ".pt")
+      throw Error(dir.string() + ": only PyTorch pickle weights (" + entry.path().filename().string() +
+                  ") found; convert the folder to safetensors with tools/convert.py");
+  }
+  throw Error(dir.string() + ": no weights found (expected model.safetensors or diffusion_pytorch_model.safetensors)");
+}
+
+}  // namespace taiyi

@@ -1,0 +1,284 @@
+// Safetensors reading (mmap, strict validation) and loading modules by state-dict name.
+// Mirrors the checks of the reference implementation (huggingface/safetensors, Rust): header length
+// within the file and under 100 MB, JSON object, known dtype, shape x element size == byte span,
+// offsets contiguous from 0 to the end of the file, no duplicate names.
+#include "taiyi/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "taiyi/error.h"
+
+namespace taiyi {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const char* to_string(StDtype dtype) {
+  switch (dtype) {
+    case StDtype::F32: return "F32";
+    case StDtype::F16: return "F16";
+    case StDtype::BF16: return "BF16";
+  }
+  return "?";
+}
+
+size_t element_size(StDtype dtype) { return dtype == StDtype::F32 ? 4 : 2; }
+
+static torch::Dtype torch_dtype(StDtype dtype) {
+  switch (dtype) {
+    case StDtype::F32: return torch::kFloat;
+    case StDtype::F16: return torch::kHalf;
+    case StDtype::BF16: return torch::kBFloat16;
+  }
+  return torch::kFloat;
+}
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+struct SafetensorsFile::Mapping {
+  void* data = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (data && data != MAP_FAILED) munmap(data, size);
+  }
+};
+
+static constexpr uint64_t kMaxHeaderSize = 100'000'000;  // as the reference reader
+
+SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
+  const std::string file = path.string();
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(file + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw Error(file + ": cannot stat: " + std::strerror(errno));
+  }
+  size_ = static_cast<uint64_t>(st.st_size);
+  if (size_ < 8) {
+    ::close(fd);
+    throw Error(file + ": truncated safetensors file (" + std::to_string(size_) + " bytes, no header)");
+  }
+  mapping_ = std::make_shared<Mapping>();
+  mapping_->size = size_;
+  mapping_->data = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (mapping_->data == MAP_FAILED) throw Error(file + ": cannot map: " + std::strerror(errno));
+  const auto* bytes = static_cast<const uint8_t*>(mapping_->data);
+
+  uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];
+  if (header_size > kMaxHeaderSize)
+    throw Error(file + ": header length " + std::to_string(header_size) + " is over the 100 MB limit (not a safetensors file?)");
+  if (8 + header_size > size_)
+    throw Error(file + ": header length " + std::to_string(header_size) + " runs past the end of the file (" +
+                std::to_string(size_) + " bytes): truncated or not a safetensors file");
+  data_start_ = 8 + header_size;
+  const uint64_t data_size = size_ - data_start_;
+
+  // Parse with a callback so that duplicate tensor names (which json would silently merge) are caught.
+  std::set<std::string> seen;
+  std::string duplicate;
+  json header;
+  try {
+    header = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + data_start_),
+                         [&](int depth, json::parse_event_t event, json& parsed) {
+                           if (depth == 1 && event == json::parse_event_t::key) {
+                             std::string key = parsed.get<std::string>();
+                             if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
+                           }
+                           return true;
+                         });
+  } catch (const json::parse_error& e) {
+    throw Error(file + ": malformed header JSON at byte " + std::to_string(e.byte) + ": " + e.what());
+  }
+  if (!duplicate.empty()) throw Error(file + ": duplicate tensor name '" + duplicate + "' in the header");
+  if (!header.is_object()) throw Error(file + ": header is not a JSON object");
+
+  for (const auto& item : header.items()) {
+    const std::string& name = item.key();
+    const json& entry = item.value();
+    if (name == "__metadata__") {
+      if (!entry.is_object()) throw Error(file + ": __metadata__ is not an object");
+      for (const auto& m : entry.items()) {
+        if (!m.value().is_string()) throw Error(file + ": __metadata__['" + m.key() + "'] is not a string");
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = file + ": tensor '" + name + "'";
+    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
+      throw Error(where + ": expected an object with dtype, shape and data_offsets");
+    TensorInfo info;
+    info.name = name;
+    const json& dtype = entry["dtype"];
+    std::string dtype_name = dtype.is_string() ? dtype.get<std::string>() : dtype.dump();
+    if (dtype_name == "F32") info.dtype = StDtype::F32;
+    else if (dtype_name == "F16") info.dtype = StDtype::F16;
+    else if (dtype_name == "BF16") info.dtype = StDtype::BF16;
+    else throw Error(where + ": dtype " + dtype_name + " is not supported (expected F32, F16 or BF16)");
+    const json& shape = entry["shape"];
+    if (!shape.is_array()) throw Error(where + ": shape is not a list");
+    for (const json& d : shape) {
+      if (!d.is_number_unsigned()) throw Error(where + ": shape " + shape.dump() + " is not a list of sizes");
+      info.shape.push_back(d.get<int64_t>());
+    }
+    const json& offsets = entry["data_offsets"];
+    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
+      throw Error(where + ": data_offsets " + offsets.dump() + " is not [begin, end]");
+    info.begin = offsets[0].get<uint64_t>();
+    info.end = offsets[1].get<uint64_t>();
+    if (info.begin > info.end || info.end > data_size)
+      throw Error(where + ": data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
+                  "] out of bounds of the " + std::to_string(data_size) + "-byte data buffer (truncated file?)");
+    const uint64_t expected = static_cast<uint64_t>(info.numel()) * element_size(info.dtype);
+    if (info.end - info.begin != expected)
+      throw Error(where + ": byte span " + std::to_string(info.end - info.begin) + " does not match shape " +
+                  shape.dump() + " x " + std::to_string(element_size(info.dtype)) + " bytes = " + std::to_string(expected));
+    tensors_.push_back(std::move(info));
+  }
+  std::sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t cursor = 0;
+  for (const TensorInfo& t : tensors_) {
+    if (t.begin != cursor)
+      throw Error(file + ": tensor '" + t.name + "' starts at byte " + std::to_string(t.begin) + ", expected " +
+                  std::to_string(cursor) + " (overlapping or gapped data_offsets)");
+    cursor = t.end;
+  }
+  if (cursor != data_size)
+    throw Error(file + ": tensors cover " + std::to_string(cursor) + " of the " + std::to_string(data_size) +
+                " data bytes (file size does not match its header)");
+  for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
+}
+
+SafetensorsFile::~SafetensorsFile() = default;
+
+const TensorInfo* SafetensorsFile::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
+  const TensorInfo* info = find(name);
+  if (!info) throw Error(path_.string() + ": no tensor '" + name + "'");
+  auto* ptr = static_cast<uint8_t*>(mapping_->data) + data_start_ + info->begin;
+  auto keep_alive = mapping_;
+  // The mapping is read-only: the view must never be written (load_weights only reads it).
+  return torch::from_blob(ptr, info->shape, [keep_alive](void*) {}, torch::TensorOptions().dtype(torch_dtype(info->dtype)));
+}
+
+// Gives the page cache back once a tensor is copied, so that peak RSS stays near the size of the
+// converted model rather than the model plus the mapped file.
+static void release_pages(const torch::Tensor& view) {
+  const long page = sysconf(_SC_PAGESIZE);
+  auto begin = reinterpret_cast<uintptr_t>(view.data_ptr());
+  auto end = begin + view.nbytes();
+  uintptr_t first = (begin + page - 1) / page * page;
+  uintptr_t last = end / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
+static bool matches_any(const std::string& key, const std::vector<std::string>& patterns) {
+  for (const std::string& p : patterns) {
+    if (key == p) return true;
+    if (!p.empty() && p.back() == '.' && key.rfind(p, 0) == 0) return true;
+  }
+  return false;
+}
+
+static std::string shape_string(c10::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+void load_weights(torch::nn::Module& module, const std::vector<fs::path>& files, const LoadOptions& options) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::unique_ptr<SafetensorsFile>> opened;
+  std::unordered_map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>> available;
+  for (const fs::path& path : files) {
+    opened.push_back(std::make_unique<SafetensorsFile>(path));
+    for (const TensorInfo& info : opened.back()->tensors()) {
+      if (!available.emplace(info.name, std::make_pair(opened.back().get(), &info)).second)
+        throw Error(path.string() + ": tensor '" + info.name + "' also appears in another shard");
+    }
+  }
+  std::string directory = files.empty() ? std::string("(no files)") : files.front().parent_path().string();
+
+  std::vector<std::pair<std::string, torch::Tensor>> targets;
+  for (auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
+  for (auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
+
+  std::vector<std::string> missing, mis_shaped;
+  std::set<std::string> used;
+  for (auto& [name, target] : targets) {
+    auto it = available.find(name);
+    if (it == available.end()) {
+      if (!matches_any(name, options.ignore_missing)) missing.push_back(name);
+      continue;
+    }
+    used.insert(name);
+    const TensorInfo& info = *it->second.second;
+    if (c10::IntArrayRef(info.shape) != target.sizes()) {
+      mis_shaped.push_back(name + " (file " + shape_string(info.shape) + ", model " + shape_string(target.sizes()) + ")");
+    }
+  }
+  std::vector<std::string> unexpected;
+  for (const auto& [name, where] : available) {
+    if (!used.count(name) && !matches_any(name, options.ignore_unexpected)) unexpected.push_back(name);
+  }
+  if (!missing.empty() || !unexpected.empty() || !mis_shaped.empty()) {
+    std::sort(unexpected.begin(), unexpected.end());
+    auto list = [](const std::vector<std::string>& names) {
+      std::string s;
+      const size_t shown = std::min<size_t>(names.size(), 12);
+      for (size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + names[i];
+      if (names.size() > shown) s += ", ... (" + std::to_string(names.size() - shown) + " more)";
+      return s;
+    };
+    std::string msg = directory + ": weights do not match the model:";
+    if (!missing.empty()) msg += " " + std::to_string(missing.size()) + " missing [" + list(missing) + "];";
+    if (!unexpected.empty()) msg += " " + std::to_string(unexpected.size()) + " unexpected [" + list(unexpected) + "];";
+    if (!mis_shaped.empty()) msg += " " + std::to_string(mis_shaped.size()) + " mis-shaped [" + list(mis_shaped) + "];";
+    msg.pop_back();
+    throw Error(msg);
+  }
+
+  for (auto& [name, target] : targets) {
+    auto it = available.find(name);
+    if (it == available.end()) {
+      target.set_data(target.to(options.device, target.is_floating_point() ? options.dtype : target.scalar_type()));
+      continue;
+    }
+    torch::Tensor source = it->second.first->tensor(name);
+    const torch::Dtype dtype = target.is_floating_point() ? options.dtype : target.scalar_type();
+    // One tensor at a time: convert on the CPU when that shrinks the transfer, else on the device.
+    torch::Tensor converted;
+    if (options.device.is_cpu() || static_cast<int64_t>(c10::elementSize(dtype)) < source.element_size())
+      converted = source.to(dtype).to(options.device);
+    else
+      converted = source.to(options.device).to(dtype);
+    if (converted.data_ptr() == source.data_ptr()) converted = converted.clone();  // never alias the mapping
+    target.set_data(converted);
+    release_pages(source);
+  }
+}
+
+}  // namespace taiyi

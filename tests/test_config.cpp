@@ -1,0 +1,78 @@
+// Model folder and config access: the harness's folders, and malformed or missing files.
+#include <fstream>
+
+#include "taiyi/config.h"
+#include "taiyi/error.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using taiyi::Config;
+using taiyi::Error;
+using taiyi::ModelFolder;
+
+namespace {
+
+template <typename F>
+void expect_error(F&& f, const std::vector<std::string>& needles) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an error containing '" << needles.front() << "'";
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message: " << msg << "\nmissing: " << n;
+  }
+}
+
+void write(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p) << text;
+}
+
+}  // namespace
+
+TEST(ModelFolder, ReadsHarnessPipelines) {
+  ModelFolder clip = ModelFolder::open(taiyi::test::fixture("tiny-clip"));
+  EXPECT_EQ(clip.class_name("unet"), "UNet2DConditionModel");
+  EXPECT_EQ(clip.text_encoder_kind(), taiyi::TextEncoderKind::Clip);
+  EXPECT_EQ(clip.config("unet").get_int_list("block_out_channels"), (std::vector<int64_t>{32, 64, 64}));
+  EXPECT_EQ(clip.config("scheduler").get_string("_class_name"), "PNDMScheduler");
+  EXPECT_EQ(clip.weight_files("text_encoder").front().filename(), "model.safetensors");
+  ModelFolder bert = ModelFolder::open(taiyi::test::fixture("tiny-bert"));
+  EXPECT_EQ(bert.text_encoder_kind(), taiyi::TextEncoderKind::Bert);
+}
+
+TEST(ModelFolder, BadFolders) {
+  fs::path dir = taiyi::test::temp_dir("folder");
+  expect_error([&] { ModelFolder::open(dir / "nope"); }, {"nope", "model folder not found"});
+  expect_error([&] { ModelFolder::open(dir); }, {"model_index.json", "file not found"});
+  write(dir / "model_index.json", "{\"unet\": [\"diffusers\", \"UNet2DConditionModel\"],");
+  expect_error([&] { ModelFolder::open(dir); }, {"model_index.json", "malformed JSON"});
+  write(dir / "model_index.json",
+        R"({"text_encoder": ["transformers", "T5EncoderModel"], "unet": ["diffusers", "UNet2DConditionModel"], "vae": 3})");
+  ModelFolder folder = ModelFolder::open(dir);
+  expect_error([&] { folder.text_encoder_kind(); }, {"model_index.json", "T5EncoderModel", "not supported"});
+  expect_error([&] { folder.class_name("vae"); }, {"model_index.json", "'vae'"});
+  expect_error([&] { folder.class_name("scheduler"); }, {"no 'scheduler' entry"});
+  expect_error([&] { folder.config("unet"); }, {"unet", "component folder not found"});
+  write(dir / "unet" / "config.json", "{}");
+  expect_error([&] { folder.weight_files("unet"); }, {"unet", "no weights found"});
+  write(dir / "unet" / "diffusion_pytorch_model.bin", "x");
+  expect_error([&] { folder.weight_files("unet"); }, {"diffusion_pytorch_model.bin", "tools/convert.py"});
+  fs::remove_all(dir);
+}
+
+TEST(Config, TypedGettersNameFileAndKey) {
+  Config c(nlohmann::json::parse(R"({"a": 3, "f": 0.5, "s": "x", "l": [1, 2], "b": true, "n": null, "bad": "7"})"),
+           "dir/config.json");
+  EXPECT_EQ(c.get_int("a"), 3);
+  EXPECT_EQ(c.get_int("n", 9), 9);
+  EXPECT_EQ(c.get_int("absent", 4), 4);
+  EXPECT_DOUBLE_EQ(c.get_double("f"), 0.5);
+  EXPECT_EQ(c.get_int_or_list("a", 3), (std::vector<int64_t>{3, 3, 3}));
+  EXPECT_EQ(c.get_int_or_list("l", 2), (std::vector<int64_t>{1, 2}));
+  expect_error([&] { c.get_int("absent"); }, {"dir/config.json", "missing key 'absent'"});
+  expect_error([&] { c.get_int("bad"); }, {"dir/config.json", "'bad' = \"7\"", "expected an integer"});
+  expect_error([&] { c.get_int_or_list("l", 3); }, {"'l'", "expected 3 entries"});
+  expect_error([&] { c.get_bool("a"); }, {"'a' = 3", "true or false"});
+  expect_error([&] { c.unsupported("s", "only y"); }, {"dir/config.json", "'s' = \"x\" is not supported: only y"});
+}
