@@ -1,1 +1,424 @@
-int main() { return 0; }
+// The taiyi command line: parses arguments, calls the library, prints and writes files. Nothing else.
+//   taiyi "小桥流水人家，Van Gogh style" -o out.png
+//   taiyi --prompts prompts.txt -o outputs/ --resume --shard 0/4
+//   taiyi tokenize --model DIR "prompt"        taiyi info --model DIR        taiyi bench --model DIR
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <random>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "taiyi/batch.h"
+#include "taiyi/bench.h"
+#include "taiyi/error.h"
+#include "taiyi/image.h"
+#include "taiyi/info.h"
+#include "taiyi/pipeline.h"
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+namespace {
+
+// Ctrl-C: the first stops the run after the current batch (its images are written); the second
+// abandons the current batch at the next denoising step. Files are only ever renamed into place
+// whole, so nothing partial is left either way.
+std::atomic<int> interrupts{0};
+extern "C" void on_sigint(int) { interrupts.fetch_add(1); }
+
+struct Interrupted : std::exception {};
+
+struct GenerateArgs {
+  std::string prompt, prompt_option, negative_prompt, prompts_file, output, model, shard;
+  int64_t steps = 50, width = 0, height = 0, num_images = 1, batch_size = 1;
+  double cfg_scale = 7.5;
+  std::optional<uint64_t> seed;
+  taiyi::PipelineOptions pipeline;
+  bool overwrite = false, resume = false, json = false, quiet = false, sidecar = false;
+};
+
+std::string default_model() {
+  if (const char* env = std::getenv("TAIYI_MODEL"); env && *env) return env;
+  const char* home = std::getenv("HOME");
+  return (fs::path(home ? home : ".") / ".cache/taiyi/models/Taiyi-Stable-Diffusion-1B-Chinese-EN-v0.1").string();
+}
+
+std::string format_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// The AUTOMATIC1111 "parameters" text, which web UIs parse back into their settings.
+std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Image& image, const std::string& sampler,
+                             const std::string& model) {
+  std::string text = r.prompt + "\n";
+  if (!r.negative_prompt.empty()) text += "Negative prompt: " + r.negative_prompt + "\n";
+  text += "Steps: " + std::to_string(r.steps) + ", Sampler: " + sampler + ", CFG scale: " + format_number(r.cfg_scale) +
+          ", Seed: " + std::to_string(image.seed) + ", Size: " + std::to_string(image.width) + "x" +
+          std::to_string(image.height) + ", Model: " + model;
+  return text;
+}
+
+// PNDM with skip_prk_steps is what the web UI calls PLMS.
+std::string web_ui_sampler(const std::string& scheduler) { return scheduler == "PNDM" ? "PLMS" : scheduler; }
+
+class ProgressBar {
+ public:
+  ProgressBar(bool enabled, std::string label) : enabled_(enabled), label_(std::move(label)) {}
+  void operator()(int64_t step, int64_t total) {
+    if (interrupts.load() >= 2) throw Interrupted();
+    if (!enabled_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (step == 1) first_ = now;
+    double elapsed = std::chrono::duration<double>(now - first_).count();
+    double rate = step > 1 ? (step - 1) / elapsed : 0.0;
+    double eta = rate > 0 ? (total - step) / rate : 0.0;
+    const int width = 30;
+    int filled = static_cast<int>(width * step / total);
+    std::fprintf(stderr, "\r%s [%s%s] %lld/%lld  %.2f it/s  ETA %.0fs ", label_.c_str(), std::string(filled, '#').c_str(),
+                 std::string(width - filled, '.').c_str(), static_cast<long long>(step), static_cast<long long>(total),
+                 rate, eta);
+    if (step == total) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  bool enabled_;
+  std::string label_;
+  std::chrono::steady_clock::time_point first_;
+};
+
+struct Job {
+  taiyi::GenerationRequest request;
+  int64_t line = 0;  // 0: the command-line prompt
+  std::vector<std::string> outputs;  // one per image
+};
+
+void check_output_folder(const fs::path& file) {
+  fs::path dir = file.parent_path().empty() ? fs::path(".") : file.parent_path();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir)) throw taiyi::Error(dir.string() + ": cannot create the output folder: " + ec.message());
+  if (access(dir.c_str(), W_OK) != 0) throw taiyi::Error(dir.string() + ": output folder is not writable");
+}
+
+int run_generate(GenerateArgs& a) {
+  const bool from_file = !a.prompts_file.empty();
+  std::string prompt = a.prompt_option.empty() ? a.prompt : a.prompt_option;
+  if (from_file && !prompt.empty()) throw taiyi::Error("give either a prompt or --prompts FILE, not both");
+  if (!from_file && !a.prompt.empty() && !a.prompt_option.empty())
+    throw taiyi::Error("give the prompt either as an argument or with -p, not both");
+  if (!from_file && prompt.empty())
+    throw taiyi::Error("no prompt: taiyi \"a prompt\" -o out.png, or --prompts FILE (see --help)");
+  if (a.num_images < 1) throw taiyi::Error("--num-images " + std::to_string(a.num_images) + ": must be at least 1");
+  if (a.batch_size < 1) throw taiyi::Error("--batch-size " + std::to_string(a.batch_size) + ": must be at least 1");
+  if (a.cfg_scale < 0) throw taiyi::Error("--cfg-scale " + format_number(a.cfg_scale) + ": must not be negative");
+  if (a.steps < 1) throw taiyi::Error("--steps " + std::to_string(a.steps) + ": must be at least 1");
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"-W/--width", a.width}, {"-H/--height", a.height}})
+    if (v != 0 && (v < 8 || v % 8 != 0))
+      throw taiyi::Error(std::string(name) + " " + std::to_string(v) + ": must be a positive multiple of 8");
+  if (a.pipeline.eta < 0) throw taiyi::Error("--eta " + format_number(a.pipeline.eta) + ": must not be negative");
+  taiyi::Shard shard = a.shard.empty() ? taiyi::Shard{} : taiyi::parse_shard(a.shard);
+  if (!a.shard.empty() && !from_file) throw taiyi::Error("--shard splits a prompt file: use it with --prompts");
+
+  const uint64_t base_seed = a.seed ? *a.seed : std::random_device{}() % 4294967295ull;
+  std::vector<Job> jobs;
+  std::vector<std::string> failures;  // "line N: message"
+  taiyi::PromptFile file;
+  if (from_file) {
+    file = taiyi::read_prompt_file(a.prompts_file);
+    for (const auto& e : file.errors) {
+      if (!shard.contains(e.ordinal)) continue;
+      std::cerr << "taiyi: error: " << e.message << "\n";
+      failures.push_back(e.message);
+    }
+  } else {
+    taiyi::PromptJob job;
+    job.prompt = prompt;
+    file.jobs.push_back(job);
+  }
+  const std::string name_template = taiyi::output_template(a.output, from_file, a.num_images);
+  int64_t index = 0;
+  for (const taiyi::PromptJob& p : file.jobs) {
+    if (from_file && !shard.contains(p.ordinal)) continue;
+    Job job;
+    job.line = p.line;
+    job.request.prompt = p.prompt;
+    job.request.negative_prompt = p.negative_prompt.value_or(a.negative_prompt);
+    // Each line's seeds depend only on its place in the file, so shards and resumed runs agree.
+    job.request.seed = p.seed ? *p.seed : base_seed + static_cast<uint64_t>(from_file ? p.ordinal * a.num_images : 0);
+    job.request.steps = p.steps.value_or(a.steps);
+    job.request.cfg_scale = p.cfg_scale.value_or(a.cfg_scale);
+    job.request.width = p.width.value_or(a.width);
+    job.request.height = p.height.value_or(a.height);
+    job.request.count = a.num_images;
+    for (int64_t i = 0; i < a.num_images; ++i) {
+      taiyi::NameFields fields{job.request.seed + static_cast<uint64_t>(i), i, p.line, index++};
+      std::string out = p.output ? (a.num_images == 1 ? *p.output : taiyi::output_template(*p.output, false, a.num_images))
+                                 : name_template;
+      job.outputs.push_back(taiyi::expand_name_template(out, fields));
+    }
+    jobs.push_back(std::move(job));
+  }
+
+  // Outputs that exist: skipped with --resume, an error without --overwrite, replaced with it.
+  std::vector<Job> todo;
+  int64_t skipped = 0;
+  for (Job& job : jobs) {
+    bool all_exist = true, any_exist = false;
+    for (const auto& out : job.outputs) {
+      bool exists = fs::exists(out);
+      all_exist = all_exist && exists;
+      any_exist = any_exist || exists;
+    }
+    if (a.resume && all_exist) {
+      ++skipped;
+      continue;
+    }
+    if (any_exist && !a.overwrite && !a.resume) {
+      for (const auto& out : job.outputs)
+        if (fs::exists(out))
+          throw taiyi::Error(out + ": already exists (use --overwrite to replace it, or --resume to skip done images)");
+    }
+    todo.push_back(std::move(job));
+  }
+  if (!todo.empty()) check_output_folder(todo.front().outputs.front());
+
+  const bool progress_enabled = !a.quiet && isatty(STDERR_FILENO);
+  if (!a.quiet)
+    std::cerr << "taiyi: loading " << a.model << "\n";
+  taiyi::Pipeline pipe = taiyi::Pipeline::load(a.model, a.pipeline);
+  const std::string sampler = web_ui_sampler(pipe.sampler_name());
+  const std::string model_name = pipe.model_name();
+  if (!a.quiet) {
+    std::cerr << "taiyi: " << (pipe.device().is_cuda() ? "CUDA" : "CPU") << " "
+              << (pipe.dtype() == torch::kHalf ? "fp16" : "fp32") << ", " << pipe.sampler_name() << ", "
+              << pipe.tokenizer().kind() << "; " << todo.size() << " prompt(s) to run";
+    if (skipped) std::cerr << ", " << skipped << " already done (--resume)";
+    std::cerr << "\n";
+  }
+
+  std::signal(SIGINT, on_sigint);
+  int64_t written = 0;
+  size_t next = 0;
+  bool interrupted = false;
+  while (next < todo.size()) {
+    if (interrupts.load() > 0) {
+      interrupted = true;
+      break;
+    }
+    // A batch: consecutive jobs that share steps, scale and size, up to --batch-size images.
+    std::vector<size_t> members{next};
+    int64_t images = todo[next].request.count;
+    size_t scan = next + 1;
+    while (scan < todo.size() && images + todo[scan].request.count <= a.batch_size) {
+      const auto& f = todo[next].request;
+      const auto& r = todo[scan].request;
+      if (r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height) break;
+      members.push_back(scan);
+      images += r.count;
+      ++scan;
+    }
+    next = scan;
+    std::vector<taiyi::GenerationRequest> requests;
+    std::string where;
+    for (size_t m : members) {
+      requests.push_back(todo[m].request);
+      where += (where.empty() ? "" : ",") + (todo[m].line ? "line " + std::to_string(todo[m].line) : std::string("prompt"));
+    }
+    try {
+      for (const auto& r : requests) pipe.validate(pipe.complete(r));
+      ProgressBar bar(progress_enabled, where);
+      std::vector<taiyi::Image> results = pipe.generate_batch(requests, std::ref(bar));
+      size_t k = 0;
+      for (size_t m : members) {
+        Job& job = todo[m];
+        taiyi::GenerationRequest r = pipe.complete(job.request);
+        for (size_t i = 0; i < job.outputs.size(); ++i, ++k) {
+          const taiyi::Image& image = results[k];
+          std::string params = a1111_parameters(r, image, sampler, model_name);
+          fs::path out = job.outputs[i];
+          check_output_folder(out);
+          taiyi::write_file_atomically(out, taiyi::encode_png(image.rgb.data(), static_cast<int>(image.width),
+                                                              static_cast<int>(image.height), {{"parameters", params}}));
+          Json record = {{"file", out.string()},       {"prompt", r.prompt},  {"negative_prompt", r.negative_prompt},
+                         {"seed", image.seed},         {"steps", r.steps},    {"cfg_scale", r.cfg_scale},
+                         {"width", image.width},       {"height", image.height}, {"sampler", sampler},
+                         {"model", model_name},        {"line", job.line}};
+          if (a.sidecar) {
+            fs::path side = out;
+            side.replace_extension(".json");
+            taiyi::write_file_atomically(side, record.dump(2) + "\n");
+          }
+          if (a.json) std::cout << record.dump() << std::endl;
+          else if (!a.quiet) std::cerr << "taiyi: wrote " << out.string() << " (seed " << image.seed << ")\n";
+          ++written;
+        }
+      }
+    } catch (const Interrupted&) {
+      interrupted = true;
+      break;
+    } catch (const taiyi::Error& e) {
+      // One bad line does not stop a batch run; a single prompt's error is the run's error.
+      if (!from_file) throw;
+      std::cerr << "taiyi: error: " << where << ": " << e.what() << "\n";
+      failures.push_back(where + ": " + e.what());
+    }
+  }
+  if (!a.quiet) {
+    const taiyi::StageTimes& t = pipe.times();
+    std::fprintf(stderr, "taiyi: %lld image(s) written; load %.2fs, text %.2fs, denoise %.2fs (%lld UNet calls, %.3fs each), decode %.2fs\n",
+                 static_cast<long long>(written), t.load, t.encode, t.denoise, static_cast<long long>(t.unet_calls),
+                 t.unet_calls ? t.denoise / t.unet_calls : 0.0, t.decode);
+  }
+  if (interrupted) {
+    std::cerr << "taiyi: interrupted; " << written << " image(s) written, nothing partial left. Re-run with --resume to go on.\n";
+    return 130;
+  }
+  if (!failures.empty()) {
+    std::cerr << "taiyi: " << failures.size() << " failed:\n";
+    for (const auto& f : failures) std::cerr << "  " << f << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+void add_model_option(CLI::App* app, std::string& model) {
+  app->add_option("-m,--model", model, "model folder in the diffusers layout (default: $TAIYI_MODEL, else " +
+                                           default_model() + ")");
+}
+
+int run_tokenize(const std::string& model, const std::string& prompt, bool json) {
+  taiyi::ModelFolder folder = taiyi::ModelFolder::open(model);
+  auto tokenizer = taiyi::load_tokenizer(folder);
+  taiyi::Encoding e = tokenizer->encode(prompt);
+  if (json) {
+    std::cout << Json{{"tokenizer", tokenizer->kind()}, {"max_length", tokenizer->max_length()}, {"ids", e.ids},
+                      {"tokens", e.tokens}, {"content_tokens", e.content_tokens}, {"kept_tokens", e.kept_tokens},
+                      {"truncated", e.truncated()}}
+                     .dump()
+              << "\n";
+  } else {
+    std::cout << tokenizer->kind() << ": " << e.content_tokens << " token(s) of " << tokenizer->max_length() - 2 << "\n";
+    for (size_t i = 0; i < e.ids.size(); ++i) {
+      if (i > e.kept_tokens + 1) break;  // padding: shown once
+      std::cout << i << "\t" << e.ids[i] << "\t" << e.tokens[i] << "\n";
+    }
+    if (e.ids.size() > e.kept_tokens + 2) std::cout << "... padded to " << e.ids.size() << "\n";
+  }
+  if (e.truncated())
+    std::cerr << "taiyi: warning: prompt truncated: " << e.content_tokens << " tokens, the model sees the first "
+              << e.kept_tokens << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"taiyi: text to image with Taiyi-Stable-Diffusion (and SD 1.x) models, in C++ with libtorch.\n"
+               "  taiyi \"小桥流水人家，Van Gogh style\" -o out.png"};
+  app.set_version_flag("--version", "taiyi 0.1.0");
+  GenerateArgs a;
+  a.model = default_model();
+  app.add_option("prompt", a.prompt, "the prompt (or -p)");
+  app.add_option("-p,--prompt", a.prompt_option, "the prompt");
+  app.add_option("-n,--negative-prompt", a.negative_prompt, "negative prompt (default: empty)");
+  app.add_option("--prompts", a.prompts_file, "prompt file: a prompt a line (# comments), or JSONL");
+  app.add_option("--steps", a.steps, "denoising steps")->capture_default_str();
+  app.add_option("-g,--cfg-scale", a.cfg_scale, "classifier-free guidance scale (<= 1: off)")->capture_default_str();
+  app.add_option("-s,--seed", a.seed, "seed (default: random, printed and recorded); image i uses seed+i");
+  app.add_option("-W,--width", a.width, "width in pixels, a multiple of 8 (default: the model's, 512)");
+  app.add_option("-H,--height", a.height, "height in pixels, a multiple of 8 (default: the model's, 512)");
+  app.add_option("--scheduler", a.pipeline.scheduler, "pndm or ddim (default: the model folder's)")
+      ->check(CLI::IsMember({"pndm", "ddim", "PNDM", "DDIM"}));
+  app.add_option("--eta", a.pipeline.eta, "DDIM eta (0: deterministic)")->capture_default_str();
+  app.add_option("--precision", a.pipeline.precision, "auto (fp16 on CUDA, fp32 on CPU), fp16 or fp32")
+      ->check(CLI::IsMember({"auto", "fp16", "fp32"}))
+      ->capture_default_str();
+  app.add_option("--device", a.pipeline.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  app.add_flag("--tf32", a.pipeline.tf32, "allow TF32 math for fp32 on CUDA (faster, not bit-exact)");
+  app.add_flag("--channels-last", a.pipeline.channels_last, "channels_last memory format on CUDA");
+  app.add_option("--num-images", a.num_images, "images per prompt")->capture_default_str();
+  app.add_option("--batch-size", a.batch_size, "images per UNet batch")->capture_default_str();
+  add_model_option(&app, a.model);
+  app.add_option("-o,--output", a.output,
+                 "output file, folder (ends with /) or name template with {seed} {image} {line} {index} "
+                 "(default: outputs/{seed}.png; with --prompts outputs/{line:05}-{image}.png)");
+  app.add_flag("--overwrite", a.overwrite, "replace existing files (otherwise never)");
+  app.add_flag("--resume", a.resume, "skip images whose output file exists");
+  app.add_option("--shard", a.shard, "i/n: run only the prompts with index % n == i (0-based), for n processes");
+  app.add_flag("--sidecar", a.sidecar, "write a JSON file next to each PNG with its settings");
+  app.add_flag("--json", a.json, "print one JSON object per image on stdout");
+  app.add_flag("-q,--quiet", a.quiet, "no progress or messages on stderr (errors still)");
+
+  std::string tok_model = default_model(), tok_prompt;
+  bool tok_json = false;
+  CLI::App* tokenize = app.add_subcommand("tokenize", "print the token ids the model sees for a prompt");
+  add_model_option(tokenize, tok_model);
+  tokenize->add_option("prompt", tok_prompt, "the prompt")->required();
+  tokenize->add_flag("--json", tok_json, "JSON output");
+
+  std::string info_model = default_model();
+  bool info_json = false;
+  CLI::App* info = app.add_subcommand("info", "what taiyi sees in a model folder, and every problem found");
+  add_model_option(info, info_model);
+  info->add_flag("--json", info_json, "JSON output");
+
+  taiyi::BenchOptions bench_options;
+  bench_options.model = default_model();
+  std::string bench_json;
+  CLI::App* bench = app.add_subcommand("bench", "benchmark: load, text encoding, UNet step, VAE decode, memory");
+  add_model_option(bench, bench_options.model);
+  bench->add_flag("--random-weights", bench_options.random_weights, "random weights from the folder's configs");
+  bench->add_option("--device", bench_options.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  bench->add_option("--precision", bench_options.precisions, "fp16 and/or fp32 (a list)")->delimiter(',');
+  bench->add_option("--batch-size", bench_options.batch_sizes, "batch sizes (a list)")->delimiter(',');
+  bench->add_option("--resolution", bench_options.resolutions, "square sizes in pixels (a list)")->delimiter(',');
+  bench->add_option("--steps", bench_options.steps, "denoising steps")->capture_default_str();
+  bench->add_option("--scheduler", bench_options.scheduler, "pndm or ddim");
+  bench->add_option("-g,--cfg-scale", bench_options.cfg_scale, "guidance scale")->capture_default_str();
+  bench->add_option("--warmup", bench_options.warmup, "untimed runs per configuration")->capture_default_str();
+  bench->add_option("--repeat", bench_options.repeat, "timed runs per configuration")->capture_default_str();
+  bench->add_flag("--tf32", bench_options.tf32, "allow TF32 for fp32 on CUDA");
+  bench->add_flag("--channels-last", bench_options.channels_last, "channels_last memory format on CUDA");
+  bench->add_option("--json", bench_json, "also write the results as JSON to this file");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (*tokenize) return run_tokenize(tok_model, tok_prompt, tok_json);
+    if (*info) {
+      Json report = taiyi::inspect_model(info_model);
+      if (info_json) std::cout << report.dump(2) << "\n";
+      else std::cout << taiyi::format_model_report(report);
+      return report.value("usable", false) ? 0 : 1;
+    }
+    if (*bench) {
+      Json results = taiyi::run_bench(bench_options, [](const std::string& line) { std::cerr << line << "\n"; });
+      std::cout << taiyi::format_bench_table(results);
+      if (!bench_json.empty()) taiyi::write_file_atomically(bench_json, results.dump(2) + "\n");
+      return 0;
+    }
+    return run_generate(a);
+  } catch (const taiyi::Error& e) {
+    std::cerr << "taiyi: error: " << e.what() << "\n";
+    return 2;
+  } catch (const c10::Error& e) {
+    std::cerr << "taiyi: error: " << e.what_without_backtrace() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "taiyi: error: " << e.what() << "\n";
+    return 2;
+  }
+}

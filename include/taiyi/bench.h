@@ -1,0 +1,38 @@
+// `taiyi bench`: warm-up, then repetitions over a grid of precision x batch size x resolution;
+// per configuration: load time, text encoding, per-step UNet time and it/s, VAE decode, seconds per
+// image, images per second, peak GPU memory (allocator statistics) and peak RSS. Runs on a model
+// folder, or on random weights built from the folder's configs (no weights needed).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace taiyi {
+
+struct BenchOptions {
+  std::string model;                       // model folder (configs, tokenizer; weights unless random)
+  bool random_weights = false;             // build from configs, random weights: no weight files needed
+  std::string device = "auto";
+  std::vector<std::string> precisions = {"auto"};  // fp16, fp32, auto
+  std::vector<int64_t> batch_sizes = {1};
+  std::vector<int64_t> resolutions = {0};  // square sizes in pixels; 0: the model's default
+  int64_t steps = 20;
+  std::string scheduler;                   // "" (folder's), pndm, ddim
+  double cfg_scale = 7.5;
+  int64_t warmup = 1;                      // untimed generations per configuration
+  int64_t repeat = 3;                      // timed generations per configuration
+  bool tf32 = false;
+  bool channels_last = false;
+};
+
+// Runs the grid; returns {"device": ..., "results": [ {precision, batch_size, width, height, steps,
+// load_s, encode_s, unet_step_s, it_per_s, decode_s, s_per_image, images_per_s, peak_gpu_mb, peak_rss_mb}, ...]}.
+// `log` receives progress lines.
+nlohmann::json run_bench(const BenchOptions& options, const std::function<void(const std::string&)>& log = {});
+std::string format_bench_table(const nlohmann::json& results);
+
+}  // namespace taiyi

@@ -1,0 +1,20 @@
+// `taiyi info`: what taiyi sees in a model folder, without running anything: classes, a summary of
+// each config, per component the tensor count, parameter count, dtypes and file sizes, the tokenizer
+// kind and length, and every problem found (missing, unexpected or mis-shaped tensors, unsupported
+// options, unreadable files).
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace taiyi {
+
+// Never throws for a problem in the folder: problems go into report["problems"] (a list of one-line
+// messages) and report["usable"] is false when taiyi could not generate with the folder.
+nlohmann::json inspect_model(const std::filesystem::path& folder);
+// The report as human-readable text.
+std::string format_model_report(const nlohmann::json& report);
+
+}  // namespace taiyi

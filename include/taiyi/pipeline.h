@@ -1,0 +1,122 @@
+// The text-to-image pipeline, usable from C++ without the CLI: a port of diffusers'
+// StableDiffusionPipeline (inference, classifier-free guidance, PNDM or DDIM).
+//
+//   taiyi::PipelineOptions opt;                       // device, precision, scheduler
+//   auto pipe = taiyi::Pipeline::load("models/taiyi", opt);
+//   taiyi::GenerationRequest req;
+//   req.prompt = "小桥流水人家，Van Gogh style";
+//   req.seed = 42;
+//   std::vector<taiyi::Image> images = pipe.generate(req);
+//
+// Seeds: image i of a request uses seed + i and its own CPU generator, i.e. diffusers with
+// generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]; so one image's result
+// never depends on the batch it was made in (AUTOMATIC1111 numbers batch seeds the same way).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "taiyi/config.h"
+#include "taiyi/scheduler.h"
+#include "taiyi/text_encoder.h"
+#include "taiyi/tokenizer.h"
+#include "taiyi/unet.h"
+#include "taiyi/vae.h"
+
+namespace taiyi {
+
+struct PipelineOptions {
+  std::string device = "auto";     // auto | cpu | cuda | cuda:N
+  std::string precision = "auto";  // auto (fp16 on CUDA, fp32 on CPU) | fp16 | fp32
+  std::string scheduler = "";      // "" (the folder's) | pndm | ddim
+  double eta = 0.0;                // DDIM eta
+  bool tf32 = false;               // allow TF32 matmuls/convolutions for fp32 on CUDA
+  bool channels_last = false;      // UNet/VAE in channels_last memory format (CUDA)
+};
+
+struct GenerationRequest {
+  std::string prompt;
+  std::string negative_prompt;
+  int64_t steps = 50;
+  double cfg_scale = 7.5;
+  uint64_t seed = 0;
+  int64_t width = 0;   // 0: unet sample_size x VAE scale factor
+  int64_t height = 0;
+  int64_t count = 1;   // images, seeds seed .. seed+count-1, made in one batch
+};
+
+struct Image {
+  int64_t width = 0, height = 0;
+  uint64_t seed = 0;
+  std::vector<uint8_t> rgb;  // height * width * 3
+};
+
+struct StageTimes {  // seconds, accumulated over generate() calls
+  double load = 0, encode = 0, denoise = 0, decode = 0;
+  int64_t unet_calls = 0;
+};
+
+// Called after each denoising step: (step index from 1, total steps).
+using ProgressCallback = std::function<void(int64_t, int64_t)>;
+
+class Pipeline {
+ public:
+  static Pipeline load(const std::filesystem::path& folder, const PipelineOptions& options);
+
+  // Checks a request against the model (sizes, steps, scale); Error with a message for the user.
+  void validate(const GenerationRequest& request) const;
+  std::vector<Image> generate(const GenerationRequest& request, const ProgressCallback& progress = {});
+  // Several requests in one UNet batch (the CLI's --batch-size over a prompt file): they must share
+  // steps, cfg_scale, width and height (Error otherwise). Images come back in request order.
+  std::vector<Image> generate_batch(const std::vector<GenerationRequest>& requests,
+                                    const ProgressCallback& progress = {});
+
+  // Building blocks, exposed for tests and benchmarks.
+  torch::Tensor encode_prompt(const std::string& prompt);                       // [1, L, D]
+  // [count, C, h, w]; `generators` receives each image's CPU generator, advanced past the draw (DDIM's
+  // eta noise continues from it, as in diffusers).
+  torch::Tensor initial_latents(const GenerationRequest& request, std::vector<torch::Generator>* generators = nullptr) const;
+  // The request with width/height defaults filled in, validated.
+  GenerationRequest complete(const GenerationRequest& request) const;
+  torch::Tensor denoise(torch::Tensor latents, const torch::Tensor& embeddings, const GenerationRequest& request,
+                        std::vector<torch::Generator>& generators, const ProgressCallback& progress = {});
+  torch::Tensor decode(const torch::Tensor& latents);                          // [B, 3, H, W] in [0, 1]
+  static std::vector<Image> to_images(const torch::Tensor& images01, uint64_t first_seed);
+
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  Scheduler& scheduler() { return *scheduler_; }
+  const ModelFolder& folder() const { return folder_; }
+  torch::Device device() const { return device_; }
+  torch::Dtype dtype() const { return dtype_; }
+  int64_t default_width() const;
+  int64_t default_height() const;
+  std::string model_name() const;   // the folder's name, for PNG metadata
+  std::string sampler_name() const; // "PNDM" / "DDIM" as the web UI prints it
+  const StageTimes& times() const { return times_; }
+
+ private:
+  Pipeline() = default;
+  ModelFolder folder_;
+  PipelineOptions options_;
+  torch::Device device_ = torch::kCPU;
+  torch::Dtype dtype_ = torch::kFloat;
+  std::shared_ptr<Tokenizer> tokenizer_;
+  std::shared_ptr<TextEncoderImpl> text_encoder_;
+  std::shared_ptr<UNet2DConditionModel> unet_;
+  std::shared_ptr<AutoencoderKL> vae_;
+  std::shared_ptr<Scheduler> scheduler_;
+  StageTimes times_;
+};
+
+// Resolves "auto"/"cpu"/"cuda"/"cuda:N" to a device; Error when CUDA is asked for and absent.
+torch::Device resolve_device(const std::string& device);
+// Resolves "auto"/"fp16"/"fp32" for a device.
+torch::Dtype resolve_precision(const std::string& precision, const torch::Device& device);
+
+}  // namespace taiyi

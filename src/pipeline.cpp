@@ -1,0 +1,268 @@
+// Port of diffusers' StableDiffusionPipeline.__call__ (text-to-image); see include/taiyi/pipeline.h.
+#include "taiyi/pipeline.h"
+
+#include <chrono>
+#include <map>
+
+#include "taiyi/error.h"
+#include "taiyi/safetensors.h"
+
+namespace taiyi {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+}  // namespace
+
+torch::Device resolve_device(const std::string& device) {
+  if (device == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  if (device == "cpu") return torch::kCPU;
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available())
+      throw Error("--device " + device + ": CUDA was requested but no CUDA GPU is available (use --device cpu)");
+    int index = 0;
+    if (device.size() > 5) {
+      try {
+        size_t used = 0;
+        index = std::stoi(device.substr(5), &used);
+        if (used != device.size() - 5 || index < 0) throw std::invalid_argument("index");
+      } catch (const std::exception&) {
+        throw Error("--device " + device + ": expected cuda:N with N a GPU index");
+      }
+    }
+    if (index >= static_cast<int>(torch::cuda::device_count()))
+      throw Error("--device " + device + ": only " + std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  throw Error("--device " + device + ": expected auto, cpu, cuda or cuda:N");
+}
+
+torch::Dtype resolve_precision(const std::string& precision, const torch::Device& device) {
+  if (precision == "auto") return device.is_cuda() ? torch::kHalf : torch::kFloat;
+  if (precision == "fp16") return torch::kHalf;
+  if (precision == "fp32") return torch::kFloat;
+  throw Error("--precision " + precision + ": expected fp16 or fp32");
+}
+
+Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& options) {
+  auto start = std::chrono::steady_clock::now();
+  Pipeline p;
+  p.options_ = options;
+  p.folder_ = ModelFolder::open(folder_path);
+  p.device_ = resolve_device(options.device);
+  p.dtype_ = resolve_precision(options.precision, p.device_);
+  if (p.device_.is_cuda()) {
+    at::globalContext().setBenchmarkCuDNN(true);
+    at::globalContext().setAllowTF32CuBLAS(options.tf32);
+    at::globalContext().setAllowTF32CuDNN(options.tf32);
+  }
+  for (const char* component : {"unet", "vae"}) {
+    std::string cls = p.folder_.class_name(component);
+    std::string expected = std::string(component) == "unet" ? "UNet2DConditionModel" : "AutoencoderKL";
+    if (cls != expected)
+      throw Error((p.folder_.root() / "model_index.json").string() + ": " + component + " class '" + cls +
+                  "' is not supported (expected " + expected + ")");
+  }
+  // Everything that reads configs comes first, so that a bad folder fails before any weight loads.
+  p.tokenizer_ = load_tokenizer(p.folder_);
+  SchedulerOptions scheduler_options;
+  scheduler_options.eta = options.eta;
+  p.scheduler_ = make_scheduler(p.folder_.config("scheduler"), options.scheduler, scheduler_options);
+  p.text_encoder_ = make_text_encoder(p.folder_);
+  p.unet_ = std::make_shared<UNet2DConditionModel>(p.folder_.config("unet"));
+  p.vae_ = std::make_shared<AutoencoderKL>(p.folder_.config("vae"));
+
+  load_weights(*p.text_encoder_, p.folder_.weight_files("text_encoder"),
+               LoadOptions(p.dtype_, p.device_, p.text_encoder_->ignored_checkpoint_keys()));
+  load_weights(p.unet_->module(), p.folder_.weight_files("unet"), LoadOptions(p.dtype_, p.device_));
+  load_weights(p.vae_->module(), p.folder_.weight_files("vae"), LoadOptions(p.dtype_, p.device_));
+  if (options.channels_last && p.device_.is_cuda()) {
+    p.unet_->module().to(p.device_, p.dtype_);  // no-op for dtype/device; memory format below
+    for (auto& param : p.unet_->module().parameters())
+      if (param.dim() == 4) param.set_data(param.contiguous(torch::MemoryFormat::ChannelsLast));
+    for (auto& param : p.vae_->module().parameters())
+      if (param.dim() == 4) param.set_data(param.contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+  synchronize(p.device_);
+  p.times_.load = seconds_since(start);
+  return p;
+}
+
+int64_t Pipeline::default_width() const { return unet_->sample_size() * vae_->scale_factor(); }
+int64_t Pipeline::default_height() const { return unet_->sample_size() * vae_->scale_factor(); }
+
+std::string Pipeline::model_name() const {
+  fs::path root = fs::absolute(folder_.root()).lexically_normal();
+  std::string name = root.filename().string();
+  if (name.empty()) name = root.parent_path().filename().string();
+  return name;
+}
+
+std::string Pipeline::sampler_name() const { return scheduler_->name(); }
+
+void Pipeline::validate(const GenerationRequest& r) const {
+  const int64_t multiple = vae_->scale_factor();
+  for (auto [name, value] : {std::pair<const char*, int64_t>{"width", r.width}, {"height", r.height}}) {
+    if (value <= 0) throw Error(std::string(name) + " " + std::to_string(value) + ": must be positive");
+    if (value % multiple != 0)
+      throw Error(std::string(name) + " " + std::to_string(value) + ": must be a multiple of " + std::to_string(multiple) +
+                  " (the VAE's scale factor), e.g. " + std::to_string(value / multiple * multiple) + " or " +
+                  std::to_string((value / multiple + 1) * multiple));
+  }
+  if (r.steps < 1 || r.steps > 1000) throw Error("steps " + std::to_string(r.steps) + ": must be between 1 and 1000");
+  if (!(r.cfg_scale >= 0)) throw Error("cfg scale " + std::to_string(r.cfg_scale) + ": must not be negative");
+  if (r.count < 1) throw Error("number of images " + std::to_string(r.count) + ": must be at least 1");
+}
+
+torch::Tensor Pipeline::encode_prompt(const std::string& prompt) {
+  Encoding encoding = tokenizer_->encode(prompt);
+  auto ids = torch::tensor(encoding.ids, torch::kLong).unsqueeze(0).to(device_);
+  return text_encoder_->forward(ids);
+}
+
+torch::Tensor Pipeline::initial_latents(const GenerationRequest& r, std::vector<torch::Generator>* generators) const {
+  const int64_t factor = vae_->scale_factor();
+  const int64_t channels = unet_->in_channels();
+  // diffusers' randn_tensor with a list of CPU generators: one draw of shape (1, C, h, w) per image,
+  // in the model dtype, on the CPU, then moved to the device.
+  std::vector<torch::Tensor> per_image;
+  for (int64_t i = 0; i < r.count; ++i) {
+    torch::Generator generator = at::make_generator<at::CPUGeneratorImpl>(r.seed + static_cast<uint64_t>(i));
+    per_image.push_back(torch::randn({1, channels, r.height / factor, r.width / factor}, generator,
+                                     torch::TensorOptions().dtype(dtype_)));
+    if (generators) generators->push_back(generator);
+  }
+  return (torch::cat(per_image) * scheduler_->init_noise_sigma()).to(device_);
+}
+
+torch::Tensor Pipeline::denoise(torch::Tensor latents, const torch::Tensor& embeddings, const GenerationRequest& r,
+                                std::vector<torch::Generator>& generators, const ProgressCallback& progress) {
+  const bool guidance = r.cfg_scale > 1.0;
+  scheduler_->set_timesteps(r.steps);
+  const std::vector<int64_t>& timesteps = scheduler_->timesteps();
+  // Timesteps go to the device before the loop so that the loop itself has no host-to-device copies.
+  std::vector<torch::Tensor> timestep_tensors;
+  for (int64_t t : timesteps) timestep_tensors.push_back(torch::tensor(t, torch::kLong).to(device_));
+  const int64_t total = static_cast<int64_t>(timesteps.size());
+  for (int64_t i = 0; i < total; ++i) {
+    torch::Tensor model_input = guidance ? torch::cat({latents, latents}) : latents;
+    torch::Tensor noise = unet_->forward(model_input, timestep_tensors[i], embeddings);
+    if (guidance) {
+      auto halves = noise.chunk(2);
+      noise = halves[0] + r.cfg_scale * (halves[1] - halves[0]);
+    }
+    if (options_.eta > 0 && sampler_name() == "DDIM") {
+      // DDIM's eta noise: diffusers draws it per image from that image's generator.
+      std::vector<torch::Tensor> stepped;
+      for (int64_t b = 0; b < latents.size(0); ++b)
+        stepped.push_back(scheduler_->step(noise.narrow(0, b, 1), timesteps[i], latents.narrow(0, b, 1),
+                                           generators.at(static_cast<size_t>(b))));
+      latents = torch::cat(stepped);
+    } else {
+      latents = scheduler_->step(noise, timesteps[i], latents);
+    }
+    ++times_.unet_calls;
+    if (progress) progress(i + 1, total);
+  }
+  return latents;
+}
+
+torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
+  torch::Tensor images = vae_->decode(latents / vae_->scaling_factor());
+  return (images * 0.5 + 0.5).clamp(0, 1);
+}
+
+std::vector<Image> Pipeline::to_images(const torch::Tensor& images01, uint64_t first_seed) {
+  // diffusers' numpy_to_pil: (x * 255).round().astype(uint8), in float32 on the CPU.
+  torch::Tensor bytes =
+      (images01.to(torch::kCPU, torch::kFloat).permute({0, 2, 3, 1}) * 255).round().to(torch::kUInt8).contiguous();
+  std::vector<Image> out;
+  for (int64_t i = 0; i < bytes.size(0); ++i) {
+    Image image;
+    image.height = bytes.size(1);
+    image.width = bytes.size(2);
+    image.seed = first_seed + static_cast<uint64_t>(i);
+    const uint8_t* data = bytes[i].data_ptr<uint8_t>();
+    image.rgb.assign(data, data + image.height * image.width * 3);
+    out.push_back(std::move(image));
+  }
+  return out;
+}
+
+GenerationRequest Pipeline::complete(const GenerationRequest& request) const {
+  GenerationRequest r = request;
+  if (r.width == 0) r.width = default_width();
+  if (r.height == 0) r.height = default_height();
+  validate(r);
+  return r;
+}
+
+std::vector<Image> Pipeline::generate(const GenerationRequest& request, const ProgressCallback& progress) {
+  return generate_batch({request}, progress);
+}
+
+std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>& requests,
+                                            const ProgressCallback& progress) {
+  if (requests.empty()) return {};
+  std::vector<GenerationRequest> batch;
+  for (const GenerationRequest& request : requests) batch.push_back(complete(request));
+  const GenerationRequest& first = batch.front();
+  for (const GenerationRequest& r : batch) {
+    if (r.steps != first.steps || r.cfg_scale != first.cfg_scale || r.width != first.width || r.height != first.height)
+      throw Error("generate_batch: requests in one batch must share steps, cfg scale and size");
+  }
+  c10::InferenceMode inference;
+  const bool guidance = first.cfg_scale > 1.0;
+
+  auto start = std::chrono::steady_clock::now();
+  std::map<std::string, torch::Tensor> encoded;  // the same (negative) prompt is encoded once
+  auto encode = [&](const std::string& text) {
+    auto it = encoded.find(text);
+    if (it == encoded.end()) it = encoded.emplace(text, encode_prompt(text)).first;
+    return it->second;
+  };
+  std::vector<torch::Tensor> conditional, unconditional;
+  for (const GenerationRequest& r : batch) {
+    torch::Tensor c = encode(r.prompt);
+    conditional.push_back(c.expand({r.count, c.size(1), c.size(2)}));
+    if (guidance) {
+      torch::Tensor u = encode(r.negative_prompt);
+      unconditional.push_back(u.expand({r.count, u.size(1), u.size(2)}));
+    }
+  }
+  // Unconditional half first, as diffusers concatenates them.
+  torch::Tensor embeddings = guidance ? torch::cat({torch::cat(unconditional), torch::cat(conditional)})
+                                      : torch::cat(conditional);
+  synchronize(device_);
+  times_.encode += seconds_since(start);
+
+  start = std::chrono::steady_clock::now();
+  std::vector<torch::Generator> generators;
+  std::vector<torch::Tensor> initial;
+  for (const GenerationRequest& r : batch) initial.push_back(initial_latents(r, &generators));
+  torch::Tensor latents = denoise(torch::cat(initial), embeddings, first, generators, progress);
+  synchronize(device_);
+  times_.denoise += seconds_since(start);
+
+  start = std::chrono::steady_clock::now();
+  torch::Tensor decoded = decode(latents);
+  std::vector<Image> images;
+  int64_t offset = 0;
+  for (const GenerationRequest& r : batch) {
+    for (Image& image : to_images(decoded.narrow(0, offset, r.count), r.seed)) images.push_back(std::move(image));
+    offset += r.count;
+  }
+  times_.decode += seconds_since(start);
+  return images;
+}
+
+}  // namespace taiyi
