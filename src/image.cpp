@@ -143,6 +143,10 @@ std::vector<std::pair<std::string, std::string>> read_png_text(const fs::path& p
     std::string type = data.substr(pos + 4, 4);
     if (pos + 12 + length > data.size()) throw Error(path.string() + ": truncated PNG chunk " + type);
     std::string payload = data.substr(pos + 8, length);
+    uint32_t stored_crc = 0;
+    for (int i = 0; i < 4; ++i) stored_crc = (stored_crc << 8) | static_cast<unsigned char>(data[pos + 8 + length + i]);
+    if (crc32(reinterpret_cast<const uint8_t*>(data.data() + pos + 4), length + 4) != stored_crc)
+      throw Error(path.string() + ": bad CRC in PNG chunk " + type);
     size_t nul = payload.find('\0');
     if (type == "tEXt" && nul != std::string::npos) {
       std::string utf8;

@@ -326,6 +326,8 @@ int main(int argc, char** argv) {
   CLI::App app{"taiyi: text to image with Taiyi-Stable-Diffusion (and SD 1.x) models, in C++ with libtorch.\n"
                "  taiyi \"小桥流水人家，Van Gogh style\" -o out.png"};
   app.set_version_flag("--version", "taiyi 0.1.0");
+  // The last of a repeated option wins, as in most command lines (and handy in scripts).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   GenerateArgs a;
   a.model = default_model();
   app.add_option("prompt", a.prompt, "the prompt (or -p)");

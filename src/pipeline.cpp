@@ -2,6 +2,7 @@
 #include "taiyi/pipeline.h"
 
 #include <chrono>
+#include <cmath>
 #include <map>
 
 #include "taiyi/error.h"
@@ -53,7 +54,40 @@ torch::Dtype resolve_precision(const std::string& precision, const torch::Device
   throw Error("--precision " + precision + ": expected fp16 or fp32");
 }
 
+// Parameters in the range of PyTorch's default initialisers (uniform, +-1/sqrt(fan_in)); norm scales
+// near 1. Values that keep activations finite and normal (no denormals to slow the CPU down).
+static void fill_random(torch::nn::Module& module, torch::Dtype dtype, torch::Device device, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  torch::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto options = torch::TensorOptions().dtype(torch::kFloat);
+  for (auto& item : module.named_parameters(/*recurse=*/true)) {
+    torch::Tensor p = item.value();
+    torch::Tensor values;
+    if (p.dim() >= 2) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(p.numel() / p.size(0)));
+      values = torch::rand(p.sizes(), generator, options) * (2 * bound) - bound;
+    } else {
+      const std::string& name = item.key();
+      const bool is_scale = name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0;
+      values = torch::rand(p.sizes(), generator, options) * 0.04 - 0.02 + (is_scale ? 1.0 : 0.0);
+    }
+    p.set_data(values.to(device, dtype));
+  }
+  for (auto& item : module.named_buffers(/*recurse=*/true)) {
+    torch::Tensor b = item.value();
+    b.set_data(b.to(device, b.is_floating_point() ? dtype : b.scalar_type()));
+  }
+}
+
 Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& options) {
+  return load(folder_path, options, /*random_weights=*/false);
+}
+
+Pipeline Pipeline::load_random(const fs::path& folder_path, const PipelineOptions& options) {
+  return load(folder_path, options, /*random_weights=*/true);
+}
+
+Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& options, bool random_weights) {
   auto start = std::chrono::steady_clock::now();
   Pipeline p;
   p.options_ = options;
@@ -81,10 +115,16 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   p.unet_ = std::make_shared<UNet2DConditionModel>(p.folder_.config("unet"));
   p.vae_ = std::make_shared<AutoencoderKL>(p.folder_.config("vae"));
 
-  load_weights(*p.text_encoder_, p.folder_.weight_files("text_encoder"),
-               LoadOptions(p.dtype_, p.device_, p.text_encoder_->ignored_checkpoint_keys()));
-  load_weights(p.unet_->module(), p.folder_.weight_files("unet"), LoadOptions(p.dtype_, p.device_));
-  load_weights(p.vae_->module(), p.folder_.weight_files("vae"), LoadOptions(p.dtype_, p.device_));
+  if (random_weights) {
+    fill_random(*p.text_encoder_, p.dtype_, p.device_, 1);
+    fill_random(p.unet_->module(), p.dtype_, p.device_, 2);
+    fill_random(p.vae_->module(), p.dtype_, p.device_, 3);
+  } else {
+    load_weights(*p.text_encoder_, p.folder_.weight_files("text_encoder"),
+                 LoadOptions(p.dtype_, p.device_, p.text_encoder_->ignored_checkpoint_keys()));
+    load_weights(p.unet_->module(), p.folder_.weight_files("unet"), LoadOptions(p.dtype_, p.device_));
+    load_weights(p.vae_->module(), p.folder_.weight_files("vae"), LoadOptions(p.dtype_, p.device_));
+  }
   if (options.channels_last && p.device_.is_cuda()) {
     p.unet_->module().to(p.device_, p.dtype_);  // no-op for dtype/device; memory format below
     for (auto& param : p.unet_->module().parameters())

@@ -209,57 +209,85 @@ static std::string shape_string(c10::IntArrayRef shape) {
   return s + "]";
 }
 
-void load_weights(torch::nn::Module& module, const std::vector<fs::path>& files, const LoadOptions& options) {
-  torch::NoGradGuard no_grad;
-  std::vector<std::unique_ptr<SafetensorsFile>> opened;
-  std::unordered_map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>> available;
-  for (const fs::path& path : files) {
-    opened.push_back(std::make_unique<SafetensorsFile>(path));
-    for (const TensorInfo& info : opened.back()->tensors()) {
-      if (!available.emplace(info.name, std::make_pair(opened.back().get(), &info)).second)
-        throw Error(path.string() + ": tensor '" + info.name + "' also appears in another shard");
+// Every tensor of the files by name; Error on a name found in two shards.
+using TensorIndex = std::unordered_map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>>;
+static TensorIndex index_tensors(const std::vector<const SafetensorsFile*>& files) {
+  TensorIndex available;
+  for (const SafetensorsFile* file : files) {
+    for (const TensorInfo& info : file->tensors()) {
+      if (!available.emplace(info.name, std::make_pair(file, &info)).second)
+        throw Error(file->path().string() + ": tensor '" + info.name + "' also appears in another shard");
     }
   }
-  std::string directory = files.empty() ? std::string("(no files)") : files.front().parent_path().string();
+  return available;
+}
 
+static std::vector<std::pair<std::string, torch::Tensor>> state_dict_targets(torch::nn::Module& module) {
   std::vector<std::pair<std::string, torch::Tensor>> targets;
   for (auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
   for (auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
+  return targets;
+}
 
-  std::vector<std::string> missing, mis_shaped;
+static WeightMismatch compare(const std::vector<std::pair<std::string, torch::Tensor>>& targets,
+                              const TensorIndex& available, const LoadOptions& options) {
+  WeightMismatch result;
   std::set<std::string> used;
-  for (auto& [name, target] : targets) {
+  for (const auto& [name, target] : targets) {
     auto it = available.find(name);
     if (it == available.end()) {
-      if (!matches_any(name, options.ignore_missing)) missing.push_back(name);
+      if (!matches_any(name, options.ignore_missing)) result.missing.push_back(name);
       continue;
     }
     used.insert(name);
     const TensorInfo& info = *it->second.second;
     if (c10::IntArrayRef(info.shape) != target.sizes()) {
-      mis_shaped.push_back(name + " (file " + shape_string(info.shape) + ", model " + shape_string(target.sizes()) + ")");
+      result.mis_shaped.push_back(name + " (file " + shape_string(info.shape) + ", model " +
+                                  shape_string(target.sizes()) + ")");
     }
   }
-  std::vector<std::string> unexpected;
   for (const auto& [name, where] : available) {
-    if (!used.count(name) && !matches_any(name, options.ignore_unexpected)) unexpected.push_back(name);
+    if (!used.count(name) && !matches_any(name, options.ignore_unexpected)) result.unexpected.push_back(name);
   }
-  if (!missing.empty() || !unexpected.empty() || !mis_shaped.empty()) {
-    std::sort(unexpected.begin(), unexpected.end());
-    auto list = [](const std::vector<std::string>& names) {
-      std::string s;
-      const size_t shown = std::min<size_t>(names.size(), 12);
-      for (size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + names[i];
-      if (names.size() > shown) s += ", ... (" + std::to_string(names.size() - shown) + " more)";
-      return s;
-    };
-    std::string msg = directory + ": weights do not match the model:";
-    if (!missing.empty()) msg += " " + std::to_string(missing.size()) + " missing [" + list(missing) + "];";
-    if (!unexpected.empty()) msg += " " + std::to_string(unexpected.size()) + " unexpected [" + list(unexpected) + "];";
-    if (!mis_shaped.empty()) msg += " " + std::to_string(mis_shaped.size()) + " mis-shaped [" + list(mis_shaped) + "];";
-    msg.pop_back();
-    throw Error(msg);
+  std::sort(result.unexpected.begin(), result.unexpected.end());
+  return result;
+}
+
+std::string WeightMismatch::message(const std::string& where) const {
+  auto list = [](const std::vector<std::string>& names) {
+    std::string s;
+    const size_t shown = std::min<size_t>(names.size(), 12);
+    for (size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + names[i];
+    if (names.size() > shown) s += ", ... (" + std::to_string(names.size() - shown) + " more)";
+    return s;
+  };
+  std::string msg = where + ": weights do not match the model:";
+  if (!missing.empty()) msg += " " + std::to_string(missing.size()) + " missing [" + list(missing) + "];";
+  if (!unexpected.empty()) msg += " " + std::to_string(unexpected.size()) + " unexpected [" + list(unexpected) + "];";
+  if (!mis_shaped.empty()) msg += " " + std::to_string(mis_shaped.size()) + " mis-shaped [" + list(mis_shaped) + "];";
+  if (msg.back() == ';') msg.pop_back();
+  return msg;
+}
+
+WeightMismatch check_weights(torch::nn::Module& module, const std::vector<const SafetensorsFile*>& files,
+                             const LoadOptions& options) {
+  return compare(state_dict_targets(module), index_tensors(files), options);
+}
+
+void load_weights(torch::nn::Module& module, const std::vector<fs::path>& files, const LoadOptions& options) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::unique_ptr<SafetensorsFile>> opened;
+  std::vector<const SafetensorsFile*> views;
+  for (const fs::path& path : files) {
+    opened.push_back(std::make_unique<SafetensorsFile>(path));
+    views.push_back(opened.back().get());
   }
+  const TensorIndex available = index_tensors(views);
+  std::string directory = files.empty() ? std::string("(no files)") : files.front().parent_path().string();
+
+  std::vector<std::pair<std::string, torch::Tensor>> targets = state_dict_targets(module);
+  WeightMismatch mismatch = compare(targets, available, options);
+  if (!mismatch.empty()) throw Error(mismatch.message(directory));
 
   for (auto& [name, target] : targets) {
     auto it = available.find(name);

@@ -68,6 +68,9 @@ using ProgressCallback = std::function<void(int64_t, int64_t)>;
 class Pipeline {
  public:
   static Pipeline load(const std::filesystem::path& folder, const PipelineOptions& options);
+  // The same modules built from the folder's configs, with small random weights instead of the
+  // weight files (benchmarks: no weights needed; the images are noise). Fixed seed.
+  static Pipeline load_random(const std::filesystem::path& folder, const PipelineOptions& options);
 
   // Checks a request against the model (sizes, steps, scale); Error with a message for the user.
   void validate(const GenerationRequest& request) const;
@@ -102,6 +105,7 @@ class Pipeline {
 
  private:
   Pipeline() = default;
+  static Pipeline load(const std::filesystem::path& folder, const PipelineOptions& options, bool random_weights);
   ModelFolder folder_;
   PipelineOptions options_;
   torch::Device device_ = torch::kCPU;

@@ -80,6 +80,21 @@ struct LoadOptions {
   std::vector<std::string> ignore_missing;
 };
 
+// What load_weights would find wrong, from names and shapes alone (no tensor data is read): module
+// keys absent from the files (less options.ignore_missing), file keys the module lacks (less
+// options.ignore_unexpected), and keys whose shapes differ. `taiyi info` reports these per component.
+struct WeightMismatch {
+  std::vector<std::string> missing;
+  std::vector<std::string> unexpected;  // sorted
+  std::vector<std::string> mis_shaped;  // "name (file [a, b], model [c, d])"
+  bool empty() const { return missing.empty() && unexpected.empty() && mis_shaped.empty(); }
+  // One line: "<where>: weights do not match the model: N missing [...]; N unexpected [...]; ...".
+  std::string message(const std::string& where) const;
+};
+// Error when one tensor name appears in two of the files (shards).
+WeightMismatch check_weights(torch::nn::Module& module, const std::vector<const SafetensorsFile*>& files,
+                             const LoadOptions& options = {});
+
 // Copies every parameter and buffer of `module` from the files by its state-dict name, converting
 // to options.dtype and options.device tensor by tensor (never a second full copy of the model).
 // Missing, unexpected and mis-shaped keys are all collected and reported in one Error.

@@ -1,0 +1,279 @@
+// `taiyi bench`: for each precision x batch size x resolution, `warmup` untimed then `repeat` timed
+// generations through Pipeline::generate; stage times are the deltas of Pipeline::times() (the
+// pipeline synchronises the device at each stage boundary), peak GPU memory comes from the CUDA
+// caching allocator and peak RSS from getrusage. See include/taiyi/bench.h.
+#include "taiyi/bench.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "taiyi/error.h"
+#include "taiyi/pipeline.h"
+
+// libtorch wheels built with CUDA ship these headers; a CPU-only libtorch does not, and then there
+// is no GPU memory to report.
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_runtime_api.h>
+#define TAIYI_HAS_CUDA_ALLOCATOR 1
+#else
+#define TAIYI_HAS_CUDA_ALLOCATOR 0
+#endif
+
+namespace taiyi {
+
+using Json = nlohmann::json;
+
+namespace {
+
+// The prompt of every benchmark run: a CLIP prompt of a dozen tokens (BERT tokenizes it too).
+const char* kPrompt = "小桥流水人家，Van Gogh style";
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double peak_rss_mb() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / 1024.0;  // Linux: kilobytes
+}
+
+void reset_gpu_peak(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_ALLOCATOR
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#else
+  (void)device;
+#endif
+}
+
+// Peak bytes held by tensors (allocated) and by the allocator's cache (reserved) since the last reset, MB.
+std::pair<double, double> gpu_peak_mb(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_ALLOCATOR
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    return {stats.allocated_bytes[aggregate].peak / 1048576.0, stats.reserved_bytes[aggregate].peak / 1048576.0};
+  }
+#else
+  (void)device;
+#endif
+  return {0.0, 0.0};
+}
+
+void release_gpu_cache(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_ALLOCATOR
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#else
+  (void)device;
+#endif
+}
+
+std::string describe(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_ALLOCATOR
+  if (device.is_cuda()) {
+    cudaDeviceProp properties{};
+    if (cudaGetDeviceProperties(&properties, device.index()) == cudaSuccess)
+      return "cuda:" + std::to_string(device.index()) + " (" + properties.name + ")";
+  }
+#endif
+  if (device.is_cuda()) return "cuda:" + std::to_string(device.index());
+  return "cpu (" + std::to_string(at::get_num_threads()) + " threads)";
+}
+
+void check_options(const BenchOptions& o) {
+  if (o.precisions.empty() || o.batch_sizes.empty() || o.resolutions.empty())
+    throw Error("bench: --precision, --batch-size and --resolution each need at least one value");
+  for (const std::string& p : o.precisions)
+    if (p != "auto" && p != "fp16" && p != "fp32") throw Error("bench: --precision " + p + ": expected fp16, fp32 or auto");
+  for (int64_t b : o.batch_sizes)
+    if (b < 1) throw Error("bench: --batch-size " + std::to_string(b) + ": must be at least 1");
+  for (int64_t r : o.resolutions)
+    if (r < 0) throw Error("bench: --resolution " + std::to_string(r) + ": must be positive (0: the model's default)");
+  if (o.steps < 1) throw Error("bench: --steps " + std::to_string(o.steps) + ": must be at least 1");
+  if (o.warmup < 0) throw Error("bench: --warmup " + std::to_string(o.warmup) + ": must not be negative");
+  if (o.repeat < 1) throw Error("bench: --repeat " + std::to_string(o.repeat) + ": must be at least 1");
+}
+
+std::string format(const char* pattern, double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, pattern, value);
+  return buf;
+}
+
+}  // namespace
+
+Json run_bench(const BenchOptions& o, const std::function<void(const std::string&)>& log) {
+  check_options(o);
+  auto say = [&](const std::string& line) {
+    if (log) log(line);
+  };
+  const torch::Device device = resolve_device(o.device);
+  Json out = {{"device", describe(device)},
+              {"model", o.model},
+              {"random_weights", o.random_weights},
+              {"steps", o.steps},
+              {"cfg_scale", o.cfg_scale},
+              {"warmup", o.warmup},
+              {"repeat", o.repeat},
+              {"tf32", o.tf32},
+              {"channels_last", o.channels_last},
+              {"results", Json::array()}};
+
+  for (const std::string& precision : o.precisions) {
+    PipelineOptions options;
+    options.device = o.device;
+    options.precision = precision;
+    options.scheduler = o.scheduler;
+    options.tf32 = o.tf32;
+    options.channels_last = o.channels_last;
+    release_gpu_cache(device);
+    reset_gpu_peak(device);
+    say("bench: loading " + o.model + (o.random_weights ? " (random weights)" : "") + ", " + precision);
+    Pipeline pipe = o.random_weights ? Pipeline::load_random(o.model, options) : Pipeline::load(o.model, options);
+    const std::string precision_name = pipe.dtype() == torch::kHalf ? "fp16" : "fp32";
+    const double load_s = pipe.times().load;
+    const double load_peak_gpu_mb = gpu_peak_mb(device).first;
+    say("bench: loaded in " + format("%.2f", load_s) + " s");
+    if (out.find("scheduler") == out.end()) out["scheduler"] = pipe.sampler_name();
+
+    for (int64_t batch : o.batch_sizes) {
+      for (int64_t resolution : o.resolutions) {
+        GenerationRequest request;
+        request.prompt = kPrompt;
+        request.steps = o.steps;
+        request.cfg_scale = o.cfg_scale;
+        request.seed = 0;
+        request.width = resolution;
+        request.height = resolution;
+        request.count = batch;
+        request = pipe.complete(request);  // fills the default size, Error for a bad one
+        const std::string label = precision_name + " batch " + std::to_string(batch) + " " +
+                                  std::to_string(request.width) + "x" + std::to_string(request.height);
+
+        // The peak covers the weights (still allocated) and the largest generation of this configuration.
+        reset_gpu_peak(device);
+        for (int64_t i = 0; i < o.warmup; ++i) {
+          say("bench: " + label + ": warm-up " + std::to_string(i + 1) + "/" + std::to_string(o.warmup));
+          pipe.generate(request);
+        }
+        const StageTimes before = pipe.times();
+        std::vector<double> walls;
+        for (int64_t i = 0; i < o.repeat; ++i) {
+          auto start = std::chrono::steady_clock::now();
+          pipe.generate(request);
+          walls.push_back(seconds_since(start));
+          say("bench: " + label + ": run " + std::to_string(i + 1) + "/" + std::to_string(o.repeat) + " " +
+              format("%.3f", walls.back()) + " s");
+        }
+        const StageTimes after = pipe.times();
+        const double runs = static_cast<double>(o.repeat);
+        const int64_t unet_calls = after.unet_calls - before.unet_calls;
+        const double denoise_s = (after.denoise - before.denoise) / runs;
+        const double unet_step_s = unet_calls ? (after.denoise - before.denoise) / unet_calls : 0.0;
+        double wall_s = 0;
+        for (double w : walls) wall_s += w;
+        wall_s /= runs;
+        std::vector<double> sorted = walls;
+        std::sort(sorted.begin(), sorted.end());
+        const auto [peak_allocated, peak_reserved] = gpu_peak_mb(device);
+
+        Json result = {{"precision", precision_name},
+                       {"batch_size", batch},
+                       {"width", request.width},
+                       {"height", request.height},
+                       {"steps", o.steps},
+                       {"unet_calls_per_run", unet_calls / o.repeat},
+                       {"load_s", load_s},
+                       {"encode_s", (after.encode - before.encode) / runs},
+                       {"denoise_s", denoise_s},
+                       {"unet_step_s", unet_step_s},
+                       {"it_per_s", unet_step_s > 0 ? 1.0 / unet_step_s : 0.0},
+                       {"decode_s", (after.decode - before.decode) / runs},
+                       {"run_s", wall_s},
+                       {"run_min_s", sorted.front()},
+                       {"run_max_s", sorted.back()},
+                       {"s_per_image", wall_s / batch},
+                       {"images_per_s", batch / wall_s},
+                       {"peak_rss_mb", peak_rss_mb()}};
+        if (device.is_cuda()) {  // absent on the CPU, where the RSS is the memory figure
+          result["peak_gpu_mb"] = peak_allocated;
+          result["peak_gpu_reserved_mb"] = peak_reserved;
+          result["load_peak_gpu_mb"] = load_peak_gpu_mb;
+        }
+        say("bench: " + label + ": " + format("%.3f", wall_s) + " s per run, " + format("%.2f", result["it_per_s"].get<double>()) +
+            " it/s");
+        out["results"].push_back(result);
+      }
+    }
+  }
+  return out;
+}
+
+std::string format_bench_table(const Json& bench) {
+  struct Column {
+    const char* title;
+    const char* key;
+    const char* pattern;  // for numbers; nullptr: the value as text
+  };
+  const std::vector<Column> columns = {
+      {"precision", "precision", nullptr}, {"batch", "batch_size", "%.0f"},   {"size", "", nullptr},
+      {"steps", "steps", "%.0f"},          {"load s", "load_s", "%.2f"},      {"text s", "encode_s", "%.3f"},
+      {"step s", "unet_step_s", "%.4f"},   {"it/s", "it_per_s", "%.2f"},      {"decode s", "decode_s", "%.3f"},
+      {"s/image", "s_per_image", "%.3f"},  {"images/s", "images_per_s", "%.3f"},
+      {"GPU MB", "peak_gpu_mb", "%.0f"},   {"RSS MB", "peak_rss_mb", "%.0f"},
+  };
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> header;
+  for (const Column& c : columns) header.push_back(c.title);
+  rows.push_back(header);
+  for (const Json& r : bench.value("results", Json::array())) {
+    std::vector<std::string> row;
+    for (const Column& c : columns) {
+      if (std::string(c.title) == "size") {
+        row.push_back(std::to_string(r.value("width", 0)) + "x" + std::to_string(r.value("height", 0)));
+      } else if (!r.contains(c.key) || r.at(c.key).is_null()) {
+        row.push_back("-");
+      } else if (c.pattern) {
+        row.push_back(format(c.pattern, r.at(c.key).get<double>()));
+      } else {
+        row.push_back(r.at(c.key).get<std::string>());
+      }
+    }
+    rows.push_back(row);
+  }
+  std::vector<size_t> widths(columns.size(), 0);
+  for (const auto& row : rows)
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+
+  std::ostringstream out;
+  out << "device: " << bench.value("device", "?") << ", scheduler " << bench.value("scheduler", "?") << ", cfg "
+      << format("%g", bench.value("cfg_scale", 0.0)) << ", warm-up " << bench.value("warmup", 0) << ", "
+      << bench.value("repeat", 0) << " timed run(s) each" << (bench.value("random_weights", false) ? ", random weights" : "")
+      << "\n";
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::string line;
+    for (size_t i = 0; i < rows[r].size(); ++i) {
+      const std::string& cell = rows[r][i];
+      std::string pad(widths[i] - cell.size(), ' ');
+      // Text left-aligned, numbers right-aligned.
+      line += (i ? "  " : "") + (i == 0 ? cell + pad : pad + cell);
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out << line << "\n";
+    if (r == 0) {
+      size_t total = 0;
+      for (size_t w : widths) total += w;
+      out << std::string(total + 2 * (widths.size() - 1), '-') << "\n";
+    }
+  }
+  return out.str();
+}
+
+}  // namespace taiyi

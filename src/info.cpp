@@ -1,0 +1,345 @@
+// `taiyi info`: inspects a model folder the way Pipeline::load would use it, without reading any
+// weight data: model_index.json, each config, the modules built from them (constructors reject
+// unsupported options), the safetensors headers checked by name and shape against the modules
+// (check_weights, the same comparison load_weights makes), the tokenizer and the scheduler.
+// Problems are collected, never thrown; see include/taiyi/info.h.
+#include "taiyi/info.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "taiyi/config.h"
+#include "taiyi/error.h"
+#include "taiyi/safetensors.h"
+#include "taiyi/scheduler.h"
+#include "taiyi/text_encoder.h"
+#include "taiyi/tokenizer.h"
+#include "taiyi/unet.h"
+#include "taiyi/vae.h"
+
+namespace taiyi {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+namespace {
+
+// The config keys worth a glance per component (those present are copied into the report).
+const std::map<std::string, std::vector<std::string>> kSummaryKeys = {
+    {"text_encoder",
+     {"model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+      "max_position_embeddings", "hidden_act"}},
+    {"unet",
+     {"sample_size", "in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
+      "up_block_types", "cross_attention_dim", "attention_head_dim", "norm_num_groups"}},
+    {"vae", {"sample_size", "in_channels", "out_channels", "latent_channels", "block_out_channels", "layers_per_block",
+             "scaling_factor"}},
+    {"scheduler",
+     {"_class_name", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+      "skip_prk_steps", "steps_offset", "set_alpha_to_one", "clip_sample"}},
+};
+
+// The components taiyi uses, in the order data flows through them.
+const std::vector<std::string> kComponents = {"tokenizer", "text_encoder", "unet", "vae", "scheduler"};
+
+std::string message_of(const std::exception& e) {
+  if (auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
+  return e.what();
+}
+
+// Runs `step`; an exception becomes a problem "<component>: <message>". Returns whether it succeeded.
+template <typename Step>
+bool attempt(const std::string& component, std::vector<std::string>& problems, Step&& step) {
+  try {
+    step();
+    return true;
+  } catch (const std::exception& e) {
+    problems.push_back(component + ": " + message_of(e));
+    return false;
+  }
+}
+
+Json config_summary(const Config& config, const std::string& component) {
+  Json summary = Json::object();
+  for (const std::string& key : kSummaryKeys.at(component))
+    if (config.json().contains(key)) summary[key] = config.json().at(key);
+  return summary;
+}
+
+// Headers of the component's weight files (counts, dtypes, sizes) and, when the module could be
+// built, the name-and-shape comparison that load_weights would make.
+void inspect_weights(const ModelFolder& folder, const std::string& component, torch::nn::Module* module,
+                     const LoadOptions& options, Json& entry, std::vector<std::string>& problems) {
+  if (module) {
+    int64_t model_tensors = 0, model_parameters = 0;
+    for (const auto& item : module->named_parameters(/*recurse=*/true)) {
+      ++model_tensors;
+      model_parameters += item.value().numel();
+    }
+    for (const auto& item : module->named_buffers(/*recurse=*/true)) {
+      (void)item;
+      ++model_tensors;
+    }
+    entry["model_tensors"] = model_tensors;
+    entry["model_parameters"] = model_parameters;
+  }
+
+  std::vector<fs::path> paths;
+  if (!attempt(component, problems, [&] { paths = folder.weight_files(component); })) return;
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  Json file_entries = Json::array();
+  std::map<std::string, int64_t> dtypes;
+  int64_t tensors = 0, parameters = 0;
+  uint64_t size_bytes = 0;
+  bool all_opened = true;
+  for (const fs::path& path : paths) {
+    std::unique_ptr<SafetensorsFile> file;
+    if (!attempt(component, problems, [&] { file = std::make_unique<SafetensorsFile>(path); })) {
+      all_opened = false;
+      continue;
+    }
+    int64_t file_parameters = 0;
+    for (const TensorInfo& info : file->tensors()) {
+      ++dtypes[to_string(info.dtype)];
+      file_parameters += info.numel();
+    }
+    tensors += static_cast<int64_t>(file->tensors().size());
+    parameters += file_parameters;
+    size_bytes += file->file_size();
+    file_entries.push_back({{"path", path.string()},
+                            {"size_bytes", file->file_size()},
+                            {"tensors", file->tensors().size()},
+                            {"parameters", file_parameters}});
+    files.push_back(std::move(file));
+  }
+  entry["files"] = file_entries;
+  entry["tensors"] = tensors;
+  entry["parameters"] = parameters;
+  entry["dtypes"] = dtypes;
+  entry["size_bytes"] = size_bytes;
+  if (!module || !all_opened) return;
+
+  std::vector<const SafetensorsFile*> views;
+  for (const auto& file : files) views.push_back(file.get());
+  WeightMismatch mismatch;
+  if (!attempt(component, problems, [&] { mismatch = check_weights(*module, views, options); })) return;
+  entry["missing"] = mismatch.missing;
+  entry["unexpected"] = mismatch.unexpected;
+  entry["mis_shaped"] = mismatch.mis_shaped;
+  if (!mismatch.empty()) problems.push_back(component + ": " + mismatch.message(folder.component_dir(component).string()));
+}
+
+void check_class(const ModelFolder& folder, const std::string& component, const std::string& expected) {
+  std::string cls = folder.class_name(component);
+  if (cls != expected)
+    throw Error((folder.root() / "model_index.json").string() + ": " + component + " class '" + cls +
+                "' is not supported (expected " + expected + ")");
+}
+
+}  // namespace
+
+Json inspect_model(const fs::path& root) {
+  Json report = {{"folder", root.string()}, {"usable", false}};
+  std::vector<std::string> problems, notes;
+  auto finish = [&]() {
+    report["problems"] = problems;
+    report["notes"] = notes;
+    report["usable"] = problems.empty();
+    return report;
+  };
+
+  ModelFolder folder;
+  if (!attempt("model_index.json", problems, [&] { folder = ModelFolder::open(root); })) return finish();
+  Json index;
+  attempt("model_index.json", problems, [&] { index = read_json_file(root / "model_index.json"); });
+  report["pipeline_class"] = index.value("_class_name", "");
+  report["diffusers_version"] = index.value("_diffusers_version", "");
+  // Entries of model_index.json that taiyi does not use (safety_checker, feature_extractor, ...).
+  Json classes = Json::object();
+  for (const auto& [name, value] : index.items()) {
+    if (name.empty() || name[0] == '_') continue;
+    // Components are ["library", "Class"]; other keys (requires_safety_checker) are options.
+    if (!value.is_array() || value.size() != 2 || !value[1].is_string()) continue;
+    bool used = std::find(kComponents.begin(), kComponents.end(), name) != kComponents.end();
+    if (!used) {
+      notes.push_back(name + " (" + value[1].get<std::string>() + "): not used by taiyi");
+      continue;
+    }
+    classes[name] = {{"library", value[0]}, {"class", value[1]}};
+  }
+  report["classes"] = classes;
+
+  Json components = Json::object();
+
+  // Tokenizer: its kind and length come from the tokenizer files.
+  {
+    Json entry = Json::object();
+    attempt("tokenizer", problems, [&] {
+      entry["class"] = folder.class_name("tokenizer");
+      std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(folder);
+      entry["kind"] = tokenizer->kind();
+      entry["max_length"] = tokenizer->max_length();
+    });
+    components["tokenizer"] = entry;
+  }
+
+  // Text encoder, UNet, VAE: config, module, weights (as Pipeline::load checks and loads them).
+  {
+    Json entry = Json::object();
+    std::shared_ptr<TextEncoderImpl> module;
+    LoadOptions options;
+    attempt("text_encoder", problems, [&] {
+      entry["class"] = folder.class_name("text_encoder");
+      entry["config"] = config_summary(folder.config("text_encoder"), "text_encoder");
+      module = make_text_encoder(folder);
+      options.ignore_unexpected = module->ignored_checkpoint_keys();
+    });
+    inspect_weights(folder, "text_encoder", module.get(), options, entry, problems);
+    components["text_encoder"] = entry;
+  }
+  {
+    Json entry = Json::object();
+    std::unique_ptr<UNet2DConditionModel> module;
+    attempt("unet", problems, [&] {
+      entry["class"] = folder.class_name("unet");
+      check_class(folder, "unet", "UNet2DConditionModel");
+      Config config = folder.config("unet");
+      entry["config"] = config_summary(config, "unet");
+      module = std::make_unique<UNet2DConditionModel>(config);
+    });
+    inspect_weights(folder, "unet", module ? &module->module() : nullptr, {}, entry, problems);
+    components["unet"] = entry;
+  }
+  {
+    Json entry = Json::object();
+    std::unique_ptr<AutoencoderKL> module;
+    attempt("vae", problems, [&] {
+      entry["class"] = folder.class_name("vae");
+      check_class(folder, "vae", "AutoencoderKL");
+      Config config = folder.config("vae");
+      entry["config"] = config_summary(config, "vae");
+      module = std::make_unique<AutoencoderKL>(config);
+      entry["scale_factor"] = module->scale_factor();
+      entry["scaling_factor"] = module->scaling_factor();
+    });
+    inspect_weights(folder, "vae", module ? &module->module() : nullptr, {}, entry, problems);
+    components["vae"] = entry;
+  }
+
+  // Scheduler: the folder's class, as taiyi builds it by default.
+  {
+    Json entry = Json::object();
+    attempt("scheduler", problems, [&] {
+      entry["class"] = folder.class_name("scheduler");
+      Config config = folder.config("scheduler");
+      entry["config"] = config_summary(config, "scheduler");
+      entry["name"] = make_scheduler(config, "")->name();
+    });
+    components["scheduler"] = entry;
+  }
+  report["components"] = components;
+  return finish();
+}
+
+namespace {
+
+// 1234567 -> "1,234,567".
+std::string grouped(int64_t value) {
+  std::string digits = std::to_string(value < 0 ? -value : value);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return value < 0 ? "-" + out : out;
+}
+
+std::string human_size(uint64_t bytes) {
+  char buf[32];
+  if (bytes >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GB", bytes / double(1ull << 30));
+  else if (bytes >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.1f MB", bytes / double(1ull << 20));
+  else if (bytes >= 1024) std::snprintf(buf, sizeof buf, "%.1f KB", bytes / 1024.0);
+  else std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  return buf;
+}
+
+// A JSON value as it reads in a config line: strings bare, lists [a, b], numbers as JSON writes them.
+std::string plain(const Json& value) {
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_array()) {
+    std::string s = "[";
+    for (size_t i = 0; i < value.size(); ++i) s += (i ? ", " : "") + plain(value[i]);
+    return s + "]";
+  }
+  return value.dump();
+}
+
+}  // namespace
+
+std::string format_model_report(const Json& report) {
+  std::ostringstream out;
+  const auto& problems = report.value("problems", Json::array());
+  out << "model folder: " << report.value("folder", "") << "\n";
+  if (!report.value("pipeline_class", "").empty())
+    out << "pipeline:     " << report.value("pipeline_class", "") << " (diffusers "
+        << report.value("diffusers_version", "?") << ")\n";
+  out << "usable:       "
+      << (report.value("usable", false) ? "yes" : "NO (" + std::to_string(problems.size()) + " problem(s), below)")
+      << "\n";
+
+  const Json components = report.value("components", Json::object());
+  for (const std::string& name : kComponents) {
+    if (!components.contains(name)) continue;
+    const Json& c = components.at(name);
+    out << "\n" << name << ": " << c.value("class", "?");
+    if (name == "tokenizer" && c.contains("kind")) {
+      if (c.at("kind") != c.value("class", "")) out << " (taiyi: " << c.at("kind").get<std::string>() << ")";
+      out << ", max length " << c.at("max_length").get<int64_t>();
+    }
+    if (name == "scheduler" && c.contains("name")) out << " (taiyi: " << c.at("name").get<std::string>() << ")";
+    out << "\n";
+    if (c.contains("config") && !c.at("config").empty()) {
+      out << "  config:";
+      const Json& config = c.at("config");
+      for (const std::string& key : kSummaryKeys.at(name))  // in reading order, not alphabetical
+        if (config.contains(key) && key[0] != '_') out << " " << key << "=" << plain(config.at(key));
+      out << "\n";
+    }
+    if (c.contains("tensors")) {
+      out << "  weights: " << c.at("files").size() << " file(s), " << human_size(c.at("size_bytes").get<uint64_t>())
+          << ", " << grouped(c.at("tensors").get<int64_t>()) << " tensors, "
+          << grouped(c.at("parameters").get<int64_t>()) << " parameters;";
+      for (const auto& [dtype, count] : c.at("dtypes").items()) out << " " << dtype << " x" << count.get<int64_t>();
+      out << "\n";
+      for (const Json& f : c.at("files"))
+        out << "    " << fs::path(f.at("path").get<std::string>()).filename().string() << "  "
+            << human_size(f.at("size_bytes").get<uint64_t>()) << ", " << f.at("tensors").get<int64_t>() << " tensors\n";
+    }
+    if (c.contains("model_tensors")) {
+      out << "  model:   " << grouped(c.at("model_tensors").get<int64_t>()) << " tensors, "
+          << grouped(c.at("model_parameters").get<int64_t>()) << " parameters";
+      if (c.contains("missing")) {
+        bool matches = c.at("missing").empty() && c.at("unexpected").empty() && c.at("mis_shaped").empty();
+        out << (matches ? "; weights match" : "; weights do NOT match (see problems)");
+      }
+      out << "\n";
+    }
+  }
+  const auto& notes = report.value("notes", Json::array());
+  if (!notes.empty()) {
+    out << "\nnotes:\n";
+    for (const Json& n : notes) out << "  - " << n.get<std::string>() << "\n";
+  }
+  if (!problems.empty()) {
+    out << "\nproblems:\n";
+    for (const Json& p : problems) out << "  - " << p.get<std::string>() << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace taiyi

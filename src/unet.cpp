@@ -1,0 +1,590 @@
+// UNet2DConditionModel for the SD v1 family, a port of diffusers 0.37.1 (models/unets/
+// unet_2d_condition.py, unet_2d_blocks.py, transformers/transformer_2d.py, attention.py,
+// attention_processor.py's AttnProcessor2_0, embeddings.py) with the parameter names of its state
+// dict. Every size comes from unet/config.json; an option taiyi does not implement is an Error
+// naming the key and value. Inference only; NCHW.
+#include "taiyi/unet.h"
+
+#include <cmath>
+#include <utility>
+
+#include "taiyi/error.h"
+#include "taiyi/layers.h"
+
+namespace taiyi {
+
+namespace {
+
+// Transformer2DModel's own constants as the UNet blocks build it (transformer_2d.py defaults):
+// GroupNorm eps 1e-6, LayerNorm eps 1e-5, GEGLU feed-forward 4x wide, no q/k/v bias.
+constexpr double kTransformerGroupNormEps = 1e-6;
+constexpr double kTransformerLayerNormEps = 1e-5;
+constexpr int64_t kFeedForwardMult = 4;
+
+// Everything the module tree needs from unet/config.json, read and checked once.
+struct UNetShape {
+  int64_t in_channels = 4, out_channels = 4;
+  std::vector<int64_t> block_out_channels;
+  std::vector<std::string> down_block_types, up_block_types;
+  // Per down block (the up blocks use them reversed), as diffusers expands int-or-list keys.
+  std::vector<int64_t> layers_per_block, heads, cross_attention_dim, transformer_layers;
+  std::vector<bool> only_cross_attention;
+  bool use_linear_projection = false;
+  bool center_input_sample = false;
+  bool flip_sin_to_cos = true;
+  double freq_shift = 0;
+  double norm_eps = 1e-5;
+  double mid_block_scale_factor = 1;
+  int64_t groups = 32;
+  int64_t downsample_padding = 1;
+  int64_t conv_in_kernel = 3, conv_out_kernel = 3;
+  int64_t time_embed_dim = 0;
+  nn::Activation activation = nn::Activation::SiLU;
+};
+
+// Keys whose only supported value is their diffusers default: null, or the given JSON value.
+void require_default(const Config& config, const std::string& key, const nlohmann::json& supported,
+                     const std::string& what) {
+  if (!config.has(key)) return;
+  if (supported.is_null() || config.json().at(key) != supported) config.unsupported(key, what);
+}
+
+std::vector<bool> bool_or_list(const Config& config, const std::string& key, size_t count) {
+  if (!config.has(key)) return std::vector<bool>(count, false);
+  const nlohmann::json& value = config.json().at(key);
+  if (value.is_boolean()) return std::vector<bool>(count, value.get<bool>());
+  if (value.is_array() && value.size() == count) {
+    std::vector<bool> list;
+    for (const auto& item : value) {
+      if (!item.is_boolean()) config.unsupported(key, "expected a bool or a list of bools");
+      list.push_back(item.get<bool>());
+    }
+    return list;
+  }
+  config.unsupported(key, "expected a bool or a list of " + std::to_string(count) + " bools");
+}
+
+// "UNetResDownBlock2D" is an alias of "DownBlock2D" in get_down_block / get_up_block.
+std::string strip_unetres(const std::string& type) {
+  return type.rfind("UNetRes", 0) == 0 ? type.substr(7) : type;
+}
+
+UNetShape read_shape(const Config& config) {
+  UNetShape s;
+  s.in_channels = config.get_int("in_channels", 4);
+  s.out_channels = config.get_int("out_channels", 4);
+  s.block_out_channels = config.has("block_out_channels") ? config.get_int_list("block_out_channels")
+                                                          : std::vector<int64_t>{320, 640, 1280, 1280};
+  s.down_block_types = config.has("down_block_types")
+                           ? config.get_string_list("down_block_types")
+                           : std::vector<std::string>{"CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                                      "CrossAttnDownBlock2D", "DownBlock2D"};
+  s.up_block_types = config.has("up_block_types")
+                         ? config.get_string_list("up_block_types")
+                         : std::vector<std::string>{"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                                    "CrossAttnUpBlock2D"};
+  const size_t n = s.block_out_channels.size();
+  if (n == 0) config.unsupported("block_out_channels", "expected at least one block");
+  if (s.down_block_types.size() != n)
+    config.unsupported("down_block_types", "expected one entry per block_out_channels (" + std::to_string(n) + ")");
+  if (s.up_block_types.size() != n)
+    config.unsupported("up_block_types", "expected one entry per block_out_channels (" + std::to_string(n) + ")");
+  for (auto& type : s.down_block_types) {
+    type = strip_unetres(type);
+    if (type != "CrossAttnDownBlock2D" && type != "DownBlock2D")
+      config.unsupported("down_block_types", "supported: CrossAttnDownBlock2D, DownBlock2D; not " + type);
+  }
+  for (auto& type : s.up_block_types) {
+    type = strip_unetres(type);
+    if (type != "CrossAttnUpBlock2D" && type != "UpBlock2D")
+      config.unsupported("up_block_types", "supported: CrossAttnUpBlock2D, UpBlock2D; not " + type);
+  }
+
+  // diffusers: num_attention_heads = num_attention_heads or attention_head_dim (SD v1 configs call
+  // the number of heads attention_head_dim). 0.37.1 raises on num_attention_heads itself.
+  require_default(config, "num_attention_heads", nullptr,
+                  "diffusers rejects it for UNet2DConditionModel; give the number of heads as attention_head_dim");
+  s.heads = config.get_int_or_list("attention_head_dim", n, 8);
+  s.layers_per_block = config.get_int_or_list("layers_per_block", n, 2);
+  s.cross_attention_dim = config.get_int_or_list("cross_attention_dim", n, 1280);
+  s.transformer_layers = config.get_int_or_list("transformer_layers_per_block", n, 1);
+  s.only_cross_attention = bool_or_list(config, "only_cross_attention", n);
+  for (size_t i = 0; i < n; ++i) {
+    if (s.heads[i] <= 0 || s.block_out_channels[i] % s.heads[i] != 0)
+      config.unsupported("attention_head_dim", "the number of heads must divide block_out_channels");
+  }
+
+  s.use_linear_projection = config.get_bool("use_linear_projection", false);
+  // upcast_attention only changes the old AttnProcessor; AttnProcessor2_0 (diffusers' default with
+  // torch 2) ignores it and so does taiyi: SDPA keeps its own accumulation precision.
+  (void)config.get_bool("upcast_attention", false);
+  s.center_input_sample = config.get_bool("center_input_sample", false);
+  s.flip_sin_to_cos = config.get_bool("flip_sin_to_cos", true);
+  s.freq_shift = config.get_double("freq_shift", 0);
+  s.norm_eps = config.get_double("norm_eps", 1e-5);
+  s.mid_block_scale_factor = config.get_double("mid_block_scale_factor", 1);
+  if (!config.has("norm_num_groups") && config.json().contains("norm_num_groups"))
+    config.unsupported("norm_num_groups", "null (no output GroupNorm) is not supported");
+  s.groups = config.get_int("norm_num_groups", 32);
+  for (int64_t c : s.block_out_channels) {
+    if (c <= 0 || c % s.groups != 0)
+      config.unsupported("block_out_channels", "every entry must be a positive multiple of norm_num_groups");
+  }
+  s.downsample_padding = config.get_int("downsample_padding", 1);
+  s.conv_in_kernel = config.get_int("conv_in_kernel", 3);
+  s.conv_out_kernel = config.get_int("conv_out_kernel", 3);
+  if (s.conv_in_kernel <= 0 || s.conv_in_kernel % 2 == 0) config.unsupported("conv_in_kernel", "expected odd");
+  if (s.conv_out_kernel <= 0 || s.conv_out_kernel % 2 == 0) config.unsupported("conv_out_kernel", "expected odd");
+  s.time_embed_dim = config.get_int("time_embedding_dim", s.block_out_channels[0] * 4);
+  s.activation = nn::activation_from_config(config, "act_fn", "silu");
+
+  const std::string sd1 = "taiyi implements the SD v1 UNet only";
+  require_default(config, "time_embedding_type", "positional", "only \"positional\" is supported");
+  require_default(config, "resnet_time_scale_shift", "default", "only \"default\" is supported");
+  require_default(config, "mid_block_type", "UNetMidBlock2DCrossAttn", "only UNetMidBlock2DCrossAttn is supported");
+  if (!config.has("mid_block_type") && config.json().contains("mid_block_type"))
+    config.unsupported("mid_block_type", "a UNet without mid block is not supported");
+  require_default(config, "dual_cross_attention", false, sd1);
+  require_default(config, "attention_type", "default", sd1);
+  require_default(config, "class_embed_type", nullptr, sd1);
+  require_default(config, "num_class_embeds", nullptr, sd1);
+  require_default(config, "addition_embed_type", nullptr, sd1);
+  require_default(config, "encoder_hid_dim", nullptr, sd1);
+  require_default(config, "encoder_hid_dim_type", nullptr, sd1);
+  require_default(config, "time_cond_proj_dim", nullptr, sd1);
+  require_default(config, "time_embedding_act_fn", nullptr, sd1);
+  require_default(config, "timestep_post_act", nullptr, sd1);
+  require_default(config, "reverse_transformer_layers_per_block", nullptr, sd1);
+  return s;
+}
+
+// embeddings.py get_timestep_embedding (scale 1, max_period 10000), in float32 as diffusers does
+// whatever the model dtype: timesteps [B] -> [B, dim].
+torch::Tensor timestep_embedding(const torch::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos,
+                                 double freq_shift) {
+  const int64_t half = dim / 2;
+  torch::Tensor exponent =
+      torch::arange(0, half, torch::TensorOptions().dtype(torch::kFloat).device(timesteps.device())) *
+      -std::log(10000.0);
+  exponent = exponent / (static_cast<double>(half) - freq_shift);
+  torch::Tensor emb = timesteps.unsqueeze(1).to(torch::kFloat) * torch::exp(exponent).unsqueeze(0);
+  emb = torch::cat({torch::sin(emb), torch::cos(emb)}, -1);
+  if (flip_sin_to_cos) emb = torch::cat({emb.slice(1, half), emb.slice(1, 0, half)}, -1);
+  if (dim % 2 == 1) emb = torch::constant_pad_nd(emb, {0, 1, 0, 0}, 0);
+  return emb;
+}
+
+// embeddings.py TimestepEmbedding: linear_1, act, linear_2.
+class TimestepEmbeddingImpl : public torch::nn::Module {
+ public:
+  TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim, nn::Activation activation)
+      : activation_(activation) {
+    linear_1 = register_module("linear_1", nn::Linear(in_channels, time_embed_dim));
+    linear_2 = register_module("linear_2", nn::Linear(time_embed_dim, time_embed_dim));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return linear_2(nn::activate(activation_, linear_1(x))); }
+
+ private:
+  nn::Activation activation_;
+  nn::Linear linear_1{nullptr}, linear_2{nullptr};
+};
+TORCH_MODULE(TimestepEmbedding);
+
+// attention_processor.py Attention as BasicTransformerBlock builds it: to_q/to_k/to_v without
+// bias, to_out.0 with bias; keys and values from `context` (cross-attention) or from x.
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads, int64_t head_dim) : heads_(heads) {
+    const int64_t inner = heads * head_dim;
+    to_q = register_module("to_q", nn::Linear(query_dim, inner, /*bias=*/false));
+    to_k = register_module("to_k", nn::Linear(context_dim, inner, /*bias=*/false));
+    to_v = register_module("to_v", nn::Linear(context_dim, inner, /*bias=*/false));
+    to_out_0 = nn::Linear(inner, query_dim);
+    register_module("to_out", torch::nn::ModuleList(to_out_0));
+  }
+
+  // x [B, L, query_dim]; context [B, Lc, context_dim] or undefined (self-attention).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context) {
+    const torch::Tensor& kv = context.defined() ? context : x;
+    return to_out_0(nn::multi_head_attention(to_q(x), to_k(kv), to_v(kv), heads_));
+  }
+
+ private:
+  int64_t heads_;
+  nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out_0{nullptr};
+};
+TORCH_MODULE(Attention);
+
+// attention.py FeedForward with activation_fn "geglu": net.0 = GEGLU (net.0.proj), net.1 =
+// dropout (an Identity here, to keep the index), net.2 = Linear.
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  explicit FeedForwardImpl(int64_t dim) {
+    const int64_t inner = dim * kFeedForwardMult;
+    auto geglu = std::make_shared<torch::nn::Module>();
+    proj = geglu->register_module("proj", nn::Linear(dim, inner * 2));
+    out = nn::Linear(inner, dim);
+    torch::nn::ModuleList net;
+    net->push_back(geglu);
+    net->push_back(torch::nn::Identity());
+    net->push_back(out);
+    register_module("net", net);
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto halves = proj(x).chunk(2, -1);  // GEGLU: hidden_states, gate
+    return out(halves[0] * torch::gelu(halves[1]));
+  }
+
+ private:
+  nn::Linear proj{nullptr}, out{nullptr};
+};
+TORCH_MODULE(FeedForward);
+
+// attention.py BasicTransformerBlock, norm_type "layer_norm": self-attention (or attention to the
+// text when only_cross_attention), cross-attention, feed-forward, each pre-norm with a residual.
+class BasicTransformerBlockImpl : public torch::nn::Module {
+ public:
+  BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, int64_t cross_dim, bool only_cross)
+      : only_cross_attention_(only_cross) {
+    norm1 = register_module("norm1", nn::LayerNorm(dim, kTransformerLayerNormEps));
+    attn1 = register_module("attn1", Attention(dim, only_cross ? cross_dim : dim, heads, head_dim));
+    norm2 = register_module("norm2", nn::LayerNorm(dim, kTransformerLayerNormEps));
+    attn2 = register_module("attn2", Attention(dim, cross_dim, heads, head_dim));
+    norm3 = register_module("norm3", nn::LayerNorm(dim, kTransformerLayerNormEps));
+    ff = register_module("ff", FeedForward(dim));
+  }
+
+  torch::Tensor forward(torch::Tensor h, const torch::Tensor& context) {
+    h = attn1(norm1(h), only_cross_attention_ ? context : torch::Tensor()) + h;
+    h = attn2(norm2(h), context) + h;
+    return ff(norm3(h)) + h;
+  }
+
+ private:
+  bool only_cross_attention_;
+  nn::LayerNorm norm1{nullptr}, norm2{nullptr}, norm3{nullptr};
+  Attention attn1{nullptr}, attn2{nullptr};
+  FeedForward ff{nullptr};
+};
+TORCH_MODULE(BasicTransformerBlock);
+
+struct TransformerOptions {
+  int64_t channels, heads, cross_dim, layers, groups;
+  bool use_linear_projection, only_cross_attention;
+};
+
+// transformer_2d.py Transformer2DModel on continuous input: norm, proj_in (1x1 conv or linear),
+// transformer_blocks, proj_out, plus the input as residual.
+class Transformer2DModelImpl : public torch::nn::Module {
+ public:
+  explicit Transformer2DModelImpl(const TransformerOptions& o) : linear_(o.use_linear_projection) {
+    const int64_t head_dim = o.channels / o.heads;
+    const int64_t inner = o.heads * head_dim;
+    norm = register_module("norm", nn::GroupNorm(o.groups, o.channels, kTransformerGroupNormEps));
+    if (linear_) {
+      proj_in_linear = register_module("proj_in", nn::Linear(o.channels, inner));
+    } else {
+      proj_in_conv = register_module("proj_in", nn::Conv2d(o.channels, inner, 1));
+    }
+    auto list = register_module("transformer_blocks", torch::nn::ModuleList());
+    for (int64_t i = 0; i < o.layers; ++i) {
+      blocks.push_back(BasicTransformerBlock(inner, o.heads, head_dim, o.cross_dim, o.only_cross_attention));
+      list->push_back(blocks.back());
+    }
+    if (linear_) {
+      proj_out_linear = register_module("proj_out", nn::Linear(inner, o.channels));
+    } else {
+      proj_out_conv = register_module("proj_out", nn::Conv2d(inner, o.channels, 1));
+    }
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context) {
+    const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
+    torch::Tensor h = norm(x);
+    int64_t inner;
+    if (!linear_) {
+      h = proj_in_conv(h);
+      inner = h.size(1);
+      h = h.permute({0, 2, 3, 1}).reshape({batch, height * width, inner});  // [B, HW, inner]
+    } else {
+      inner = h.size(1);
+      h = proj_in_linear(h.permute({0, 2, 3, 1}).reshape({batch, height * width, inner}));
+    }
+    for (auto& block : blocks) h = block(h, context);
+    if (!linear_) {
+      h = h.reshape({batch, height, width, inner}).permute({0, 3, 1, 2}).contiguous();
+      h = proj_out_conv(h);
+    } else {
+      h = proj_out_linear(h);
+      h = h.reshape({batch, height, width, inner}).permute({0, 3, 1, 2}).contiguous();
+    }
+    return h + x;
+  }
+
+ private:
+  bool linear_;
+  nn::GroupNorm norm{nullptr};
+  nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
+  nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};
+  std::vector<BasicTransformerBlock> blocks;
+};
+TORCH_MODULE(Transformer2DModel);
+
+nn::ResnetBlock2DOptions resnet_options(const UNetShape& s, int64_t in, int64_t out, double output_scale = 1) {
+  nn::ResnetBlock2DOptions o;
+  o.in_channels = in;
+  o.out_channels = out;
+  o.temb_channels = s.time_embed_dim;
+  o.groups = s.groups;
+  o.eps = s.norm_eps;
+  o.activation = s.activation;
+  o.output_scale_factor = output_scale;
+  return o;
+}
+
+TransformerOptions transformer_options(const UNetShape& s, size_t block, int64_t channels, bool only_cross) {
+  return {channels,  s.heads[block], s.cross_attention_dim[block], s.transformer_layers[block],
+          s.groups,  s.use_linear_projection, only_cross};
+}
+
+// CrossAttnDownBlock2D (resnets.i then attentions.i) or DownBlock2D (resnets only), then
+// downsamplers.0 unless it is the last block. Returns the output and the skip connections.
+class DownBlockImpl : public torch::nn::Module {
+ public:
+  DownBlockImpl(const UNetShape& s, size_t i, int64_t in_channels, bool add_downsample) {
+    const int64_t out_channels = s.block_out_channels[i];
+    const bool cross = s.down_block_types[i] == "CrossAttnDownBlock2D";
+    auto resnet_list = register_module("resnets", torch::nn::ModuleList());
+    torch::nn::ModuleList attention_list;
+    if (cross) attention_list = register_module("attentions", torch::nn::ModuleList());
+    for (int64_t j = 0; j < s.layers_per_block[i]; ++j) {
+      resnets.push_back(nn::ResnetBlock2D(resnet_options(s, j == 0 ? in_channels : out_channels, out_channels)));
+      resnet_list->push_back(resnets.back());
+      if (cross) {
+        attentions.push_back(Transformer2DModel(transformer_options(s, i, out_channels, s.only_cross_attention[i])));
+        attention_list->push_back(attentions.back());
+      }
+    }
+    if (add_downsample) {
+      downsampler = nn::Downsample2D(out_channels, out_channels, s.downsample_padding);
+      register_module("downsamplers", torch::nn::ModuleList(downsampler));
+    }
+  }
+
+  torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
+                        std::vector<torch::Tensor>& skips) {
+    for (size_t j = 0; j < resnets.size(); ++j) {
+      h = resnets[j](h, temb);
+      if (!attentions.empty()) h = attentions[j](h, context);
+      skips.push_back(h);
+    }
+    if (downsampler) {
+      h = downsampler(h);
+      skips.push_back(h);
+    }
+    return h;
+  }
+
+ private:
+  std::vector<nn::ResnetBlock2D> resnets;
+  std::vector<Transformer2DModel> attentions;
+  nn::Downsample2D downsampler{nullptr};
+};
+TORCH_MODULE(DownBlock);
+
+// UNetMidBlock2DCrossAttn: resnets.0, then (attentions.i, resnets.i+1); one layer. Its
+// transformers never use only_cross_attention (get_mid_block does not pass it).
+class MidBlockImpl : public torch::nn::Module {
+ public:
+  explicit MidBlockImpl(const UNetShape& s) {
+    const size_t last = s.block_out_channels.size() - 1;
+    const int64_t channels = s.block_out_channels[last];
+    auto resnet_list = register_module("resnets", torch::nn::ModuleList());
+    auto attention_list = register_module("attentions", torch::nn::ModuleList());
+    for (int i = 0; i < 2; ++i) {
+      resnets.push_back(nn::ResnetBlock2D(resnet_options(s, channels, channels, s.mid_block_scale_factor)));
+      resnet_list->push_back(resnets.back());
+    }
+    attention = Transformer2DModel(transformer_options(s, last, channels, /*only_cross=*/false));
+    attention_list->push_back(attention);
+  }
+
+  torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context) {
+    h = resnets[0](h, temb);
+    h = attention(h, context);
+    return resnets[1](h, temb);
+  }
+
+ private:
+  std::vector<nn::ResnetBlock2D> resnets;
+  Transformer2DModel attention{nullptr};
+};
+TORCH_MODULE(MidBlock);
+
+// CrossAttnUpBlock2D or UpBlock2D: each resnet takes the running tensor concatenated with the
+// latest skip connection; upsamplers.0 unless it is the last block. `up` counts from the bottom.
+class UpBlockImpl : public torch::nn::Module {
+ public:
+  UpBlockImpl(const UNetShape& s, size_t up, int64_t in_channels, int64_t prev_output_channels) {
+    const size_t n = s.block_out_channels.size();
+    const size_t block = n - 1 - up;  // the down block at the same resolution (reversed lists)
+    const int64_t out_channels = s.block_out_channels[block];
+    const bool cross = s.up_block_types[up] == "CrossAttnUpBlock2D";
+    const int64_t num_layers = s.layers_per_block[block] + 1;
+    auto resnet_list = register_module("resnets", torch::nn::ModuleList());
+    torch::nn::ModuleList attention_list;
+    if (cross) attention_list = register_module("attentions", torch::nn::ModuleList());
+    for (int64_t j = 0; j < num_layers; ++j) {
+      const int64_t skip_channels = j == num_layers - 1 ? in_channels : out_channels;
+      const int64_t resnet_in = j == 0 ? prev_output_channels : out_channels;
+      resnets.push_back(nn::ResnetBlock2D(resnet_options(s, resnet_in + skip_channels, out_channels)));
+      resnet_list->push_back(resnets.back());
+      if (cross) {
+        attentions.push_back(
+            Transformer2DModel(transformer_options(s, block, out_channels, s.only_cross_attention[block])));
+        attention_list->push_back(attentions.back());
+      }
+    }
+    if (up + 1 < n) {
+      upsampler = nn::Upsample2D(out_channels, out_channels);
+      register_module("upsamplers", torch::nn::ModuleList(upsampler));
+    }
+  }
+
+  size_t num_resnets() const { return resnets.size(); }
+
+  torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
+                        std::vector<torch::Tensor>& skips, std::optional<std::vector<int64_t>> upsample_size) {
+    for (size_t j = 0; j < resnets.size(); ++j) {
+      h = torch::cat({h, skips.back()}, 1);
+      skips.pop_back();
+      h = resnets[j](h, temb);
+      if (!attentions.empty()) h = attentions[j](h, context);
+    }
+    if (upsampler) h = upsampler(h, std::move(upsample_size));
+    return h;
+  }
+
+ private:
+  std::vector<nn::ResnetBlock2D> resnets;
+  std::vector<Transformer2DModel> attentions;
+  nn::Upsample2D upsampler{nullptr};
+};
+TORCH_MODULE(UpBlock);
+
+}  // namespace
+
+class UNet2DConditionModelImpl : public torch::nn::Module {
+ public:
+  explicit UNet2DConditionModelImpl(const Config& config) : config_(config), shape_(read_shape(config)) {
+    const UNetShape& s = shape_;
+    const size_t n = s.block_out_channels.size();
+    conv_in = register_module(
+        "conv_in", nn::Conv2d(s.in_channels, s.block_out_channels[0], s.conv_in_kernel, 1, (s.conv_in_kernel - 1) / 2));
+    time_embedding =
+        register_module("time_embedding", TimestepEmbedding(s.block_out_channels[0], s.time_embed_dim, s.activation));
+
+    auto down_list = register_module("down_blocks", torch::nn::ModuleList());
+    int64_t output_channel = s.block_out_channels[0];
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t input_channel = output_channel;
+      output_channel = s.block_out_channels[i];
+      down_blocks.push_back(DownBlock(s, i, input_channel, /*add_downsample=*/i + 1 < n));
+      down_list->push_back(down_blocks.back());
+    }
+
+    mid_block = register_module("mid_block", MidBlock(s));
+
+    auto up_list = register_module("up_blocks", torch::nn::ModuleList());
+    std::vector<int64_t> reversed(s.block_out_channels.rbegin(), s.block_out_channels.rend());
+    output_channel = reversed[0];
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t prev_output_channel = output_channel;
+      output_channel = reversed[i];
+      const int64_t input_channel = reversed[std::min(i + 1, n - 1)];
+      up_blocks.push_back(UpBlock(s, i, input_channel, prev_output_channel));
+      up_list->push_back(up_blocks.back());
+    }
+
+    conv_norm_out = register_module("conv_norm_out", nn::GroupNorm(s.groups, s.block_out_channels[0], s.norm_eps));
+    conv_out = register_module("conv_out", nn::Conv2d(s.block_out_channels[0], s.out_channels, s.conv_out_kernel, 1,
+                                                      (s.conv_out_kernel - 1) / 2));
+  }
+
+  // unet_2d_condition.py UNet2DConditionModel.forward without the optional extras.
+  torch::Tensor forward(torch::Tensor sample, const torch::Tensor& timestep, const torch::Tensor& context) {
+    const UNetShape& s = shape_;
+    check_inputs(sample, timestep, context);
+    const int64_t batch = sample.size(0);
+
+    // Sizes not divisible by the overall up factor make every upsampler follow its skip's size.
+    const int64_t up_factor = int64_t{1} << (s.block_out_channels.size() - 1);
+    const bool forward_upsample_size = sample.size(2) % up_factor != 0 || sample.size(3) % up_factor != 0;
+
+    if (s.center_input_sample) sample = 2 * sample - 1.0;
+
+    torch::Tensor timesteps = timestep.dim() == 0 ? timestep.unsqueeze(0) : timestep;
+    timesteps = timesteps.to(sample.device()).expand({batch});
+    torch::Tensor t_emb = timestep_embedding(timesteps, s.block_out_channels[0], s.flip_sin_to_cos, s.freq_shift)
+                              .to(sample.scalar_type());
+    torch::Tensor emb = time_embedding(t_emb);
+
+    torch::Tensor h = conv_in(sample);
+    std::vector<torch::Tensor> skips{h};
+    for (auto& block : down_blocks) h = block(h, emb, context, skips);
+    h = mid_block(h, emb, context);
+    for (size_t i = 0; i < up_blocks.size(); ++i) {
+      std::optional<std::vector<int64_t>> upsample_size;
+      const size_t remaining = skips.size() - up_blocks[i]->num_resnets();
+      if (i + 1 < up_blocks.size() && forward_upsample_size) {
+        upsample_size = std::vector<int64_t>{skips[remaining - 1].size(2), skips[remaining - 1].size(3)};
+      }
+      h = up_blocks[i](h, emb, context, skips, upsample_size);
+    }
+    h = nn::activate(s.activation, conv_norm_out(h));
+    return conv_out(h);
+  }
+
+  const Config& config() const { return config_; }
+  const UNetShape& shape() const { return shape_; }
+
+ private:
+  void check_inputs(const torch::Tensor& sample, const torch::Tensor& timestep, const torch::Tensor& context) const {
+    const UNetShape& s = shape_;
+    if (sample.dim() != 4 || sample.size(1) != s.in_channels)
+      throw Error("UNet2DConditionModel: sample must be [B, " + std::to_string(s.in_channels) + ", h, w], got " +
+                  c10::str(sample.sizes()));
+    const int64_t batch = sample.size(0);
+    if (timestep.dim() > 1 || (timestep.dim() == 1 && timestep.size(0) != batch && timestep.size(0) != 1))
+      throw Error("UNet2DConditionModel: timestep must be 0-d or [" + std::to_string(batch) + "], got " +
+                  c10::str(timestep.sizes()));
+    const int64_t cross_dim = s.cross_attention_dim.back();
+    if (context.dim() != 3 || context.size(0) != batch || context.size(2) != cross_dim)
+      throw Error("UNet2DConditionModel: encoder_hidden_states must be [" + std::to_string(batch) + ", L, " +
+                  std::to_string(cross_dim) + "], got " + c10::str(context.sizes()));
+  }
+
+  Config config_;
+  UNetShape shape_;
+  nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  TimestepEmbedding time_embedding{nullptr};
+  std::vector<DownBlock> down_blocks;
+  MidBlock mid_block{nullptr};
+  std::vector<UpBlock> up_blocks;
+  nn::GroupNorm conv_norm_out{nullptr};
+};
+
+UNet2DConditionModel::UNet2DConditionModel(const Config& config)
+    : impl_(std::make_shared<UNet2DConditionModelImpl>(config)) {}
+
+torch::Tensor UNet2DConditionModel::forward(const torch::Tensor& sample, const torch::Tensor& timestep,
+                                            const torch::Tensor& encoder_hidden_states) {
+  return impl_->forward(sample, timestep, encoder_hidden_states);
+}
+
+torch::nn::Module& UNet2DConditionModel::module() { return *impl_; }
+int64_t UNet2DConditionModel::in_channels() const { return impl_->shape().in_channels; }
+int64_t UNet2DConditionModel::sample_size() const { return impl_->config().get_int("sample_size"); }
+
+}  // namespace taiyi

@@ -1,0 +1,50 @@
+"""End-to-end references: diffusers' StableDiffusionPipeline on the tiny random pipelines, fp32 CPU.
+
+Each case's settings go to ref/pipeline_cases.json and its uint8 images (stored as float32) to
+ref/pipeline.safetensors under "<case>.images" ([N, H, W, 3]). Seeds: image i of a case uses its own
+torch.Generator("cpu").manual_seed(seed + i), which is what taiyi's --seed means.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+CASES = [
+    dict(name="clip_pndm", model="tiny-clip", scheduler="pndm", prompt="小桥流水人家，Van Gogh style",
+         negative_prompt="", steps=12, cfg_scale=7.5, seed=42, width=96, height=64, count=1, eta=0.0),
+    dict(name="clip_ddim", model="tiny-clip", scheduler="ddim", prompt="a cat sitting on a red chair, oil painting",
+         negative_prompt="模糊，低质量", steps=10, cfg_scale=5.0, seed=7, width=64, height=96, count=1, eta=0.0),
+    dict(name="clip_nocfg", model="tiny-clip", scheduler="pndm", prompt="星空下的城市",
+         negative_prompt="", steps=10, cfg_scale=1.0, seed=3, width=64, height=64, count=1, eta=0.0),
+    dict(name="bert_pndm", model="tiny-bert", scheduler="pndm", prompt="飞流直下三千尺，疑是银河落九天",
+         negative_prompt="广告, ，, ！, 。, ；, 资讯, 新闻, 水印", steps=10, cfg_scale=7.5, seed=1234, width=96,
+         height=64, count=1, eta=0.0),
+    dict(name="bert_ddim_eta", model="tiny-bert", scheduler="ddim", prompt="江南水乡，水彩画",
+         negative_prompt="", steps=11, cfg_scale=7.5, seed=5, width=64, height=64, count=2, eta=0.3),
+]
+
+
+def run_case(out: Path, case: dict):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out / case["model"], torch_dtype=torch.float32)
+    if case["scheduler"] == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator("cpu").manual_seed(case["seed"] + i) for i in range(case["count"])]
+    result = pipe(case["prompt"], negative_prompt=case["negative_prompt"], num_inference_steps=case["steps"],
+                  guidance_scale=case["cfg_scale"], height=case["height"], width=case["width"],
+                  num_images_per_prompt=case["count"], generator=generators, eta=case["eta"], output_type="np")
+    # numpy_to_pil's conversion, i.e. the PNG diffusers would save.
+    images = (result.images * 255).round().astype("uint8")
+    return torch.from_numpy(images.astype(np.float32))
+
+
+def make(out: Path, full: bool):
+    tensors = {}
+    for case in CASES:
+        tensors[f"{case['name']}.images"] = run_case(out, case).contiguous()
+    save_file(tensors, out / "ref" / "pipeline.safetensors")
+    (out / "ref" / "pipeline_cases.json").write_text(json.dumps(CASES, ensure_ascii=False, indent=1), "utf-8")

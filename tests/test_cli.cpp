@@ -1,0 +1,144 @@
+// The real taiyi binary on the harness's tiny pipeline: outputs, metadata, batches, resume, shards,
+// and a clear message with a non-zero exit for each kind of bad input.
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "taiyi/image.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using taiyi::test::run_taiyi;
+
+namespace {
+
+std::string model() { return taiyi::test::fixture("tiny-clip").string(); }
+
+// Small, quick settings first; the test's own arguments come after and win (the last one counts).
+std::vector<std::string> fast(const std::vector<std::string>& args) {
+  std::vector<std::string> all{"--steps", "3", "-W", "64", "-H", "64", "--device", "cpu", "-q", "--model", model()};
+  all.insert(all.end(), args.begin(), args.end());
+  return all;
+}
+
+std::string parameters_of(const fs::path& png) {
+  for (const auto& [key, value] : taiyi::read_png_text(png))
+    if (key == "parameters") return value;
+  return "";
+}
+
+void expect_failure(const std::vector<std::string>& args, const std::string& needle) {
+  auto r = run_taiyi(args);
+  EXPECT_NE(r.exit_code, 0) << "expected failure for: " << needle;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr: " << r.err << "\nexpected to contain: " << needle;
+}
+
+}  // namespace
+
+TEST(Cli, WritesPngWithParametersAndNeverOverwrites) {
+  fs::path dir = taiyi::test::temp_dir("cli");
+  fs::path out = dir / "out.png";
+  auto r = run_taiyi(fast({"小桥流水人家，Van Gogh style", "-n", "水印", "--seed", "42", "-o", out.string(), "--json"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(fs::exists(out));
+  std::string params = parameters_of(out);
+  EXPECT_EQ(params, "小桥流水人家，Van Gogh style\nNegative prompt: 水印\nSteps: 3, Sampler: PLMS, CFG scale: 7.5, Seed: 42, "
+                    "Size: 64x64, Model: tiny-clip");
+  auto record = nlohmann::json::parse(r.out);
+  EXPECT_EQ(record["seed"], 42);
+  EXPECT_EQ(record["file"], out.string());
+  auto again = run_taiyi(fast({"x", "--seed", "42", "-o", out.string()}));
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_NE(again.err.find("already exists"), std::string::npos) << again.err;
+  auto forced = run_taiyi(fast({"x", "--seed", "42", "-o", out.string(), "--overwrite"}));
+  EXPECT_EQ(forced.exit_code, 0) << forced.err;
+  EXPECT_NE(parameters_of(out).find("x\nSteps: 3"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(Cli, RandomSeedIsPrintedAndRecorded) {
+  fs::path dir = taiyi::test::temp_dir("cli-seed");
+  auto r = run_taiyi(fast({"a", "-o", (dir / "{seed}.png").string(), "--json", "--num-images", "2"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string line;
+  std::vector<uint64_t> seeds;
+  while (std::getline(lines, line)) seeds.push_back(nlohmann::json::parse(line)["seed"].get<uint64_t>());
+  ASSERT_EQ(seeds.size(), 2u);
+  EXPECT_EQ(seeds[1], seeds[0] + 1);
+  for (uint64_t s : seeds) {
+    fs::path png = dir / (std::to_string(s) + ".png");
+    ASSERT_TRUE(fs::exists(png));
+    EXPECT_NE(parameters_of(png).find("Seed: " + std::to_string(s)), std::string::npos);
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Cli, PromptFileBadLineResumeAndShards) {
+  fs::path dir = taiyi::test::temp_dir("cli-batch");
+  fs::path prompts = dir / "p.jsonl";
+  std::ofstream(prompts) << "{\"prompt\": \"山水\", \"seed\": 1}\n{\"prompt\": \"broken\"\n# comment\n"
+                            "{\"prompt\": \"a boat\", \"steps\": 2}\n{\"prompt\": \"云\", \"width\": 500}\n";
+  fs::path outdir = dir / "out";
+  auto r = run_taiyi(fast({"--prompts", prompts.string(), "-o", outdir.string() + "/", "--seed", "100", "--batch-size", "2"}));
+  EXPECT_EQ(r.exit_code, 1) << r.err;  // two bad lines, the rest written
+  EXPECT_NE(r.err.find("p.jsonl:2: malformed JSON"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("line 5"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("2 failed"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(outdir / "00001-0.png"));
+  EXPECT_TRUE(fs::exists(outdir / "00004-0.png"));
+  EXPECT_FALSE(fs::exists(outdir / "00005-0.png"));
+  EXPECT_NE(parameters_of(outdir / "00001-0.png").find("Seed: 1,"), std::string::npos);
+  // Line 4 is the third prompt (ordinal 2: the bad line 2 keeps its place, the comment has none): seed 100 + 2.
+  EXPECT_NE(parameters_of(outdir / "00004-0.png").find("Steps: 2, Sampler: PLMS, CFG scale: 7.5, Seed: 102,"),
+            std::string::npos);
+  auto before = fs::last_write_time(outdir / "00001-0.png");
+  auto resumed = run_taiyi(fast({"--prompts", prompts.string(), "-o", outdir.string() + "/", "--resume", "--json"}));
+  EXPECT_EQ(resumed.exit_code, 1);  // the bad lines still fail
+  EXPECT_EQ(resumed.out, "");        // nothing new written
+  EXPECT_EQ(fs::last_write_time(outdir / "00001-0.png"), before);
+
+  fs::path plain = dir / "p.txt";
+  std::ofstream(plain) << "one\ntwo\nthree\nfour\nfive\n";
+  std::set<std::string> seen;
+  for (int i = 0; i < 2; ++i) {
+    auto s = run_taiyi(fast({"--prompts", plain.string(), "-o", (dir / "s" / "{line}.png").string(), "--shard",
+                             std::to_string(i) + "/2", "--steps", "1"}));
+    EXPECT_EQ(s.exit_code, 0) << s.err;
+  }
+  for (int line = 1; line <= 5; ++line) EXPECT_TRUE(fs::exists(dir / "s" / (std::to_string(line) + ".png"))) << line;
+  fs::remove_all(dir);
+}
+
+TEST(Cli, BadInputGetsClearErrors) {
+  fs::path dir = taiyi::test::temp_dir("cli-bad");
+  expect_failure({"x", "--model", (dir / "nope").string()}, "model folder not found");
+  expect_failure(fast({"x", "-W", "500", "-o", (dir / "a.png").string()}), "500");
+  expect_failure(fast({"x", "--steps", "0", "-o", (dir / "a.png").string()}), "--steps 0");
+  expect_failure(fast({"x", "-g", "-2", "-o", (dir / "a.png").string()}), "--cfg-scale");
+  expect_failure(fast({"x", "--scheduler", "euler", "-o", (dir / "a.png").string()}), "euler");
+  expect_failure(fast({"--prompts", (dir / "missing.txt").string()}), "prompt file not found");
+  std::ofstream(dir / "file") << "x";
+  expect_failure(fast({"x", "-o", (dir / "file" / "a.png").string()}), "output folder");
+  expect_failure(fast({"-o", (dir / "a.png").string()}), "no prompt");
+  if (!torch::cuda::is_available()) expect_failure(fast({"x", "--device", "cuda", "-o", (dir / "a.png").string()}), "no CUDA GPU");
+  // Nothing was written by any of the failed runs.
+  EXPECT_FALSE(fs::exists(dir / "a.png"));
+  fs::remove_all(dir);
+}
+
+TEST(Cli, TokenizeJson) {
+  auto r = run_taiyi({"tokenize", "--model", model(), "--json", "小桥流水人家"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["ids"].size(), 77u);
+  EXPECT_EQ(j["ids"][0], 49406);
+  EXPECT_EQ(j["truncated"], false);
+  std::string long_prompt;
+  for (int i = 0; i < 100; ++i) long_prompt += "cat ";
+  auto t = run_taiyi({"tokenize", "--model", model(), long_prompt});
+  EXPECT_EQ(t.exit_code, 0);
+  EXPECT_NE(t.err.find("truncated"), std::string::npos) << t.err;
+}
