@@ -1,6 +1,6 @@
-// Building blocks shared by the UNet and the VAE; see include/taiyi/layers.h. Each forward mirrors
-// the diffusers 0.37.1 code named in its comment, op for op, so that float32 results agree to
-// rounding.
+// Building blocks shared by the UNet, the VAE and the text encoders; see include/taiyi/layers.h.
+// Each forward mirrors the diffusers 0.37.1 (or torch.nn) code named in its comment, op for op, so
+// that float32 results agree to rounding.
 #include "taiyi/layers.h"
 
 #include <cmath>
@@ -49,6 +49,12 @@ LayerNormImpl::LayerNormImpl(int64_t dim, double eps) : dim_(dim), eps_(eps) {
 torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) {
   return torch::layer_norm(x, {dim_}, weight_, bias_, eps_);
 }
+
+EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t dim) {
+  weight_ = register_parameter("weight", uninitialised({num_embeddings, dim}), /*requires_grad=*/false);
+}
+
+torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) { return torch::embedding(weight_, ids); }
 
 Activation activation_from_config(const Config& config, const std::string& key, const std::string& fallback) {
   std::string name = config.get_string(key, fallback);

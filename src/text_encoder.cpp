@@ -9,53 +9,18 @@
 #include <vector>
 
 #include "taiyi/error.h"
+#include "taiyi/layers.h"
 
 namespace taiyi {
 
 namespace {
 
 // --- Building blocks -------------------------------------------------------------------------
-// Parameters are created with torch::empty: load_weights overwrites every one of them, and
-// libtorch's default initialisers (kaiming, normal) take seconds for the 123M-parameter CLIP.
-// They do not require grad: these modules only run inference.
+// torch.nn's Linear, LayerNorm and Embedding come from taiyi/layers.h, shared with the UNet and VAE.
 
-torch::Tensor uninitialized_parameter(torch::nn::Module& module, const std::string& name,
-                                      torch::IntArrayRef shape) {
-  return module.register_parameter(name, torch::empty(shape), /*requires_grad=*/false);
-}
-
-// nn.Linear: weight [out, in], bias [out].
-struct LinearImpl : torch::nn::Module {
-  LinearImpl(int64_t in_features, int64_t out_features) {
-    weight = uninitialized_parameter(*this, "weight", {out_features, in_features});
-    bias = uninitialized_parameter(*this, "bias", {out_features});
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return torch::linear(x, weight, bias); }
-  torch::Tensor weight, bias;
-};
-TORCH_MODULE(Linear);
-
-// nn.LayerNorm over the last dimension, with elementwise affine.
-struct LayerNormImpl : torch::nn::Module {
-  LayerNormImpl(int64_t size, double eps) : eps(eps) {
-    weight = uninitialized_parameter(*this, "weight", {size});
-    bias = uninitialized_parameter(*this, "bias", {size});
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return torch::layer_norm(x, {weight.size(0)}, weight, bias, eps); }
-  torch::Tensor weight, bias;
-  double eps;
-};
-TORCH_MODULE(LayerNorm);
-
-// nn.Embedding: weight [num_embeddings, dim]. (BERT's padding_idx only affects training.)
-struct EmbeddingImpl : torch::nn::Module {
-  EmbeddingImpl(int64_t num_embeddings, int64_t dim) {
-    weight = uninitialized_parameter(*this, "weight", {num_embeddings, dim});
-  }
-  torch::Tensor forward(const torch::Tensor& ids) { return torch::embedding(weight, ids); }
-  torch::Tensor weight;
-};
-TORCH_MODULE(Embedding);
+using nn::Embedding;
+using nn::LayerNorm;
+using nn::Linear;
 
 // transformers' ACT2FN entries that the Taiyi encoders use.
 enum class Activation { QuickGelu, Gelu };
@@ -92,13 +57,29 @@ torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& 
   return out.transpose(1, 2).reshape({batch, length, hidden});  // [B, L, hidden]
 }
 
-int64_t head_count(const Config& config) {
-  const int64_t hidden = config.get_int("hidden_size");
-  const int64_t heads = config.get_int("num_attention_heads");
-  if (heads <= 0 || hidden % heads != 0) {
-    config.unsupported("num_attention_heads", "must be positive and divide hidden_size = " + std::to_string(hidden));
+// The transformer options that CLIPTextConfig and BertConfig both hold, under the same keys.
+struct EncoderOptions {
+  int64_t hidden = 0, num_heads = 0, intermediate = 0, num_layers = 0;
+  int64_t vocab_size = 0, max_positions = 0;
+  double eps = 0.0;
+  Activation activation = Activation::Gelu;
+};
+
+// Only the defaults of layer_norm_eps and hidden_act differ between the two configs.
+EncoderOptions read_encoder_options(const Config& config, double default_eps, const std::string& default_activation) {
+  EncoderOptions o;
+  o.hidden = config.get_int("hidden_size");
+  o.num_heads = config.get_int("num_attention_heads");
+  if (o.num_heads <= 0 || o.hidden % o.num_heads != 0) {
+    config.unsupported("num_attention_heads", "must be positive and divide hidden_size = " + std::to_string(o.hidden));
   }
-  return heads;
+  o.intermediate = config.get_int("intermediate_size");
+  o.num_layers = config.get_int("num_hidden_layers");
+  o.eps = config.get_double("layer_norm_eps", default_eps);
+  o.activation = activation_from_config(config, default_activation);
+  o.vocab_size = config.get_int("vocab_size");
+  o.max_positions = config.get_int("max_position_embeddings");
+  return o;
 }
 
 // diffusers passes the tokenizer's attention mask when the config asks for it; taiyi's encoders
@@ -162,11 +143,11 @@ TORCH_MODULE(ClipMlp);
 
 // CLIPEncoderLayer: pre-LayerNorm residual blocks.
 struct ClipEncoderLayerImpl : torch::nn::Module {
-  ClipEncoderLayerImpl(int64_t hidden, int64_t num_heads, int64_t intermediate, double eps, Activation activation) {
-    self_attn = register_module("self_attn", ClipAttention(hidden, num_heads));
-    layer_norm1 = register_module("layer_norm1", LayerNorm(hidden, eps));
-    mlp = register_module("mlp", ClipMlp(hidden, intermediate, activation));
-    layer_norm2 = register_module("layer_norm2", LayerNorm(hidden, eps));
+  explicit ClipEncoderLayerImpl(const EncoderOptions& o) {
+    self_attn = register_module("self_attn", ClipAttention(o.hidden, o.num_heads));
+    layer_norm1 = register_module("layer_norm1", LayerNorm(o.hidden, o.eps));
+    mlp = register_module("mlp", ClipMlp(o.hidden, o.intermediate, o.activation));
+    layer_norm2 = register_module("layer_norm2", LayerNorm(o.hidden, o.eps));
   }
   torch::Tensor forward(torch::Tensor x) {
     x = x + self_attn(layer_norm1(x));
@@ -187,7 +168,7 @@ struct ClipTextEmbeddingsImpl : torch::nn::Module {
     position_embedding = register_module("position_embedding", Embedding(max_positions, hidden));
   }
   torch::Tensor forward(const torch::Tensor& input_ids) {  // [B, L] -> [B, L, hidden]
-    return token_embedding(input_ids) + position_embedding->weight.slice(0, 0, input_ids.size(1));
+    return token_embedding(input_ids) + position_embedding->weight().slice(0, 0, input_ids.size(1));
   }
   Embedding token_embedding{nullptr}, position_embedding{nullptr};
 };
@@ -202,22 +183,13 @@ TORCH_MODULE(ClipEncoder);
 // CLIPTextTransformer: embeddings, causal pre-LN encoder, final_layer_norm.
 struct ClipTextTransformerImpl : torch::nn::Module {
   explicit ClipTextTransformerImpl(const Config& config) {
-    const int64_t hidden = config.get_int("hidden_size");
-    const int64_t num_heads = head_count(config);
-    const int64_t intermediate = config.get_int("intermediate_size");
-    const int64_t num_layers = config.get_int("num_hidden_layers");
-    const double eps = config.get_double("layer_norm_eps", 1e-5);  // CLIPTextConfig's default
-    const Activation activation = activation_from_config(config, "quick_gelu");
-    vocab_size = config.get_int("vocab_size");
-    max_positions = config.get_int("max_position_embeddings");
-
-    embeddings = register_module("embeddings", ClipTextEmbeddings(vocab_size, max_positions, hidden));
+    options = read_encoder_options(config, 1e-5, "quick_gelu");  // CLIPTextConfig's defaults
+    embeddings = register_module("embeddings",
+                                 ClipTextEmbeddings(options.vocab_size, options.max_positions, options.hidden));
     torch::nn::ModuleList layers;
-    for (int64_t i = 0; i < num_layers; ++i) {
-      layers->push_back(ClipEncoderLayer(hidden, num_heads, intermediate, eps, activation));
-    }
+    for (int64_t i = 0; i < options.num_layers; ++i) layers->push_back(ClipEncoderLayer(options));
     encoder = register_module("encoder", ClipEncoder(layers));
-    final_layer_norm = register_module("final_layer_norm", LayerNorm(hidden, eps));
+    final_layer_norm = register_module("final_layer_norm", LayerNorm(options.hidden, options.eps));
   }
   torch::Tensor forward(const torch::Tensor& input_ids) {
     torch::Tensor x = embeddings(input_ids);  // [B, L, hidden]
@@ -227,7 +199,7 @@ struct ClipTextTransformerImpl : torch::nn::Module {
   ClipTextEmbeddings embeddings{nullptr};
   ClipEncoder encoder{nullptr};
   LayerNorm final_layer_norm{nullptr};
-  int64_t vocab_size = 0, max_positions = 0;
+  EncoderOptions options;
 };
 TORCH_MODULE(ClipTextTransformer);
 
@@ -237,7 +209,8 @@ struct ClipTextModelImpl : TextEncoderImpl {
     text_model = register_module("text_model", ClipTextTransformer(config));
   }
   torch::Tensor forward(const torch::Tensor& input_ids) override {
-    check_input_ids(input_ids, text_model->vocab_size, text_model->max_positions, "CLIPTextModel");
+    const EncoderOptions& o = text_model->options;
+    check_input_ids(input_ids, o.vocab_size, o.max_positions, "CLIPTextModel");
     return text_model(input_ids);
   }
   std::vector<std::string> ignored_checkpoint_keys() const override {
@@ -261,8 +234,8 @@ struct BertEmbeddingsImpl : torch::nn::Module {
     const int64_t length = input_ids.size(1);
     // Rows 0..L-1 and row 0 are what the lookups of positions 0..L-1 and token type 0 return; the
     // additions keep transformers' order.
-    torch::Tensor x = word_embeddings(input_ids) + token_type_embeddings->weight[0];
-    x = x + position_embeddings->weight.slice(0, 0, length);
+    torch::Tensor x = word_embeddings(input_ids) + token_type_embeddings->weight()[0];
+    x = x + position_embeddings->weight().slice(0, 0, length);
     return layer_norm(x);
   }
   Embedding word_embeddings{nullptr}, position_embeddings{nullptr}, token_type_embeddings{nullptr};
@@ -323,10 +296,10 @@ struct BertIntermediateImpl : torch::nn::Module {
 TORCH_MODULE(BertIntermediate);
 
 struct BertLayerImpl : torch::nn::Module {
-  BertLayerImpl(int64_t hidden, int64_t num_heads, int64_t intermediate_size, double eps, Activation activation) {
-    attention = register_module("attention", BertAttention(hidden, num_heads, eps));
-    intermediate = register_module("intermediate", BertIntermediate(hidden, intermediate_size, activation));
-    output = register_module("output", BertResidualOutput(intermediate_size, hidden, eps));
+  explicit BertLayerImpl(const EncoderOptions& o) {
+    attention = register_module("attention", BertAttention(o.hidden, o.num_heads, o.eps));
+    intermediate = register_module("intermediate", BertIntermediate(o.hidden, o.intermediate, o.activation));
+    output = register_module("output", BertResidualOutput(o.intermediate, o.hidden, o.eps));
   }
   torch::Tensor forward(const torch::Tensor& x) {
     torch::Tensor attended = attention(x);
@@ -354,27 +327,18 @@ struct BertModelImpl : TextEncoderImpl {
     if (config.get_bool("is_decoder", false)) config.unsupported("is_decoder", "supported: false (an encoder)");
     if (config.get_bool("add_cross_attention", false)) config.unsupported("add_cross_attention", "supported: false");
 
-    const int64_t hidden = config.get_int("hidden_size");
-    const int64_t num_heads = head_count(config);
-    const int64_t intermediate = config.get_int("intermediate_size");
-    const int64_t num_layers = config.get_int("num_hidden_layers");
-    const double eps = config.get_double("layer_norm_eps", 1e-12);  // BertConfig's default
-    const Activation activation = activation_from_config(config, "gelu");
-    vocab_size = config.get_int("vocab_size");
-    max_positions = config.get_int("max_position_embeddings");
+    options = read_encoder_options(config, 1e-12, "gelu");  // BertConfig's defaults
     const int64_t type_vocab_size = config.get_int("type_vocab_size");
     if (type_vocab_size < 1) config.unsupported("type_vocab_size", "must be at least 1 (token type 0 is used)");
 
-    embeddings = register_module("embeddings",
-                                 BertEmbeddings(vocab_size, max_positions, type_vocab_size, hidden, eps));
+    embeddings = register_module("embeddings", BertEmbeddings(options.vocab_size, options.max_positions,
+                                                              type_vocab_size, options.hidden, options.eps));
     torch::nn::ModuleList layers;
-    for (int64_t i = 0; i < num_layers; ++i) {
-      layers->push_back(BertLayer(hidden, num_heads, intermediate, eps, activation));
-    }
+    for (int64_t i = 0; i < options.num_layers; ++i) layers->push_back(BertLayer(options));
     encoder = register_module("encoder", BertEncoder(layers));
   }
   torch::Tensor forward(const torch::Tensor& input_ids) override {
-    check_input_ids(input_ids, vocab_size, max_positions, "BertModel");
+    check_input_ids(input_ids, options.vocab_size, options.max_positions, "BertModel");
     torch::Tensor x = embeddings(input_ids);  // [B, L, hidden]
     for (const auto& layer : *encoder->layer) x = layer->as<BertLayer>()->forward(x);
     return x;
@@ -384,7 +348,7 @@ struct BertModelImpl : TextEncoderImpl {
   }
   BertEmbeddings embeddings{nullptr};
   BertEncoder encoder{nullptr};
-  int64_t vocab_size = 0, max_positions = 0;
+  EncoderOptions options;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
-// Building blocks shared by the UNet and the VAE, ports of diffusers 0.37.1 (models/resnet.py,
-// downsampling.py, upsampling.py, activations.py, attention_processor.py's AttnProcessor2_0) as
-// libtorch modules whose parameter names are diffusers' state-dict keys. Inference only; NCHW.
+// Building blocks shared by the UNet, the VAE and the text encoders, ports of diffusers 0.37.1
+// (models/resnet.py, downsampling.py, upsampling.py, activations.py, attention_processor.py's
+// AttnProcessor2_0) and of torch.nn's Linear, LayerNorm and Embedding as libtorch modules whose
+// parameter names are the state-dict keys. Inference only; NCHW.
 //
 // Parameters are created uninitialised (torch::empty, no autograd): load_weights overwrites every
 // one of them, and libtorch's random initialisers cost about 10 s for the full-size UNet. Until
@@ -66,6 +67,19 @@ class LayerNormImpl : public torch::nn::Module {
   double eps_;
 };
 TORCH_MODULE(LayerNorm);
+
+// nn.Embedding(num_embeddings, dim): "weight" [num_embeddings, dim]. (padding_idx only affects training.)
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t num_embeddings, int64_t dim);
+  torch::Tensor forward(const torch::Tensor& ids);
+  // The table itself: the text encoders add rows 0..L-1 for positions 0..L-1 without a lookup.
+  const torch::Tensor& weight() const { return weight_; }
+
+ private:
+  torch::Tensor weight_;
+};
+TORCH_MODULE(Embedding);
 
 // diffusers' get_activation: "silu"/"swish", "mish", "gelu" (erf), "relu".
 enum class Activation { SiLU, Mish, GELU, ReLU };
