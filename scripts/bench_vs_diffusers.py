@@ -12,6 +12,8 @@ folder's: PNDM for the Taiyi configs). Measured per tool:
   peak_gpu_mb     CUDA: torch.cuda.max_memory_allocated() after loading (weights + generation) for
                   diffusers; taiyi bench's peak_gpu_mb (the same allocator statistic).
   peak_rss_mb     the first-image process's peak resident memory (wait4 rusage).
+  *_cpu_s         the same spans in user + system CPU time of the process: steadier than wall time
+                  on a shared machine (both tools use torch's intra-op thread pool).
 and the two first-image PNGs compared: fraction of pixels whose channels all lie within 1/255,
 the largest difference, PSNR. Ratios are taiyi / diffusers. Results go to OUT/vs_diffusers.json.
 
@@ -43,6 +45,12 @@ DEFAULT_PROMPT = "小桥流水人家，Van Gogh style"
 
 
 # --- the diffusers side (runs in a subprocess of this script) ----------------------------------
+
+def cpu_seconds():
+    """User + system CPU time of this process: on a shared machine it varies less than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
 
 def diffusers_worker(args):
     """Loads the pipeline and generates: once (--first-image), or warm-up + timed runs. Writes the
@@ -83,6 +91,7 @@ def diffusers_worker(args):
         for _ in range(args.warmup):
             generate()
         runs = []
+        cpu_before = cpu_seconds()
         for _ in range(args.repeat):
             if cuda:
                 torch.cuda.synchronize()
@@ -93,7 +102,7 @@ def diffusers_worker(args):
             runs.append(time.perf_counter() - start)
         image.save(args.image)
         result.update(generate_s=sum(runs) / len(runs), generate_min_s=min(runs), generate_max_s=max(runs),
-                      runs_s=runs)
+                      runs_s=runs, generate_cpu_s=(cpu_seconds() - cpu_before) / len(runs))
     if cuda:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -126,7 +135,7 @@ def log(*parts):
 
 
 def run_timed(cmd, env=None):
-    """Runs cmd; returns (seconds from spawn to exit, peak RSS MB of the process, stdout)."""
+    """Runs cmd; returns (seconds from spawn to exit, peak RSS MB, CPU seconds of the process, stdout)."""
     log("$", " ".join(shlex.quote(str(c)) for c in cmd))
     start = time.perf_counter()
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -146,7 +155,7 @@ def run_timed(cmd, env=None):
     if proc.returncode != 0:
         sys.stderr.write(err[-4000:])
         raise SystemExit(f"bench_vs_diffusers: command failed ({proc.returncode}): {cmd[0]} ...")
-    return seconds, usage.ru_maxrss / 1024, out
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, out
 
 
 def warm_page_cache(model: Path):
@@ -211,6 +220,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 on CUDA (both tools)")
+    ap.add_argument("--threads", type=int, help="CPU threads of both tools (OMP_NUM_THREADS; default: torch's, "
+                    "the cores). On a shared machine --threads 1 makes the CPU times steadier.")
     ap.add_argument("--out", default=str(ROOT / "build" / "vs-diffusers"), help="folder for PNGs and JSON")
     # Internal: the diffusers subprocess, and the full-size fixture builder.
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -236,12 +247,14 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     warm_page_cache(model)
+    if args.threads:  # inherited by every subprocess: both tools size their thread pools from it
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
     import torch  # versions and the device name only; the measurements run in subprocesses
 
     settings = {"model": str(model), "device": device, "size": size, "steps": steps, "cfg_scale": args.cfg_scale,
                 "seed": args.seed, "prompt": args.prompt, "warmup": args.warmup, "repeat": args.repeat,
-                "tf32": args.tf32, "scheduler": "the folder's (PNDM for Taiyi)"}
+                "tf32": args.tf32, "threads": args.threads, "scheduler": "the folder's (PNDM for Taiyi)"}
     environment = {"host": platform.node(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                    "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None}
@@ -253,18 +266,19 @@ def main():
         r = {"diffusers": {}, "taiyi": {}}
         # Start-up to first image, each in a fresh process.
         d_png, d_json = out / f"diffusers_{precision}.png", out / f"diffusers_{precision}_first.json"
-        seconds, rss, _ = run_timed([sys.executable, __file__, "--worker", "--first-image", *common, "--precision",
+        seconds, rss, cpu, _ = run_timed([sys.executable, __file__, "--worker", "--first-image", *common, "--precision",
                                      precision, "--image", d_png, "--result", d_json] + (["--tf32"] if args.tf32 else []))
         d_first = json.loads(d_json.read_text())
-        r["diffusers"].update(first_image_s=seconds, peak_rss_mb=rss, load_s=d_first["load_s"],
+        r["diffusers"].update(first_image_s=seconds, first_image_cpu_s=cpu, peak_rss_mb=rss, load_s=d_first["load_s"],
                               versions={k: d_first[k] for k in ("torch", "diffusers", "transformers")},
                               scheduler=d_first["scheduler"], attention=d_first["attention"])
         t_png = out / f"taiyi_{precision}.png"
         cmd = [taiyi, args.prompt, "--model", model, "--device", device, "--precision", precision, "-W", size, "-H",
                size, "--steps", steps, "-g", args.cfg_scale, "-s", args.seed, "-o", t_png, "--overwrite", "--json", "-q"]
-        seconds, rss, stdout = run_timed(cmd + (["--tf32"] if args.tf32 else []))
+        seconds, rss, cpu, stdout = run_timed(cmd + (["--tf32"] if args.tf32 else []))
         record = json.loads(stdout.strip().splitlines()[-1])
-        r["taiyi"].update(first_image_s=seconds, peak_rss_mb=rss, png=record["file"], sampler=record["sampler"])
+        r["taiyi"].update(first_image_s=seconds, first_image_cpu_s=cpu, peak_rss_mb=rss, png=record["file"],
+                          sampler=record["sampler"])
         r["image"] = compare_images(Path(record["file"]), d_png)
 
         # Steady state: warm-up, then timed generations in one process.
@@ -274,17 +288,19 @@ def main():
                   + (["--tf32"] if args.tf32 else []))
         d_runs = json.loads(d_json.read_text())
         r["diffusers"].update(generate_s=d_runs["generate_s"], generate_min_s=d_runs["generate_min_s"],
-                              peak_gpu_mb=d_runs.get("peak_gpu_mb"))
+                              generate_cpu_s=d_runs["generate_cpu_s"], peak_gpu_mb=d_runs.get("peak_gpu_mb"))
         bench_json = out / f"taiyi_bench_{precision}.json"
         run_timed([taiyi, "bench", "--model", model, "--device", device, "--precision", precision, "--resolution", size,
                    "--batch-size", 1, "--steps", steps, "-g", args.cfg_scale, "--warmup", args.warmup, "--repeat",
                    args.repeat, "--json", bench_json] + (["--tf32"] if args.tf32 else []))
         t_bench = json.loads(bench_json.read_text())["results"][0]
         r["taiyi"].update(generate_s=t_bench["run_s"], generate_min_s=t_bench["run_min_s"],
+                          generate_cpu_s=t_bench["run_cpu_s"],
                           peak_gpu_mb=t_bench.get("peak_gpu_mb"), load_s=t_bench["load_s"], it_per_s=t_bench["it_per_s"],
                           unet_step_s=t_bench["unet_step_s"], encode_s=t_bench["encode_s"], decode_s=t_bench["decode_s"])
         r["ratios"] = {k: ratio(r["taiyi"].get(k), r["diffusers"].get(k))
-                       for k in ("generate_s", "generate_min_s", "first_image_s", "peak_gpu_mb", "peak_rss_mb")}
+                       for k in ("generate_s", "generate_min_s", "generate_cpu_s", "first_image_s", "first_image_cpu_s",
+                                 "peak_gpu_mb", "peak_rss_mb")}
         results[precision] = r
 
     report = {"settings": settings, "environment": environment, "results": results}
@@ -295,7 +311,8 @@ def main():
 
 def print_table(report):
     s = report["settings"]
-    print(f"taiyi vs diffusers: {s['device']} ({report['environment']['gpu'] or 'CPU'}), {s['size']}x{s['size']}, "
+    threads = f", {s['threads']} thread(s)" if s.get("threads") else ""
+    print(f"taiyi vs diffusers: {s['device']} ({report['environment']['gpu'] or 'CPU'}{threads}), {s['size']}x{s['size']}, "
           f"{s['steps']} steps, CFG {s['cfg_scale']}, seed {s['seed']}, warm-up {s['warmup']}, {s['repeat']} timed runs")
     print(f"model: {s['model']}")
     rows = [("", "diffusers", "taiyi", "taiyi/diffusers")]
@@ -306,8 +323,12 @@ def print_table(report):
                      fmt(q["generate_s"])))
         rows.append((f"[{precision}] generate s, fastest run", fmt(d["generate_min_s"]), fmt(t["generate_min_s"]),
                      fmt(q["generate_min_s"])))
+        rows.append((f"[{precision}] generate CPU s (user+sys)", fmt(d["generate_cpu_s"]), fmt(t["generate_cpu_s"]),
+                     fmt(q["generate_cpu_s"])))
         rows.append((f"[{precision}] first image s (process start)", fmt(d["first_image_s"]), fmt(t["first_image_s"]),
                      fmt(q["first_image_s"])))
+        rows.append((f"[{precision}] first image CPU s (user+sys)", fmt(d["first_image_cpu_s"]),
+                     fmt(t["first_image_cpu_s"]), fmt(q["first_image_cpu_s"])))
         rows.append((f"[{precision}] peak GPU MB", fmt(d.get("peak_gpu_mb"), "%.0f"), fmt(t.get("peak_gpu_mb"), "%.0f"),
                      fmt(q["peak_gpu_mb"])))
         rows.append((f"[{precision}] peak RSS MB (first image)", fmt(d["peak_rss_mb"], "%.0f"), fmt(t["peak_rss_mb"], "%.0f"),

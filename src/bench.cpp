@@ -39,6 +39,14 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// User + system CPU time of the process: on a shared machine it varies less than wall time.
+double cpu_seconds() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec * 1e-6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 double peak_rss_mb() {
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
@@ -164,6 +172,7 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
           pipe.generate(request);
         }
         const StageTimes before = pipe.times();
+        const double cpu_before = cpu_seconds();
         std::vector<double> walls;
         for (int64_t i = 0; i < o.repeat; ++i) {
           auto start = std::chrono::steady_clock::now();
@@ -174,6 +183,7 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
         }
         const StageTimes after = pipe.times();
         const double runs = static_cast<double>(o.repeat);
+        const double run_cpu_s = (cpu_seconds() - cpu_before) / runs;
         const int64_t unet_calls = after.unet_calls - before.unet_calls;
         const double denoise_s = (after.denoise - before.denoise) / runs;
         const double unet_step_s = unet_calls ? (after.denoise - before.denoise) / unet_calls : 0.0;
@@ -199,6 +209,7 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
                        {"run_s", wall_s},
                        {"run_min_s", sorted.front()},
                        {"run_max_s", sorted.back()},
+                       {"run_cpu_s", run_cpu_s},
                        {"s_per_image", wall_s / batch},
                        {"images_per_s", batch / wall_s},
                        {"peak_rss_mb", peak_rss_mb()}};

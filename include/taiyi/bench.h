@@ -31,6 +31,9 @@ struct BenchOptions {
 
 // Runs the grid; returns {"device": ..., "results": [ {precision, batch_size, width, height, steps,
 // load_s, encode_s, unet_step_s, it_per_s, decode_s, s_per_image, images_per_s, peak_gpu_mb, peak_rss_mb}, ...]}.
+// Also per result: denoise_s, run_s (mean wall time of a timed run), run_min_s, run_max_s,
+// run_cpu_s (the process's user + system CPU time per run), unet_calls_per_run, and on CUDA
+// peak_gpu_reserved_mb and load_peak_gpu_mb. peak_gpu_mb is absent on the CPU.
 // `log` receives progress lines.
 nlohmann::json run_bench(const BenchOptions& options, const std::function<void(const std::string&)>& log = {});
 std::string format_bench_table(const nlohmann::json& results);
