@@ -79,6 +79,23 @@ static void fill_random(torch::nn::Module& module, torch::Dtype dtype, torch::De
   }
 }
 
+// StableDiffusionPipeline.__init__ rewrites outdated scheduler configs: steps_offset becomes 1 and
+// a DDIM config's clip_sample (true when absent) false. A scheduler of another class made with
+// from_config (--scheduler) inherits only the keys the file had: diffusers' _use_default_values drops
+// the rest, rewritten or not, so the new class's defaults apply to them.
+static Config pipeline_scheduler_config(const Config& file, const std::string& kind) {
+  std::string file_class = file.get_string("_class_name", "");
+  std::string lower_kind;
+  for (char c : kind) lower_kind += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const bool same_class = lower_kind.empty() || (lower_kind == "pndm" && file_class == "PNDMScheduler") ||
+                          (lower_kind == "ddim" && file_class == "DDIMScheduler");
+  nlohmann::json json = file.json();
+  if (same_class || file.has("steps_offset")) json["steps_offset"] = 1;
+  if (file_class == "DDIMScheduler" && file.get_bool("clip_sample", true) && (same_class || file.has("clip_sample")))
+    json["clip_sample"] = false;
+  return Config(json, file.path());
+}
+
 Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& options) {
   return load(folder_path, options, /*random_weights=*/false);
 }
@@ -110,7 +127,9 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   p.tokenizer_ = load_tokenizer(p.folder_);
   SchedulerOptions scheduler_options;
   scheduler_options.eta = options.eta;
-  p.scheduler_ = make_scheduler(p.folder_.config("scheduler"), options.scheduler, scheduler_options);
+  p.scheduler_ = make_scheduler(pipeline_scheduler_config(p.folder_.config("scheduler"), options.scheduler),
+                                options.scheduler,
+                                scheduler_options);
   p.text_encoder_ = make_text_encoder(p.folder_);
   p.unet_ = std::make_shared<UNet2DConditionModel>(p.folder_.config("unet"));
   p.vae_ = std::make_shared<AutoencoderKL>(p.folder_.config("vae"));
@@ -126,7 +145,6 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
     load_weights(p.vae_->module(), p.folder_.weight_files("vae"), LoadOptions(p.dtype_, p.device_));
   }
   if (options.channels_last && p.device_.is_cuda()) {
-    p.unet_->module().to(p.device_, p.dtype_);  // no-op for dtype/device; memory format below
     for (auto& param : p.unet_->module().parameters())
       if (param.dim() == 4) param.set_data(param.contiguous(torch::MemoryFormat::ChannelsLast));
     for (auto& param : p.vae_->module().parameters())
@@ -195,6 +213,7 @@ torch::Tensor Pipeline::denoise(torch::Tensor latents, const torch::Tensor& embe
   const int64_t total = static_cast<int64_t>(timesteps.size());
   for (int64_t i = 0; i < total; ++i) {
     torch::Tensor model_input = guidance ? torch::cat({latents, latents}) : latents;
+    if (options_.channels_last && device_.is_cuda()) model_input = model_input.contiguous(torch::MemoryFormat::ChannelsLast);
     torch::Tensor noise = unet_->forward(model_input, timestep_tensors[i], embeddings);
     if (guidance) {
       auto halves = noise.chunk(2);

@@ -29,17 +29,25 @@ const char* to_string(StDtype dtype) {
     case StDtype::F32: return "F32";
     case StDtype::F16: return "F16";
     case StDtype::BF16: return "BF16";
+    case StDtype::I64: return "I64";
   }
   return "?";
 }
 
-size_t element_size(StDtype dtype) { return dtype == StDtype::F32 ? 4 : 2; }
+size_t element_size(StDtype dtype) {
+  switch (dtype) {
+    case StDtype::F32: return 4;
+    case StDtype::I64: return 8;
+    default: return 2;
+  }
+}
 
 static torch::Dtype torch_dtype(StDtype dtype) {
   switch (dtype) {
     case StDtype::F32: return torch::kFloat;
     case StDtype::F16: return torch::kHalf;
     case StDtype::BF16: return torch::kBFloat16;
+    case StDtype::I64: return torch::kLong;
   }
   return torch::kFloat;
 }
@@ -131,6 +139,9 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
     if (dtype_name == "F32") info.dtype = StDtype::F32;
     else if (dtype_name == "F16") info.dtype = StDtype::F16;
     else if (dtype_name == "BF16") info.dtype = StDtype::BF16;
+    // I64 only for index buffers such as older checkpoints' text_model.embeddings.position_ids, which
+    // loading ignores; a weight stored as I64 is reported by check_weights.
+    else if (dtype_name == "I64") info.dtype = StDtype::I64;
     else throw Error(where + ": dtype " + dtype_name + " is not supported (expected F32, F16 or BF16)");
     const json& shape = entry["shape"];
     if (!shape.is_array()) throw Error(where + ": shape is not a list");
@@ -244,6 +255,8 @@ static WeightMismatch compare(const std::vector<std::pair<std::string, torch::Te
     if (c10::IntArrayRef(info.shape) != target.sizes()) {
       result.mis_shaped.push_back(name + " (file " + shape_string(info.shape) + ", model " +
                                   shape_string(target.sizes()) + ")");
+    } else if (target.is_floating_point() && info.dtype == StDtype::I64) {
+      result.mis_shaped.push_back(name + " (file dtype I64, expected F32, F16 or BF16)");
     }
   }
   for (const auto& [name, where] : available) {

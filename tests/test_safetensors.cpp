@@ -77,8 +77,8 @@ TEST(Safetensors, RejectsBadFiles) {
   expect_error(write_raw(dir, "past_end", "{}", "", 4096), "past the end");
   expect_error(write_raw(dir, "bad_json", "{\"a\": [", ""), "malformed header JSON");
   expect_error(write_raw(dir, "not_object", "[1,2]", ""), "not a JSON object");
-  expect_error(write_raw(dir, "dtype", R"({"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})", floats({1, 2})),
-               "dtype I64 is not supported");
+  expect_error(write_raw(dir, "dtype", R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", floats({1, 2})),
+               "tensor 'a': dtype F64 is not supported (expected F32, F16 or BF16)");
   expect_error(write_raw(dir, "span", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", floats({1, 2})),
                "does not match shape");
   expect_error(write_raw(dir, "oob", R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", floats({1, 2})),
@@ -135,6 +135,29 @@ TEST(Safetensors, LoadWeightsConvertsAndChecksNames) {
                                floats({7, 8, 9}) + std::string(4, '\0'));
   taiyi::load_weights(other, {partial}, lenient);
   EXPECT_TRUE(torch::equal(other.fc->bias, torch::tensor({7.f, 8.f, 9.f})));
+  fs::remove_all(dir);
+}
+
+TEST(Safetensors, IntegerIndexBuffersAreIgnoredButNotLoadedAsWeights) {
+  // Older transformers checkpoints carry text_model.embeddings.position_ids as I64.
+  fs::path dir = taiyi::test::temp_dir("st-i64");
+  std::string ids(16, '\0');
+  ids[8] = 1;
+  std::string header =
+      R"({"fc.weight":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]},"fc.bias":{"dtype":"F32","shape":[3],"data_offsets":[24,36]},)"
+      R"("norm.weight":{"dtype":"F32","shape":[3],"data_offsets":[36,48]},"norm.bias":{"dtype":"I64","shape":[3],"data_offsets":[48,72]},)"
+      R"("position_ids":{"dtype":"I64","shape":[1,2],"data_offsets":[72,88]}})";
+  fs::path p = write_raw(dir, "i64.safetensors", header, floats({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}) + std::string(24, '\0') + ids);
+  SafetensorsFile st(p);
+  EXPECT_TRUE(torch::equal(st.tensor("position_ids"), torch::tensor({{0, 1}}, torch::kLong)));
+  TwoLinear model;
+  try {
+    taiyi::load_weights(model, {p}, taiyi::LoadOptions(torch::kFloat, torch::kCPU, {"position_ids"}));
+    ADD_FAILURE() << "an I64 weight must not load";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("norm.bias (file dtype I64, expected F32, F16 or BF16)"), std::string::npos)
+        << e.what();
+  }
   fs::remove_all(dir);
 }
 

@@ -24,7 +24,8 @@ class Module;
 
 namespace taiyi {
 
-enum class StDtype { F32, F16, BF16 };
+// Weights are F32, F16 or BF16; I64 is read for index buffers (e.g. position_ids) that loading ignores.
+enum class StDtype { F32, F16, BF16, I64 };
 const char* to_string(StDtype dtype);
 size_t element_size(StDtype dtype);
 

@@ -5,6 +5,7 @@ ref/pipeline.safetensors under "<case>.images" ([N, H, W, 3]). Seeds: image i of
 torch.Generator("cpu").manual_seed(seed + i), which is what taiyi's --seed means.
 """
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,11 @@ CASES = [
     dict(name="bert_pndm", model="tiny-bert", scheduler="pndm", prompt="飞流直下三千尺，疑是银河落九天",
          negative_prompt="广告, ，, ！, 。, ；, 资讯, 新闻, 水印", steps=10, cfg_scale=7.5, seed=1234, width=96,
          height=64, count=1, eta=0.0),
+    # An outdated scheduler config (no steps_offset, no clip_sample), which the pipeline rewrites.
+    dict(name="old_scheduler_ddim", model="tiny-clip-old-scheduler", scheduler="ddim", prompt="古道西风瘦马",
+         negative_prompt="", steps=10, cfg_scale=7.5, seed=9, width=64, height=64, count=1, eta=0.0),
+    dict(name="old_scheduler_pndm", model="tiny-clip-old-scheduler", scheduler="pndm", prompt="古道西风瘦马",
+         negative_prompt="", steps=10, cfg_scale=7.5, seed=9, width=64, height=64, count=1, eta=0.0),
     dict(name="bert_ddim_eta", model="tiny-bert", scheduler="ddim", prompt="江南水乡，水彩画",
          negative_prompt="", steps=11, cfg_scale=7.5, seed=5, width=64, height=64, count=2, eta=0.3),
 ]
@@ -42,7 +48,22 @@ def run_case(out: Path, case: dict):
     return torch.from_numpy(images.astype(np.float32))
 
 
+def make_old_scheduler_folder(out: Path):
+    folder = out / "tiny-clip-old-scheduler"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for item in (out / "tiny-clip").iterdir():
+        if item.name != "scheduler":
+            (folder / item.name).symlink_to(Path("..") / "tiny-clip" / item.name)
+    config = json.loads((out / "tiny-clip" / "scheduler" / "scheduler_config.json").read_text())
+    for key in ("steps_offset", "clip_sample"):
+        config.pop(key, None)
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2))
+
+
 def make(out: Path, full: bool):
+    make_old_scheduler_folder(out)
     tensors = {}
     for case in CASES:
         tensors[f"{case['name']}.images"] = run_case(out, case).contiguous()
