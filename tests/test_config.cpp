@@ -12,16 +12,7 @@ using taiyi::ModelFolder;
 
 namespace {
 
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error containing '" << needles.front() << "'";
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message: " << msg << "\nmissing: " << n;
-  }
-}
+using taiyi::test::expect_error_naming;
 
 void write(const fs::path& p, const std::string& text) {
   fs::create_directories(p.parent_path());
@@ -43,21 +34,21 @@ TEST(ModelFolder, ReadsHarnessPipelines) {
 
 TEST(ModelFolder, BadFolders) {
   fs::path dir = taiyi::test::temp_dir("folder");
-  expect_error([&] { ModelFolder::open(dir / "nope"); }, {"nope", "model folder not found"});
-  expect_error([&] { ModelFolder::open(dir); }, {"model_index.json", "file not found"});
+  expect_error_naming([&] { ModelFolder::open(dir / "nope"); }, {"nope", "model folder not found"});
+  expect_error_naming([&] { ModelFolder::open(dir); }, {"model_index.json", "file not found"});
   write(dir / "model_index.json", "{\"unet\": [\"diffusers\", \"UNet2DConditionModel\"],");
-  expect_error([&] { ModelFolder::open(dir); }, {"model_index.json", "malformed JSON"});
+  expect_error_naming([&] { ModelFolder::open(dir); }, {"model_index.json", "malformed JSON"});
   write(dir / "model_index.json",
         R"({"text_encoder": ["transformers", "T5EncoderModel"], "unet": ["diffusers", "UNet2DConditionModel"], "vae": 3})");
   ModelFolder folder = ModelFolder::open(dir);
-  expect_error([&] { folder.text_encoder_kind(); }, {"model_index.json", "T5EncoderModel", "not supported"});
-  expect_error([&] { folder.class_name("vae"); }, {"model_index.json", "'vae'"});
-  expect_error([&] { folder.class_name("scheduler"); }, {"no 'scheduler' entry"});
-  expect_error([&] { folder.config("unet"); }, {"unet", "component folder not found"});
+  expect_error_naming([&] { folder.text_encoder_kind(); }, {"model_index.json", "T5EncoderModel", "not supported"});
+  expect_error_naming([&] { folder.class_name("vae"); }, {"model_index.json", "'vae'"});
+  expect_error_naming([&] { folder.class_name("scheduler"); }, {"no 'scheduler' entry"});
+  expect_error_naming([&] { folder.config("unet"); }, {"unet", "component folder not found"});
   write(dir / "unet" / "config.json", "{}");
-  expect_error([&] { folder.weight_files("unet"); }, {"unet", "no weights found"});
+  expect_error_naming([&] { folder.weight_files("unet"); }, {"unet", "no weights found"});
   write(dir / "unet" / "diffusion_pytorch_model.bin", "x");
-  expect_error([&] { folder.weight_files("unet"); }, {"diffusion_pytorch_model.bin", "tools/convert.py"});
+  expect_error_naming([&] { folder.weight_files("unet"); }, {"diffusion_pytorch_model.bin", "tools/convert.py"});
   fs::remove_all(dir);
 }
 
@@ -70,9 +61,9 @@ TEST(Config, TypedGettersNameFileAndKey) {
   EXPECT_DOUBLE_EQ(c.get_double("f"), 0.5);
   EXPECT_EQ(c.get_int_or_list("a", 3), (std::vector<int64_t>{3, 3, 3}));
   EXPECT_EQ(c.get_int_or_list("l", 2), (std::vector<int64_t>{1, 2}));
-  expect_error([&] { c.get_int("absent"); }, {"dir/config.json", "missing key 'absent'"});
-  expect_error([&] { c.get_int("bad"); }, {"dir/config.json", "'bad' = \"7\"", "expected an integer"});
-  expect_error([&] { c.get_int_or_list("l", 3); }, {"'l'", "expected 3 entries"});
-  expect_error([&] { c.get_bool("a"); }, {"'a' = 3", "true or false"});
-  expect_error([&] { c.unsupported("s", "only y"); }, {"dir/config.json", "'s' = \"x\" is not supported: only y"});
+  expect_error_naming([&] { c.get_int("absent"); }, {"dir/config.json", "missing key 'absent'"});
+  expect_error_naming([&] { c.get_int("bad"); }, {"dir/config.json", "'bad' = \"7\"", "expected an integer"});
+  expect_error_naming([&] { c.get_int_or_list("l", 3); }, {"'l'", "expected 3 entries"});
+  expect_error_naming([&] { c.get_bool("a"); }, {"'a' = 3", "true or false"});
+  expect_error_naming([&] { c.unsupported("s", "only y"); }, {"dir/config.json", "'s' = \"x\" is not supported: only y"});
 }

@@ -18,6 +18,8 @@
 namespace taiyi {
 namespace {
 
+using taiyi::test::expect_error_naming;
+
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
@@ -168,18 +170,6 @@ TEST(Tokenizer, LoadTokenizerPicksTheModelIndexClass) {
   EXPECT_EQ(bert->encode("小桥").ids.size(), 512u);
 }
 
-// Expects load() to throw a taiyi::Error whose message contains every one of `parts`.
-template <typename Load>
-void expect_error(Load load, const std::vector<std::string>& parts) {
-  try {
-    load();
-    ADD_FAILURE() << "no Error thrown; expected one naming " << parts.front();
-  } catch (const Error& e) {
-    std::string message = e.what();
-    for (const std::string& part : parts) EXPECT_NE(message.find(part), std::string::npos) << message;
-  }
-}
-
 void copy_folder(const fs::path& from, const fs::path& to) {
   fs::create_directories(to);
   for (const auto& entry : fs::directory_iterator(from)) fs::copy(entry.path(), to / entry.path().filename());
@@ -197,32 +187,32 @@ TEST(Tokenizer, ClipErrorsNameTheFile) {
   fs::path no_vocab = base / "no_vocab";
   copy_folder(source, no_vocab);
   fs::remove(no_vocab / "vocab.json");
-  expect_error([&] { load_clip_tokenizer(no_vocab); }, {"vocab.json"});
+  expect_error_naming([&] { load_clip_tokenizer(no_vocab); }, {"vocab.json"});
 
   fs::path no_merges = base / "no_merges";
   copy_folder(source, no_merges);
   fs::remove(no_merges / "merges.txt");
-  expect_error([&] { load_clip_tokenizer(no_merges); }, {"merges.txt"});
+  expect_error_naming([&] { load_clip_tokenizer(no_merges); }, {"merges.txt"});
 
   fs::path malformed = base / "malformed";
   copy_folder(source, malformed);
   write_file(malformed / "vocab.json", "{\"a\": 1, \"b\": ");
-  expect_error([&] { load_clip_tokenizer(malformed); }, {"vocab.json", "malformed"});
+  expect_error_naming([&] { load_clip_tokenizer(malformed); }, {"vocab.json", "malformed"});
 
   fs::path not_ids = base / "not_ids";
   copy_folder(source, not_ids);
   write_file(not_ids / "vocab.json", "{\"a\": 1, \"b\": \"two\"}");
-  expect_error([&] { load_clip_tokenizer(not_ids); }, {"vocab.json", "'b'"});
+  expect_error_naming([&] { load_clip_tokenizer(not_ids); }, {"vocab.json", "'b'"});
 
   fs::path bad_merge = base / "bad_merge";
   copy_folder(source, bad_merge);
   write_file(bad_merge / "merges.txt", "#version: 0.2\ni n\nt h e\n");
-  expect_error([&] { load_clip_tokenizer(bad_merge); }, {"merges.txt:3", "two symbols"});
+  expect_error_naming([&] { load_clip_tokenizer(bad_merge); }, {"merges.txt:3", "two symbols"});
 
   fs::path bad_config = base / "bad_config";
   copy_folder(source, bad_config);
   write_file(bad_config / "tokenizer_config.json", "{\"model_max_length\": 1e30}");
-  expect_error([&] { load_clip_tokenizer(bad_config); }, {"tokenizer_config.json", "model_max_length"});
+  expect_error_naming([&] { load_clip_tokenizer(bad_config); }, {"tokenizer_config.json", "model_max_length"});
 }
 
 TEST(Tokenizer, BertErrorsNameTheFile) {
@@ -230,12 +220,12 @@ TEST(Tokenizer, BertErrorsNameTheFile) {
   fs::path no_vocab = base / "no_vocab";
   copy_folder(test::fixture("tiny-bert/tokenizer"), no_vocab);
   fs::remove(no_vocab / "vocab.txt");
-  expect_error([&] { load_bert_tokenizer(no_vocab); }, {"vocab.txt"});
+  expect_error_naming([&] { load_bert_tokenizer(no_vocab); }, {"vocab.txt"});
 
   fs::path bad_option = base / "bad_option";
   copy_folder(test::fixture("tiny-bert/tokenizer"), bad_option);
   write_file(bad_option / "tokenizer_config.json", "{\"do_lower_case\": \"yes\"}");
-  expect_error([&] { load_bert_tokenizer(bad_option); }, {"tokenizer_config.json", "do_lower_case"});
+  expect_error_naming([&] { load_bert_tokenizer(bad_option); }, {"tokenizer_config.json", "do_lower_case"});
 }
 
 TEST(Tokenizer, UnknownTokenizerClassNamesModelIndex) {
@@ -247,7 +237,7 @@ TEST(Tokenizer, UnknownTokenizerClassNamesModelIndex) {
     write_file(root / "model_index.json",
                "{\"_class_name\": \"StableDiffusionPipeline\", \"tokenizer\": [\"transformers\", \"" + class_name +
                    "\"]}");
-    expect_error([&] { load_tokenizer(ModelFolder::open(root)); }, {"model_index.json", class_name});
+    expect_error_naming([&] { load_tokenizer(ModelFolder::open(root)); }, {"model_index.json", class_name});
   }
 }
 

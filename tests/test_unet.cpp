@@ -26,6 +26,8 @@ using taiyi::test::reference_tensor;
 
 namespace {
 
+using taiyi::test::expect_error_naming;
+
 constexpr double kTinyTolerance = 1e-4;
 constexpr double kFullRelativeL2 = 1e-5;
 constexpr double kFloat16Tolerance = 1e-2;
@@ -44,17 +46,6 @@ taiyi::UNet2DConditionModel load_unet(const fs::path& dir, const taiyi::LoadOpti
   taiyi::UNet2DConditionModel unet(taiyi::Config::load(dir / "config.json"));
   taiyi::load_weights(unet.module(), {weights_in(dir)}, options);
   return unet;
-}
-
-template <typename F>
-void expect_error_naming(F&& f, const std::vector<std::string>& needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected taiyi::Error";
-  } catch (const taiyi::Error& e) {
-    for (const auto& needle : needles) EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message lacks '" << needle << "': " << e.what();
-  }
 }
 
 taiyi::Config tiny_config_with(const nlohmann::json& changes) {

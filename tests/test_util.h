@@ -4,9 +4,12 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include "taiyi/error.h"
 
 namespace taiyi::test {
 
@@ -24,6 +27,19 @@ double relative_l2(const torch::Tensor& actual, const torch::Tensor& expected);
 // EXPECT that shapes match and max |actual - expected| <= atol; prints "name: max abs diff X (tol Y)".
 void expect_close(const std::string& name, const torch::Tensor& actual, const torch::Tensor& expected,
                   double atol);
+
+// EXPECT that `action` throws taiyi::Error whose message contains every one of `needles`.
+template <typename Action>
+void expect_error_naming(Action&& action, const std::vector<std::string>& needles) {
+  try {
+    action();
+    ADD_FAILURE() << "no taiyi::Error thrown (expected one naming '" << needles.front() << "')";
+  } catch (const taiyi::Error& e) {
+    const std::string message = e.what();
+    for (const auto& needle : needles)
+      EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message << "\nlacks: " << needle;
+  }
+}
 
 // Runs the taiyi binary with arguments (shell-quoted here); returns exit status, captures output.
 struct CommandResult {

@@ -19,6 +19,8 @@ using taiyi::test::reference_tensor;
 
 namespace {
 
+using taiyi::test::expect_error_naming;
+
 constexpr double kTinyTolerance = 1e-4;
 constexpr double kFullRelativeL2 = 1e-5;
 constexpr double kFloat16Tolerance = 1e-2;
@@ -29,18 +31,6 @@ taiyi::AutoencoderKL load_vae(const fs::path& dir) {
   taiyi::AutoencoderKL vae(taiyi::Config::load(dir / "config.json"));
   taiyi::load_weights(vae.module(), {weights_in(dir)});
   return vae;
-}
-
-// Expects an Error whose message contains every one of `needles`.
-template <typename F>
-void expect_error_naming(F&& f, const std::vector<std::string>& needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected taiyi::Error";
-  } catch (const taiyi::Error& e) {
-    for (const auto& needle : needles) EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message lacks '" << needle << "': " << e.what();
-  }
 }
 
 taiyi::Config tiny_config_with(const nlohmann::json& changes) {
