@@ -197,10 +197,12 @@ int run_generate(GenerateArgs& a) {
     std::cerr << "taiyi: loading " << a.model << "\n";
   taiyi::Pipeline pipe = taiyi::Pipeline::load(a.model, a.pipeline);
   const std::string sampler = web_ui_sampler(pipe.sampler_name());
+  const std::string precision_name = pipe.dtype() == torch::kHalf ? "fp16" : "fp32";
+  const bool tf32_used = a.pipeline.tf32 && pipe.device().is_cuda() && pipe.dtype() == torch::kFloat;
   const std::string model_name = pipe.model_name();
   if (!a.quiet) {
     std::cerr << "taiyi: " << (pipe.device().is_cuda() ? "CUDA" : "CPU") << " "
-              << (pipe.dtype() == torch::kHalf ? "fp16" : "fp32") << ", " << pipe.sampler_name() << ", "
+              << precision_name << (tf32_used ? " (TF32)" : "") << ", " << pipe.sampler_name() << ", "
               << pipe.tokenizer().kind() << "; " << todo.size() << " prompt(s) to run";
     if (skipped) std::cerr << ", " << skipped << " already done (--resume)";
     std::cerr << "\n";
@@ -245,6 +247,8 @@ int run_generate(GenerateArgs& a) {
         for (size_t i = 0; i < job.outputs.size(); ++i, ++k) {
           const taiyi::Image& image = results[k];
           std::string params = a1111_parameters(r, image, sampler, model_name);
+          // TF32 changes fp32 results: say so wherever the settings are recorded.
+          if (tf32_used) params += ", TF32: on";
           fs::path out = job.outputs[i];
           check_output_folder(out);
           taiyi::write_file_atomically(out, taiyi::encode_png(image.rgb.data(), static_cast<int>(image.width),
@@ -252,7 +256,8 @@ int run_generate(GenerateArgs& a) {
           Json record = {{"file", out.string()},       {"prompt", r.prompt},  {"negative_prompt", r.negative_prompt},
                          {"seed", image.seed},         {"steps", r.steps},    {"cfg_scale", r.cfg_scale},
                          {"width", image.width},       {"height", image.height}, {"sampler", sampler},
-                         {"model", model_name},        {"line", job.line}};
+                         {"model", model_name},        {"line", job.line},
+                         {"device", pipe.device().str()}, {"precision", precision_name}, {"tf32", tf32_used}};
           if (a.sidecar) {
             fs::path side = out;
             side.replace_extension(".json");

@@ -49,6 +49,9 @@ TEST(Cli, WritesPngWithParametersAndNeverOverwrites) {
   auto record = nlohmann::json::parse(r.out);
   EXPECT_EQ(record["seed"], 42);
   EXPECT_EQ(record["file"], out.string());
+  EXPECT_EQ(record["precision"], "fp32");
+  EXPECT_EQ(record["device"], "cpu");
+  EXPECT_EQ(record["tf32"], false);
   auto again = run_taiyi(fast({"x", "--seed", "42", "-o", out.string()}));
   EXPECT_NE(again.exit_code, 0);
   EXPECT_NE(again.err.find("already exists"), std::string::npos) << again.err;
