@@ -211,6 +211,8 @@ torch::Tensor Pipeline::denoise(torch::Tensor latents, const torch::Tensor& embe
   std::vector<torch::Tensor> timestep_tensors;
   for (int64_t t : timesteps) timestep_tensors.push_back(torch::tensor(t, torch::kLong).to(device_));
   const int64_t total = static_cast<int64_t>(timesteps.size());
+  // DDIM's eta noise is drawn per image from that image's generator, as diffusers does.
+  const bool per_image_noise = options_.eta > 0 && sampler_name() == "DDIM";
   for (int64_t i = 0; i < total; ++i) {
     torch::Tensor model_input = guidance ? torch::cat({latents, latents}) : latents;
     if (options_.channels_last && device_.is_cuda()) model_input = model_input.contiguous(torch::MemoryFormat::ChannelsLast);
@@ -219,8 +221,7 @@ torch::Tensor Pipeline::denoise(torch::Tensor latents, const torch::Tensor& embe
       auto halves = noise.chunk(2);
       noise = halves[0] + r.cfg_scale * (halves[1] - halves[0]);
     }
-    if (options_.eta > 0 && sampler_name() == "DDIM") {
-      // DDIM's eta noise: diffusers draws it per image from that image's generator.
+    if (per_image_noise) {
       std::vector<torch::Tensor> stepped;
       for (int64_t b = 0; b < latents.size(0); ++b)
         stepped.push_back(scheduler_->step(noise.narrow(0, b, 1), timesteps[i], latents.narrow(0, b, 1),
