@@ -13,18 +13,9 @@
 
 #include <torch/torch.h>
 
+#include "taiyi/device.h"
 #include "taiyi/error.h"
 #include "taiyi/pipeline.h"
-
-// libtorch wheels built with CUDA ship these headers; a CPU-only libtorch does not, and then there
-// is no GPU memory to report.
-#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <cuda_runtime_api.h>
-#define TAIYI_HAS_CUDA_ALLOCATOR 1
-#else
-#define TAIYI_HAS_CUDA_ALLOCATOR 0
-#endif
 
 namespace taiyi {
 
@@ -53,53 +44,12 @@ double peak_rss_mb() {
   return usage.ru_maxrss / 1024.0;  // Linux: kilobytes
 }
 
-void reset_gpu_peak(const torch::Device& device) {
-#if TAIYI_HAS_CUDA_ALLOCATOR
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-#else
-  (void)device;
-#endif
-}
-
-// Peak bytes held by tensors (allocated) and by the allocator's cache (reserved) since the last reset, MB.
-std::pair<double, double> gpu_peak_mb(const torch::Device& device) {
-#if TAIYI_HAS_CUDA_ALLOCATOR
-  if (device.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
-    return {stats.allocated_bytes[aggregate].peak / 1048576.0, stats.reserved_bytes[aggregate].peak / 1048576.0};
-  }
-#else
-  (void)device;
-#endif
-  return {0.0, 0.0};
-}
-
-void release_gpu_cache(const torch::Device& device) {
-#if TAIYI_HAS_CUDA_ALLOCATOR
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
-#else
-  (void)device;
-#endif
-}
-
-std::string describe(const torch::Device& device) {
-#if TAIYI_HAS_CUDA_ALLOCATOR
-  if (device.is_cuda()) {
-    cudaDeviceProp properties{};
-    if (cudaGetDeviceProperties(&properties, device.index()) == cudaSuccess)
-      return "cuda:" + std::to_string(device.index()) + " (" + properties.name + ")";
-  }
-#endif
-  if (device.is_cuda()) return "cuda:" + std::to_string(device.index());
-  return "cpu (" + std::to_string(at::get_num_threads()) + " threads)";
-}
-
 void check_options(const BenchOptions& o) {
-  if (o.precisions.empty() || o.batch_sizes.empty() || o.resolutions.empty())
-    throw Error("bench: --precision, --batch-size and --resolution each need at least one value");
+  if (o.batch_sizes.empty() || o.resolutions.empty())
+    throw Error("bench: --batch-size and --resolution each need at least one value");
   for (const std::string& p : o.precisions)
-    if (p != "auto" && p != "fp16" && p != "fp32") throw Error("bench: --precision " + p + ": expected fp16, fp32 or auto");
+    if (p != "auto" && p != "fp16" && p != "fp32" && p != "bf16")
+      throw Error("bench: --precision " + p + ": expected fp16, fp32, bf16 or auto");
   for (int64_t b : o.batch_sizes)
     if (b < 1) throw Error("bench: --batch-size " + std::to_string(b) + ": must be at least 1");
   for (int64_t r : o.resolutions)
@@ -122,30 +72,45 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
   auto say = [&](const std::string& line) {
     if (log) log(line);
   };
+  // resolve_device initialises CUDA: every allocator call below comes after it.
   const torch::Device device = resolve_device(o.device);
-  Json out = {{"device", describe(device)},
+  // Default grid: the CPU's exact fp32 beside bf16; on CUDA fp16, fp32 and bf16 (where the GPU has it).
+  std::vector<std::string> precisions = o.precisions;
+  if (precisions.empty()) {
+    precisions = device.is_cuda() ? std::vector<std::string>{"fp16", "fp32"} : std::vector<std::string>{"fp32", "bf16"};
+    if (device.is_cuda()) {
+      try {
+        resolve_precision("bf16", device);
+        precisions.push_back("bf16");
+      } catch (const Error&) {
+      }
+    }
+  }
+  const Numerics numerics = apply_numerics(device, o.tf32, o.cudnn_benchmark);
+  Json out = {{"device", describe_device(device)},
               {"model", o.model},
               {"random_weights", o.random_weights},
               {"steps", o.steps},
               {"cfg_scale", o.cfg_scale},
               {"warmup", o.warmup},
               {"repeat", o.repeat},
-              {"tf32", o.tf32},
+              {"numerics", numerics.to_json()},
               {"channels_last", o.channels_last},
               {"results", Json::array()}};
 
-  for (const std::string& precision : o.precisions) {
+  for (const std::string& precision : precisions) {
     PipelineOptions options;
     options.device = o.device;
     options.precision = precision;
     options.scheduler = o.scheduler;
     options.tf32 = o.tf32;
+    options.cudnn_benchmark = o.cudnn_benchmark;
     options.channels_last = o.channels_last;
     release_gpu_cache(device);
     reset_gpu_peak(device);
     say("bench: loading " + o.model + (o.random_weights ? " (random weights)" : "") + ", " + precision);
     Pipeline pipe = o.random_weights ? Pipeline::load_random(o.model, options) : Pipeline::load(o.model, options);
-    const std::string precision_name = pipe.dtype() == torch::kHalf ? "fp16" : "fp32";
+    const std::string precision_name = taiyi::precision_name(pipe.dtype());
     const double load_s = pipe.times().load;
     const double load_peak_gpu_mb = gpu_peak_mb(device).first;
     say("bench: loaded in " + format("%.2f", load_s) + " s");

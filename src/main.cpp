@@ -67,6 +67,21 @@ std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Ima
   return text;
 }
 
+// What changes the numbers, in the web UI's "Key: value" form (values with commas quoted, as it
+// quotes them): the precision when not fp32, on CUDA TF32 and cuDNN autotuning, and an fp32 VAE under
+// a half-precision model.
+std::string numerics_parameters(const taiyi::Numerics& n, const std::string& precision, const taiyi::Pipeline& pipe) {
+  std::string text;
+  if (precision != "fp32") text += ", Precision: " + precision;
+  if (n.cuda) {
+    const std::string tf32 = n.tf32_matmul && n.tf32_conv ? "matmul+conv" : n.tf32_conv ? "conv" : n.tf32_matmul ? "matmul" : "off";
+    text += ", TF32: " + tf32;
+    if (n.cudnn_benchmark) text += ", cuDNN benchmark: on";
+  }
+  if (pipe.vae_dtype() != pipe.dtype()) text += ", VAE precision: " + taiyi::precision_name(pipe.vae_dtype());
+  return text;
+}
+
 // PNDM with skip_prk_steps is what the web UI calls PLMS.
 std::string web_ui_sampler(const std::string& scheduler) { return scheduler == "PNDM" ? "PLMS" : scheduler; }
 
@@ -195,14 +210,16 @@ int run_generate(GenerateArgs& a) {
   const bool progress_enabled = !a.quiet && isatty(STDERR_FILENO);
   if (!a.quiet)
     std::cerr << "taiyi: loading " << a.model << "\n";
+  if (!a.quiet) a.pipeline.notice = [](const std::string& text) { std::cerr << "\ntaiyi: warning: " << text << "\n"; };
   taiyi::Pipeline pipe = taiyi::Pipeline::load(a.model, a.pipeline);
   const std::string sampler = web_ui_sampler(pipe.sampler_name());
-  const std::string precision_name = pipe.dtype() == torch::kHalf ? "fp16" : "fp32";
-  const bool tf32_used = a.pipeline.tf32 && pipe.device().is_cuda() && pipe.dtype() == torch::kFloat;
+  const std::string precision_name = taiyi::precision_name(pipe.dtype());
+  const taiyi::Numerics& numerics = pipe.numerics();
+  const bool tf32_used = numerics.tf32_matmul && pipe.dtype() == torch::kFloat;
   const std::string model_name = pipe.model_name();
   if (!a.quiet) {
     std::cerr << "taiyi: " << (pipe.device().is_cuda() ? "CUDA" : "CPU") << " "
-              << precision_name << (tf32_used ? " (TF32)" : "") << ", " << pipe.sampler_name() << ", "
+              << precision_name << (numerics.cuda ? " (" + numerics.describe() + ")" : "") << ", " << pipe.sampler_name() << ", "
               << pipe.tokenizer().kind() << "; " << todo.size() << " prompt(s) to run";
     if (skipped) std::cerr << ", " << skipped << " already done (--resume)";
     std::cerr << "\n";
@@ -247,8 +264,8 @@ int run_generate(GenerateArgs& a) {
         for (size_t i = 0; i < job.outputs.size(); ++i, ++k) {
           const taiyi::Image& image = results[k];
           std::string params = a1111_parameters(r, image, sampler, model_name);
-          // TF32 changes fp32 results: say so wherever the settings are recorded.
-          if (tf32_used) params += ", TF32: on";
+          // The numerics in force change results: say so wherever the settings are recorded.
+          params += numerics_parameters(numerics, precision_name, pipe);
           fs::path out = job.outputs[i];
           check_output_folder(out);
           taiyi::write_file_atomically(out, taiyi::encode_png(image.rgb.data(), static_cast<int>(image.width),
@@ -257,7 +274,9 @@ int run_generate(GenerateArgs& a) {
                          {"seed", image.seed},         {"steps", r.steps},    {"cfg_scale", r.cfg_scale},
                          {"width", image.width},       {"height", image.height}, {"sampler", sampler},
                          {"model", model_name},        {"line", job.line},
-                         {"device", pipe.device().str()}, {"precision", precision_name}, {"tf32", tf32_used}};
+                         {"device", pipe.device().str()}, {"precision", precision_name}, {"tf32", tf32_used},
+                         {"vae_precision", taiyi::precision_name(pipe.vae_dtype())}};
+          if (numerics.cuda) record["numerics"] = numerics.to_json();
           if (a.sidecar) {
             fs::path side = out;
             side.replace_extension(".json");
@@ -294,6 +313,16 @@ int run_generate(GenerateArgs& a) {
     return 1;
   }
   return 0;
+}
+
+// --tf32 / --no-tf32 / --cudnn-benchmark; without them PyTorch's defaults (TF32 convolutions only).
+void add_numerics_options(CLI::App* app, taiyi::Tf32Mode& tf32, bool& cudnn_benchmark) {
+  auto* on = app->add_flag_callback("--tf32", [&tf32] { tf32 = taiyi::Tf32Mode::kOn; },
+                                    "CUDA fp32: TF32 matmuls too (faster, not bit-exact; default: PyTorch's, TF32 convolutions only)");
+  auto* off = app->add_flag_callback("--no-tf32", [&tf32] { tf32 = taiyi::Tf32Mode::kOff; },
+                                     "CUDA fp32: no TF32 anywhere (strict IEEE fp32)");
+  on->excludes(off);
+  app->add_flag("--cudnn-benchmark", cudnn_benchmark, "CUDA: cuDNN autotuning (off by default, PyTorch's default)");
 }
 
 void add_model_option(CLI::App* app, std::string& model) {
@@ -347,11 +376,15 @@ int main(int argc, char** argv) {
   app.add_option("--scheduler", a.pipeline.scheduler, "pndm or ddim (default: the model folder's)")
       ->check(CLI::IsMember({"pndm", "ddim", "PNDM", "DDIM"}));
   app.add_option("--eta", a.pipeline.eta, "DDIM eta (0: deterministic)")->capture_default_str();
-  app.add_option("--precision", a.pipeline.precision, "auto (fp16 on CUDA, fp32 on CPU), fp16 or fp32")
-      ->check(CLI::IsMember({"auto", "fp16", "fp32"}))
+  app.add_option("--precision", a.pipeline.precision, "auto (fp16 on CUDA, fp32 on CPU), fp16, fp32 or bf16")
+      ->check(CLI::IsMember({"auto", "fp16", "fp32", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--vae-precision", a.pipeline.vae_precision,
+                 "auto (the model's; an fp16 decode with NaN/Inf is redone in fp32) or fp32")
+      ->check(CLI::IsMember({"auto", "fp32"}))
       ->capture_default_str();
   app.add_option("--device", a.pipeline.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
-  app.add_flag("--tf32", a.pipeline.tf32, "allow TF32 math for fp32 on CUDA (faster, not bit-exact)");
+  add_numerics_options(&app, a.pipeline.tf32, a.pipeline.cudnn_benchmark);
   app.add_flag("--channels-last", a.pipeline.channels_last, "channels_last memory format on CUDA");
   app.add_option("--num-images", a.num_images, "images per prompt")->capture_default_str();
   app.add_option("--batch-size", a.batch_size, "images per UNet batch")->capture_default_str();
@@ -386,7 +419,9 @@ int main(int argc, char** argv) {
   add_model_option(bench, bench_options.model);
   bench->add_flag("--random-weights", bench_options.random_weights, "random weights from the folder's configs");
   bench->add_option("--device", bench_options.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
-  bench->add_option("--precision", bench_options.precisions, "fp16 and/or fp32 (a list)")->delimiter(',');
+  bench->add_option("--precision", bench_options.precisions,
+                    "fp16, fp32, bf16 (a list; default fp32,bf16 on the CPU, fp16,fp32,bf16 on CUDA)")
+      ->delimiter(',');
   bench->add_option("--batch-size", bench_options.batch_sizes, "batch sizes (a list)")->delimiter(',');
   bench->add_option("--resolution", bench_options.resolutions, "square sizes in pixels (a list)")->delimiter(',');
   bench->add_option("--steps", bench_options.steps, "denoising steps")->capture_default_str();
@@ -394,7 +429,7 @@ int main(int argc, char** argv) {
   bench->add_option("-g,--cfg-scale", bench_options.cfg_scale, "guidance scale")->capture_default_str();
   bench->add_option("--warmup", bench_options.warmup, "untimed runs per configuration")->capture_default_str();
   bench->add_option("--repeat", bench_options.repeat, "timed runs per configuration")->capture_default_str();
-  bench->add_flag("--tf32", bench_options.tf32, "allow TF32 for fp32 on CUDA");
+  add_numerics_options(bench, bench_options.tf32, bench_options.cudnn_benchmark);
   bench->add_flag("--channels-last", bench_options.channels_last, "channels_last memory format on CUDA");
   bench->add_option("--json", bench_json, "also write the results as JSON to this file");
 

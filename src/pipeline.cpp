@@ -24,36 +24,6 @@ void synchronize(const torch::Device& device) {
 
 }  // namespace
 
-torch::Device resolve_device(const std::string& device) {
-  if (device == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-  if (device == "cpu") return torch::kCPU;
-  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
-    if (!torch::cuda::is_available())
-      throw Error("--device " + device + ": CUDA was requested but no CUDA GPU is available (use --device cpu)");
-    int index = 0;
-    if (device.size() > 5) {
-      try {
-        size_t used = 0;
-        index = std::stoi(device.substr(5), &used);
-        if (used != device.size() - 5 || index < 0) throw std::invalid_argument("index");
-      } catch (const std::exception&) {
-        throw Error("--device " + device + ": expected cuda:N with N a GPU index");
-      }
-    }
-    if (index >= static_cast<int>(torch::cuda::device_count()))
-      throw Error("--device " + device + ": only " + std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
-    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
-  }
-  throw Error("--device " + device + ": expected auto, cpu, cuda or cuda:N");
-}
-
-torch::Dtype resolve_precision(const std::string& precision, const torch::Device& device) {
-  if (precision == "auto") return device.is_cuda() ? torch::kHalf : torch::kFloat;
-  if (precision == "fp16") return torch::kHalf;
-  if (precision == "fp32") return torch::kFloat;
-  throw Error("--precision " + precision + ": expected fp16 or fp32");
-}
-
 // Parameters in the range of PyTorch's default initialisers (uniform, +-1/sqrt(fan_in)); norm scales
 // near 1. Values that keep activations finite and normal (no denormals to slow the CPU down).
 static void fill_random(torch::nn::Module& module, torch::Dtype dtype, torch::Device device, uint64_t seed) {
@@ -109,13 +79,12 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   Pipeline p;
   p.options_ = options;
   p.folder_ = ModelFolder::open(folder_path);
-  p.device_ = resolve_device(options.device);
+  p.random_weights_ = random_weights;
+  p.device_ = resolve_device(options.device);  // initialises CUDA before any CUDA-only call
   p.dtype_ = resolve_precision(options.precision, p.device_);
-  if (p.device_.is_cuda()) {
-    at::globalContext().setBenchmarkCuDNN(true);
-    at::globalContext().setAllowTF32CuBLAS(options.tf32);
-    at::globalContext().setAllowTF32CuDNN(options.tf32);
-  }
+  if (options.vae_precision != "auto" && options.vae_precision != "fp32")
+    throw Error("--vae-precision " + options.vae_precision + ": expected auto or fp32");
+  p.numerics_ = apply_numerics(p.device_, options.tf32, options.cudnn_benchmark);
   for (const char* component : {"unet", "vae"}) {
     std::string cls = p.folder_.class_name(component);
     std::string expected = std::string(component) == "unet" ? "UNet2DConditionModel" : "AutoencoderKL";
@@ -133,6 +102,7 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   p.text_encoder_ = make_text_encoder(p.folder_);
   p.unet_ = std::make_shared<UNet2DConditionModel>(p.folder_.config("unet"));
   p.vae_ = std::make_shared<AutoencoderKL>(p.folder_.config("vae"));
+  const bool vae_forced_fp32 = options.vae_precision == "fp32" && p.dtype_ != torch::kFloat;
 
   if (random_weights) {
     fill_random(*p.text_encoder_, p.dtype_, p.device_, 1);
@@ -142,7 +112,12 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
     load_weights(*p.text_encoder_, p.folder_.weight_files("text_encoder"),
                  LoadOptions(p.dtype_, p.device_, p.text_encoder_->ignored_checkpoint_keys()));
     load_weights(p.unet_->module(), p.folder_.weight_files("unet"), LoadOptions(p.dtype_, p.device_));
-    load_weights(p.vae_->module(), p.folder_.weight_files("vae"), LoadOptions(p.dtype_, p.device_));
+    load_weights(p.vae_->module(), p.folder_.weight_files("vae"),
+                 LoadOptions(vae_forced_fp32 ? torch::kFloat : p.dtype_, p.device_));
+  }
+  if (vae_forced_fp32) {
+    if (random_weights) fill_random(p.vae_->module(), torch::kFloat, p.device_, 3);
+    p.vae_fp32_ = p.vae_;
   }
   if (options.channels_last && p.device_.is_cuda()) {
     for (auto& param : p.unet_->module().parameters())
@@ -181,10 +156,41 @@ void Pipeline::validate(const GenerationRequest& r) const {
   if (r.count < 1) throw Error("number of images " + std::to_string(r.count) + ": must be at least 1");
 }
 
+void Pipeline::say(const std::string& notice) const {
+  if (options_.notice) options_.notice(notice);
+}
+
+// The same module as `make`, in fp32 on the device: from the weight files (the exact fp32 weights, as
+// diffusers' fp32 component), or for random weights the same seed's values.
+std::shared_ptr<AutoencoderKL> Pipeline::make_fp32_vae() const {
+  auto vae = std::make_shared<AutoencoderKL>(folder_.config("vae"));
+  if (random_weights_) fill_random(vae->module(), torch::kFloat, device_, 3);
+  else load_weights(vae->module(), folder_.weight_files("vae"), LoadOptions(torch::kFloat, device_));
+  return vae;
+}
+
+std::shared_ptr<TextEncoderImpl> Pipeline::make_fp32_text_encoder() const {
+  auto encoder = make_text_encoder(folder_);
+  if (random_weights_) fill_random(*encoder, torch::kFloat, device_, 1);
+  else
+    load_weights(*encoder, folder_.weight_files("text_encoder"),
+                 LoadOptions(torch::kFloat, device_, encoder->ignored_checkpoint_keys()));
+  return encoder;
+}
+
 torch::Tensor Pipeline::encode_prompt(const std::string& prompt) {
   Encoding encoding = tokenizer_->encode(prompt);
   auto ids = torch::tensor(encoding.ids, torch::kLong).unsqueeze(0).to(device_);
-  return text_encoder_->forward(ids);
+  if (text_encoder_fp32_) return text_encoder_fp32_->forward(ids).to(dtype_);
+  torch::Tensor hidden = text_encoder_->forward(ids);
+  // fp16 safety: an overflow inside the encoder shows as Inf/NaN in its output (one sync per prompt,
+  // outside the denoising loop). The encoder then runs in fp32 from here on.
+  if (dtype_ != torch::kFloat && !torch::isfinite(hidden).all().item<bool>()) {
+    say("the " + precision_name(dtype_) + " text encoder overflowed (NaN/Inf); encoding in fp32 from now on");
+    text_encoder_fp32_ = make_fp32_text_encoder();
+    hidden = text_encoder_fp32_->forward(ids).to(dtype_);
+  }
+  return hidden;
 }
 
 torch::Tensor Pipeline::initial_latents(const GenerationRequest& r, std::vector<torch::Generator>* generators) const {
@@ -237,7 +243,18 @@ torch::Tensor Pipeline::denoise(torch::Tensor latents, const torch::Tensor& embe
 }
 
 torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
+  if (vae_fp32_) {
+    torch::Tensor images = vae_fp32_->decode(latents.to(torch::kFloat) / vae_fp32_->scaling_factor());
+    return (images * 0.5 + 0.5).clamp(0, 1);
+  }
   torch::Tensor images = vae_->decode(latents / vae_->scaling_factor());
+  // fp16 safety (the web UI's "revert VAE to 32-bit"): a decode with NaN or Inf is done again in
+  // fp32, and the VAE stays fp32 from then on. One sync per decode, after the loop.
+  if (dtype_ != torch::kFloat && !torch::isfinite(images).all().item<bool>()) {
+    say("the " + precision_name(dtype_) + " VAE decode gave NaN/Inf; decoding in fp32 from now on (--vae-precision fp32 forces it)");
+    vae_fp32_ = make_fp32_vae();
+    return decode(latents);
+  }
   return (images * 0.5 + 0.5).clamp(0, 1);
 }
 

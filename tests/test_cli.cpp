@@ -61,6 +61,23 @@ TEST(Cli, WritesPngWithParametersAndNeverOverwrites) {
   fs::remove_all(dir);
 }
 
+TEST(Cli, Bf16AndVaePrecisionAreRecorded) {
+  fs::path dir = taiyi::test::temp_dir("cli-bf16");
+  fs::path out = dir / "out.png";
+  auto r = run_taiyi(fast({"山水", "--seed", "1", "-o", out.string(), "--json", "--precision", "bf16", "--vae-precision", "fp32"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(parameters_of(out), "山水\nSteps: 3, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 64x64, Model: tiny-clip, "
+                                "Precision: bf16, VAE precision: fp32");
+  auto record = nlohmann::json::parse(r.out);
+  EXPECT_EQ(record["precision"], "bf16");
+  EXPECT_EQ(record["vae_precision"], "fp32");
+  EXPECT_FALSE(record.contains("numerics"));  // CPU: no TF32 to record
+  auto both = run_taiyi(fast({"x", "-o", (dir / "b.png").string(), "--tf32", "--no-tf32"}));
+  EXPECT_NE(both.exit_code, 0);
+  EXPECT_NE(both.err.find("--no-tf32"), std::string::npos) << both.err;
+  fs::remove_all(dir);
+}
+
 TEST(Cli, RandomSeedIsPrintedAndRecorded) {
   fs::path dir = taiyi::test::temp_dir("cli-seed");
   auto r = run_taiyi(fast({"a", "-o", (dir / "{seed}.png").string(), "--json", "--num-images", "2"}));

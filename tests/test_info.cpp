@@ -346,6 +346,21 @@ TEST(Bench, LoadedWeightsOnCpu) {
   expect_consistent(bench.at("results")[0], 1, unet_calls_for(o.model, o.steps));
 }
 
+TEST(Bench, DefaultGridOnTheCpuIsFp32BesideBf16) {
+  taiyi::BenchOptions o = tiny_bench_options();
+  o.random_weights = true;
+  o.precisions = {};
+  o.batch_sizes = {1};
+  o.warmup = 0;
+  o.repeat = 1;
+  Json bench = taiyi::run_bench(o);
+  ASSERT_EQ(bench.at("results").size(), 2u);
+  EXPECT_EQ(bench["results"][0]["precision"], "fp32");
+  EXPECT_EQ(bench["results"][1]["precision"], "bf16");
+  EXPECT_GT(bench["results"][1]["it_per_s"].get<double>(), 0.0);
+  EXPECT_FALSE(bench.at("numerics").at("tf32_matmul").get<bool>());
+}
+
 TEST(Bench, BadOptionsAreErrors) {
   auto expect_error = [](taiyi::BenchOptions o, const std::string& needle) {
     try {
@@ -360,8 +375,8 @@ TEST(Bench, BadOptionsAreErrors) {
   o.repeat = 0;
   expect_error(o, "--repeat");
   o = tiny_bench_options();
-  o.precisions = {"bf16"};
-  expect_error(o, "--precision bf16");
+  o.precisions = {"fp8"};
+  expect_error(o, "--precision fp8");
   o = tiny_bench_options();
   o.random_weights = true;
   o.resolutions = {60};  // not a multiple of the VAE's 8

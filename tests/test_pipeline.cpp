@@ -10,10 +10,8 @@
 
 namespace {
 
-nlohmann::json load_cases() {
-  std::ifstream in(taiyi::test::fixture("ref/pipeline_cases.json"));
-  return nlohmann::json::parse(in);
-}
+// Half precision against diffusers' half precision (issue 9's figure for fp16).
+constexpr double kHalfMinPsnrDb = 35.0;
 
 taiyi::PipelineOptions cpu_fp32(const std::string& scheduler, double eta) {
   taiyi::PipelineOptions options;
@@ -27,33 +25,19 @@ taiyi::PipelineOptions cpu_fp32(const std::string& scheduler, double eta) {
 }  // namespace
 
 TEST(PipelineParity, ImagesMatchDiffusers) {
-  nlohmann::json cases = load_cases();
+  nlohmann::json cases = taiyi::test::pipeline_cases();
   ASSERT_GE(cases.size(), 4u);
   for (const auto& c : cases) {
     const std::string name = c["name"];
     SCOPED_TRACE(name);
-    auto pipe = taiyi::Pipeline::load(taiyi::test::fixture(c["model"].get<std::string>()),
-                                      cpu_fp32(c["scheduler"], c["eta"].get<double>()));
-    taiyi::GenerationRequest r;
-    r.prompt = c["prompt"];
-    r.negative_prompt = c["negative_prompt"];
-    r.steps = c["steps"];
-    r.cfg_scale = c["cfg_scale"];
-    r.seed = c["seed"];
-    r.width = c["width"];
-    r.height = c["height"];
-    r.count = c["count"];
-    std::vector<taiyi::Image> images = pipe.generate(r);
+    std::vector<taiyi::Image> images = taiyi::test::run_pipeline_case(c, cpu_fp32("", 0.0));
     torch::Tensor expected = taiyi::test::reference_tensor(taiyi::test::fixture("ref/pipeline.safetensors"), name + ".images");
     ASSERT_EQ(static_cast<int64_t>(images.size()), expected.size(0));
-    std::vector<torch::Tensor> actual;
     for (const auto& image : images) {
-      EXPECT_EQ(image.width, r.width);
-      EXPECT_EQ(image.height, r.height);
-      actual.push_back(torch::from_blob(const_cast<uint8_t*>(image.rgb.data()), {image.height, image.width, 3}, torch::kUInt8)
-                           .to(torch::kFloat));
+      EXPECT_EQ(image.width, c["width"].get<int64_t>());
+      EXPECT_EQ(image.height, c["height"].get<int64_t>());
     }
-    torch::Tensor got = torch::stack(actual);
+    torch::Tensor got = taiyi::test::image_tensor(images);
     ASSERT_EQ(got.sizes(), expected.sizes());
     double max_diff = (got - expected).abs().max().item<double>();
     double identical = (got == expected).to(torch::kDouble).mean().item<double>();
@@ -61,7 +45,7 @@ TEST(PipelineParity, ImagesMatchDiffusers) {
                 max_diff, identical * 100);
     EXPECT_LE(max_diff, 1.0) << name;
     EXPECT_GE(identical, 0.999) << name;
-    EXPECT_EQ(images[0].seed, r.seed);
+    EXPECT_EQ(images[0].seed, c["seed"].get<uint64_t>());
   }
 }
 
@@ -119,5 +103,68 @@ TEST(PipelineParity, RejectsBadRequests) {
     ADD_FAILURE() << "unknown scheduler must fail";
   } catch (const taiyi::Error& e) {
     EXPECT_NE(std::string(e.what()).find("euler"), std::string::npos) << e.what();
+  }
+}
+
+TEST(PipelineFp16Safety, VaeNanOrInfIsDecodedAgainInFp32Once) {
+  c10::InferenceMode guard;
+  auto fp32 = taiyi::Pipeline::load(taiyi::test::fixture("tiny-clip"), cpu_fp32("", 0.0));
+  taiyi::PipelineOptions options = cpu_fp32("", 0.0);
+  options.precision = "fp16";
+  std::vector<std::string> notices;
+  options.notice = [&](const std::string& text) { notices.push_back(text); };
+  auto fp16 = taiyi::Pipeline::load(taiyi::test::fixture("tiny-clip"), options);
+  EXPECT_EQ(fp16.vae_dtype(), torch::kHalf);
+  // Latents of about 2e4: finite in fp16, but latents / scaling_factor (0.18215) passes fp16's 65504.
+  torch::Generator generator = at::make_generator<at::CPUGeneratorImpl>(5);
+  torch::Tensor latents = (torch::randn({1, 4, 8, 8}, generator) * 2e4).to(torch::kHalf);
+  ASSERT_TRUE(torch::isfinite(latents).all().item<bool>());
+  ASSERT_FALSE(torch::isfinite(latents / 0.18215).all().item<bool>());
+  torch::Tensor expected = fp32.decode(latents.to(torch::kFloat));
+  torch::Tensor got = fp16.decode(latents);
+  ASSERT_EQ(notices.size(), 1u);
+  EXPECT_NE(notices[0].find("fp32"), std::string::npos) << notices[0];
+  EXPECT_EQ(fp16.vae_dtype(), torch::kFloat);
+  EXPECT_TRUE(torch::isfinite(got).all().item<bool>());
+  taiyi::test::expect_close("fp32 fallback decode", got, expected, 1e-6);
+  fp16.decode(latents);
+  EXPECT_EQ(notices.size(), 1u) << "said once";
+}
+
+TEST(PipelineFp16Safety, VaePrecisionFp32IsTheFp32Decoder) {
+  c10::InferenceMode guard;
+  auto fp32 = taiyi::Pipeline::load(taiyi::test::fixture("tiny-clip"), cpu_fp32("", 0.0));
+  taiyi::PipelineOptions options = cpu_fp32("", 0.0);
+  options.precision = "fp16";
+  options.vae_precision = "fp32";
+  auto fp16 = taiyi::Pipeline::load(taiyi::test::fixture("tiny-clip"), options);
+  EXPECT_EQ(fp16.dtype(), torch::kHalf);
+  EXPECT_EQ(fp16.vae_dtype(), torch::kFloat);
+  torch::Generator generator = at::make_generator<at::CPUGeneratorImpl>(6);
+  torch::Tensor latents = torch::randn({1, 4, 8, 8}, generator).to(torch::kHalf);
+  taiyi::test::expect_close("--vae-precision fp32 decode", fp16.decode(latents), fp32.decode(latents.to(torch::kFloat)), 0.0);
+  options.vae_precision = "fp64";
+  taiyi::test::expect_error_naming([&] { taiyi::Pipeline::load(taiyi::test::fixture("tiny-clip"), options); },
+                                   {"--vae-precision", "fp64"});
+}
+
+// fp16 and bf16 on the CPU (AVX512-BF16 here) against diffusers at the same precision on the CPU (random
+// tiny models amplify rounding: against the fp32 golden both are about 13 dB, see tests/reference/pipeline.py).
+TEST(PipelineParity, Fp16AndBf16OnTheCpuMatchDiffusersAtTheSamePrecision) {
+  for (const auto& [precision, suffix] : {std::pair<std::string, std::string>{"fp16", "_float16"}, {"bf16", "_bfloat16"}}) {
+    for (const auto& c : taiyi::test::pipeline_cases()) {
+      const std::string name = c["name"];
+      taiyi::PipelineOptions options = cpu_fp32("", 0.0);
+      options.precision = precision;
+      torch::Tensor got = taiyi::test::image_tensor(taiyi::test::run_pipeline_case(c, options));
+      torch::Tensor expected =
+          taiyi::test::reference_tensor(taiyi::test::fixture("ref/pipeline.safetensors"), name + ".images" + suffix);
+      ASSERT_EQ(got.sizes(), expected.sizes());
+      const double psnr = taiyi::test::psnr_db(got, expected);
+      std::printf("%s %s: PSNR %.1f dB against diffusers %s, %.2f%% of pixels within 1/255\n", name.c_str(),
+                  precision.c_str(), psnr, precision.c_str(), 100 * taiyi::test::fraction_within(got, expected, 1));
+      EXPECT_GE(psnr, kHalfMinPsnrDb) << name << " " << precision;
+      EXPECT_GE(taiyi::test::fraction_within(got, expected, 1), 0.999) << name << " " << precision;
+    }
   }
 }

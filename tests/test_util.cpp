@@ -2,6 +2,7 @@
 
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <random>
@@ -31,6 +32,44 @@ fs::path fixtures_dir() {
                   << "; regenerate with: python tools/make_fixtures.py " << dir;
   }
   return dir;
+}
+
+nlohmann::json pipeline_cases() {
+  std::ifstream in(fixture("ref/pipeline_cases.json"));
+  return nlohmann::json::parse(in);
+}
+
+std::vector<taiyi::Image> run_pipeline_case(const nlohmann::json& c, taiyi::PipelineOptions options) {
+  options.scheduler = c["scheduler"];
+  options.eta = c["eta"].get<double>();
+  auto pipe = taiyi::Pipeline::load(fixture(c["model"].get<std::string>()), options);
+  taiyi::GenerationRequest r;
+  r.prompt = c["prompt"];
+  r.negative_prompt = c["negative_prompt"];
+  r.steps = c["steps"];
+  r.cfg_scale = c["cfg_scale"];
+  r.seed = c["seed"];
+  r.width = c["width"];
+  r.height = c["height"];
+  r.count = c["count"];
+  return pipe.generate(r);
+}
+
+torch::Tensor image_tensor(const std::vector<taiyi::Image>& images) {
+  std::vector<torch::Tensor> each;
+  for (const auto& image : images)
+    each.push_back(torch::from_blob(const_cast<uint8_t*>(image.rgb.data()), {image.height, image.width, 3}, torch::kUInt8)
+                       .to(torch::kFloat));
+  return torch::stack(each);
+}
+
+double fraction_within(const torch::Tensor& actual, const torch::Tensor& expected, double tolerance) {
+  return ((actual - expected).abs() <= tolerance).to(torch::kDouble).mean().item<double>();
+}
+
+double psnr_db(const torch::Tensor& actual, const torch::Tensor& expected) {
+  const double mse = (actual - expected).pow(2).to(torch::kDouble).mean().item<double>();
+  return mse == 0 ? 1000.0 : 10.0 * std::log10(255.0 * 255.0 / mse);
 }
 
 fs::path fixture(const std::string& relative) {

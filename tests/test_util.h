@@ -9,7 +9,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include "taiyi/error.h"
+#include "taiyi/pipeline.h"
 
 namespace taiyi::test {
 
@@ -40,6 +43,16 @@ void expect_error_naming(Action&& action, const std::vector<std::string>& needle
       EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message << "\nlacks: " << needle;
   }
 }
+
+// The end-to-end cases of tests/reference/pipeline.py (ref/pipeline_cases.json), and one case run
+// through a pipeline loaded with `options` (its scheduler and eta come from the case).
+nlohmann::json pipeline_cases();
+std::vector<taiyi::Image> run_pipeline_case(const nlohmann::json& c, taiyi::PipelineOptions options);
+// Images as one float tensor [N, H, W, 3] of byte values, the layout of the reference's "<case>.images".
+torch::Tensor image_tensor(const std::vector<taiyi::Image>& images);
+// Image agreement: the fraction of pixel values within `tolerance` byte values, and the PSNR in dB.
+double fraction_within(const torch::Tensor& actual, const torch::Tensor& expected, double tolerance);
+double psnr_db(const torch::Tensor& actual, const torch::Tensor& expected);
 
 // Runs the taiyi binary with arguments (shell-quoted here); returns exit status, captures output.
 struct CommandResult {

@@ -11,13 +11,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "taiyi/device.h"
+
 namespace taiyi {
 
 struct BenchOptions {
   std::string model;                       // model folder (configs, tokenizer; weights unless random)
   bool random_weights = false;             // build from configs, random weights: no weight files needed
   std::string device = "auto";
-  std::vector<std::string> precisions = {"auto"};  // fp16, fp32, auto
+  // fp16, fp32, bf16, auto; empty: fp32 and bf16 on the CPU, fp16, fp32 and bf16 (Ampere+) on CUDA
+  std::vector<std::string> precisions;
   std::vector<int64_t> batch_sizes = {1};
   std::vector<int64_t> resolutions = {0};  // square sizes in pixels; 0: the model's default
   int64_t steps = 20;
@@ -25,7 +28,8 @@ struct BenchOptions {
   double cfg_scale = 7.5;
   int64_t warmup = 1;                      // untimed generations per configuration
   int64_t repeat = 3;                      // timed generations per configuration
-  bool tf32 = false;
+  Tf32Mode tf32 = Tf32Mode::kDefault;     // PyTorch's defaults: TF32 convolutions, IEEE matmuls
+  bool cudnn_benchmark = false;
   bool channels_last = false;
 };
 

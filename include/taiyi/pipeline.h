@@ -23,6 +23,7 @@
 #include <torch/torch.h>
 
 #include "taiyi/config.h"
+#include "taiyi/device.h"
 #include "taiyi/scheduler.h"
 #include "taiyi/text_encoder.h"
 #include "taiyi/tokenizer.h"
@@ -33,11 +34,17 @@ namespace taiyi {
 
 struct PipelineOptions {
   std::string device = "auto";     // auto | cpu | cuda | cuda:N
-  std::string precision = "auto";  // auto (fp16 on CUDA, fp32 on CPU) | fp16 | fp32
+  std::string precision = "auto";  // auto (fp16 on CUDA, fp32 on CPU) | fp16 | fp32 | bf16
+  // auto: the model's precision, and when an fp16/bf16 decode gives NaN or Inf that batch is decoded
+  // again in fp32 and the VAE stays fp32 from then on (the web UI's "revert VAE to 32-bit"); fp32: always.
+  std::string vae_precision = "auto";
   std::string scheduler = "";      // "" (the folder's) | pndm | ddim
   double eta = 0.0;                // DDIM eta
-  bool tf32 = false;               // allow TF32 matmuls/convolutions for fp32 on CUDA
+  Tf32Mode tf32 = Tf32Mode::kDefault;  // fp32 rounding on CUDA; the default is PyTorch's (and diffusers')
+  bool cudnn_benchmark = false;    // cuDNN autotuning (CUDA)
   bool channels_last = false;      // UNet/VAE in channels_last memory format (CUDA)
+  // Receives one-off notices (an fp32 fallback); the CLI prints them.
+  std::function<void(const std::string&)> notice;
 };
 
 struct GenerationRequest {
@@ -97,6 +104,9 @@ class Pipeline {
   const ModelFolder& folder() const { return folder_; }
   torch::Device device() const { return device_; }
   torch::Dtype dtype() const { return dtype_; }
+  // The VAE's dtype now: the model's, or fp32 when forced or after a fallback.
+  torch::Dtype vae_dtype() const { return vae_fp32_ ? torch::kFloat : dtype_; }
+  const Numerics& numerics() const { return numerics_; }
   int64_t default_width() const;
   int64_t default_height() const;
   std::string model_name() const;   // the folder's name, for PNG metadata
@@ -106,6 +116,9 @@ class Pipeline {
  private:
   Pipeline() = default;
   static Pipeline load(const std::filesystem::path& folder, const PipelineOptions& options, bool random_weights);
+  void say(const std::string& notice) const;
+  std::shared_ptr<AutoencoderKL> make_fp32_vae() const;
+  std::shared_ptr<TextEncoderImpl> make_fp32_text_encoder() const;
   ModelFolder folder_;
   PipelineOptions options_;
   torch::Device device_ = torch::kCPU;
@@ -114,13 +127,12 @@ class Pipeline {
   std::shared_ptr<TextEncoderImpl> text_encoder_;
   std::shared_ptr<UNet2DConditionModel> unet_;
   std::shared_ptr<AutoencoderKL> vae_;
+  std::shared_ptr<AutoencoderKL> vae_fp32_;                 // set when the VAE runs in fp32
+  std::shared_ptr<TextEncoderImpl> text_encoder_fp32_;      // set after a text-encoder overflow
+  bool random_weights_ = false;
+  Numerics numerics_;
   std::shared_ptr<Scheduler> scheduler_;
   StageTimes times_;
 };
-
-// Resolves "auto"/"cpu"/"cuda"/"cuda:N" to a device; Error when CUDA is asked for and absent.
-torch::Device resolve_device(const std::string& device);
-// Resolves "auto"/"fp16"/"fp32" for a device.
-torch::Dtype resolve_precision(const std::string& precision, const torch::Device& device);
 
 }  // namespace taiyi

@@ -1,9 +1,18 @@
 """End-to-end references: diffusers' StableDiffusionPipeline on the tiny random pipelines, fp32 CPU.
 
 Each case's settings go to ref/pipeline_cases.json and its uint8 images (stored as float32) to
-ref/pipeline.safetensors under "<case>.images" ([N, H, W, 3]). Seeds: image i of a case uses its own
-torch.Generator("cpu").manual_seed(seed + i), which is what taiyi's --seed means.
+ref/pipeline.safetensors under "<case>.images" ([N, H, W, 3]), and the same pipeline in fp16 and bf16 on the
+CPU under "<case>.images_float16" / "<case>.images_bfloat16": random tiny models amplify rounding (taiyi fp16
+against diffusers fp32 is about 13 dB), so half precision is compared with diffusers' half precision.
+Seeds: image i of a case uses its own torch.Generator("cpu").manual_seed(seed + i), which is what taiyi's
+--seed means.
+
+    python tests/reference/pipeline.py FIXTURES --device cuda
+
+writes ref/pipeline_cuda.safetensors: the same three precisions on the GPU (scripts/gpu_check.sh runs it
+there, for the cuda-labelled tests).
 """
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -32,10 +41,13 @@ CASES = [
 ]
 
 
-def run_case(out: Path, case: dict):
+DTYPES = {"": torch.float32, "_float16": torch.float16, "_bfloat16": torch.bfloat16}
+
+
+def run_case(out: Path, case: dict, dtype=torch.float32, device="cpu"):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(out / case["model"], torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(out / case["model"], torch_dtype=dtype).to(device)
     if case["scheduler"] == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -44,7 +56,7 @@ def run_case(out: Path, case: dict):
                   guidance_scale=case["cfg_scale"], height=case["height"], width=case["width"],
                   num_images_per_prompt=case["count"], generator=generators, eta=case["eta"], output_type="np")
     # numpy_to_pil's conversion, i.e. the PNG diffusers would save.
-    images = (result.images * 255).round().astype("uint8")
+    images = (result.images.astype(np.float32) * 255).round().astype("uint8")
     return torch.from_numpy(images.astype(np.float32))
 
 
@@ -66,6 +78,22 @@ def make(out: Path, full: bool):
     make_old_scheduler_folder(out)
     tensors = {}
     for case in CASES:
-        tensors[f"{case['name']}.images"] = run_case(out, case).contiguous()
+        for suffix, dtype in DTYPES.items():
+            tensors[f"{case['name']}.images{suffix}"] = run_case(out, case, dtype).contiguous()
     save_file(tensors, out / "ref" / "pipeline.safetensors")
     (out / "ref" / "pipeline_cases.json").write_text(json.dumps(CASES, ensure_ascii=False, indent=1), "utf-8")
+
+
+def make_on_device(out: Path, device: str):
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 as PyTorch's defaults: TF32 convolutions only
+    tensors = {f"{case['name']}.images{suffix}": run_case(out, case, dtype, device).contiguous()
+               for case in CASES for suffix, dtype in DTYPES.items()}
+    save_file(tensors, out / "ref" / f"pipeline_{device}.safetensors")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="diffusers' images on a device, for the cuda-labelled tests")
+    ap.add_argument("fixtures", type=Path)
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    make_on_device(args.fixtures, args.device)

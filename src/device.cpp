@@ -1,0 +1,163 @@
+// Devices, precisions and CUDA numerics flags; see include/taiyi/device.h.
+#include "taiyi/device.h"
+
+#include <stdexcept>
+
+#include "taiyi/error.h"
+
+// libtorch wheels built with CUDA ship these headers; a CPU-only libtorch does not, and then there
+// is no GPU to ask.
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_runtime_api.h>
+#define TAIYI_HAS_CUDA_HEADERS 1
+#else
+#define TAIYI_HAS_CUDA_HEADERS 0
+#endif
+
+namespace taiyi {
+
+namespace {
+
+// The allocator's statistics, cache and device properties need CUDA initialised on the device:
+// resetPeakStats on a fresh process throws "Invalid device argument ... did you call init?". One
+// small allocation initialises the context and the caching allocator there.
+void initialise_cuda(const torch::Device& device) {
+  torch::empty({1}, torch::TensorOptions().device(device));
+  torch::cuda::synchronize(device.index());
+}
+
+}  // namespace
+
+torch::Device resolve_device(const std::string& device) {
+  if (device == "auto") {
+    if (!torch::cuda::is_available()) return torch::kCPU;
+    torch::Device cuda(torch::kCUDA, 0);
+    initialise_cuda(cuda);
+    return cuda;
+  }
+  if (device == "cpu") return torch::kCPU;
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available())
+      throw Error("--device " + device + ": CUDA was requested but no CUDA GPU is available (use --device cpu)");
+    int index = 0;
+    if (device.size() > 5) {
+      try {
+        size_t used = 0;
+        index = std::stoi(device.substr(5), &used);
+        if (used != device.size() - 5 || index < 0) throw std::invalid_argument("index");
+      } catch (const std::exception&) {
+        throw Error("--device " + device + ": expected cuda:N with N a GPU index");
+      }
+    }
+    if (index >= static_cast<int>(torch::cuda::device_count()))
+      throw Error("--device " + device + ": only " + std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+    torch::Device cuda(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+    initialise_cuda(cuda);
+    return cuda;
+  }
+  throw Error("--device " + device + ": expected auto, cpu, cuda or cuda:N");
+}
+
+torch::Dtype resolve_precision(const std::string& precision, const torch::Device& device) {
+  if (precision == "auto") return device.is_cuda() ? torch::kHalf : torch::kFloat;
+  if (precision == "fp16") return torch::kHalf;
+  if (precision == "fp32") return torch::kFloat;
+  if (precision == "bf16") {
+#if TAIYI_HAS_CUDA_HEADERS
+    if (device.is_cuda()) {
+      cudaDeviceProp properties{};
+      if (cudaGetDeviceProperties(&properties, device.index()) == cudaSuccess && properties.major < 8)
+        throw Error("--precision bf16: " + std::string(properties.name) + " (compute capability " +
+                    std::to_string(properties.major) + "." + std::to_string(properties.minor) +
+                    ") has no bf16 support; it needs Ampere (8.0) or newer: use fp16");
+    }
+#endif
+    return torch::kBFloat16;
+  }
+  throw Error("--precision " + precision + ": expected auto, fp16, fp32 or bf16");
+}
+
+std::string precision_name(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kHalf: return "fp16";
+    case torch::kBFloat16: return "bf16";
+    case torch::kFloat: return "fp32";
+    default: return c10::toString(dtype);
+  }
+}
+
+std::string Numerics::describe() const {
+  if (!cuda) return "";
+  std::string s = tf32_matmul ? "TF32 matmul" : "IEEE matmul";
+  s += tf32_conv ? ", TF32 conv" : ", IEEE conv";
+  if (cudnn_benchmark) s += ", cuDNN benchmark";
+  return s;
+}
+
+nlohmann::json Numerics::to_json() const {
+  return {{"tf32_matmul", tf32_matmul}, {"tf32_conv", tf32_conv}, {"cudnn_benchmark", cudnn_benchmark}};
+}
+
+Numerics apply_numerics(const torch::Device& device, Tf32Mode tf32, bool cudnn_benchmark) {
+  Numerics n;
+  if (!device.is_cuda()) return n;
+  using at::Float32Backend;
+  using at::Float32Op;
+  using at::Float32Precision;
+  auto& context = at::globalContext();
+  // PyTorch 2.9+'s fp32_precision API; the legacy allow_tf32 setters may not be mixed with it.
+  const Float32Precision matmul = tf32 == Tf32Mode::kOn ? Float32Precision::TF32 : Float32Precision::IEEE;
+  const Float32Precision conv = tf32 == Tf32Mode::kOff ? Float32Precision::IEEE : Float32Precision::TF32;
+  context.setFloat32Precision(Float32Backend::CUDA, Float32Op::MATMUL, matmul);
+  context.setFloat32Precision(Float32Backend::CUDA, Float32Op::CONV, conv);
+  context.setBenchmarkCuDNN(cudnn_benchmark);
+  n.cuda = true;
+  n.tf32_matmul = context.float32Precision(Float32Backend::CUDA, Float32Op::MATMUL) == Float32Precision::TF32;
+  n.tf32_conv = context.float32Precision(Float32Backend::CUDA, Float32Op::CONV) == Float32Precision::TF32;
+  n.cudnn_benchmark = context.benchmarkCuDNN();
+  return n;
+}
+
+std::string describe_device(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_HEADERS
+  if (device.is_cuda()) {
+    cudaDeviceProp properties{};
+    if (cudaGetDeviceProperties(&properties, device.index()) == cudaSuccess)
+      return "cuda:" + std::to_string(device.index()) + " (" + properties.name + ")";
+  }
+#endif
+  if (device.is_cuda()) return "cuda:" + std::to_string(device.index());
+  return "cpu (" + std::to_string(at::get_num_threads()) + " threads)";
+}
+
+void reset_gpu_peak(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_HEADERS
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#else
+  (void)device;
+#endif
+}
+
+std::pair<double, double> gpu_peak_mb(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_HEADERS
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    return {stats.allocated_bytes[aggregate].peak / 1048576.0, stats.reserved_bytes[aggregate].peak / 1048576.0};
+  }
+#else
+  (void)device;
+#endif
+  return {0.0, 0.0};
+}
+
+void release_gpu_cache(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_HEADERS
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#else
+  (void)device;
+#endif
+}
+
+}  // namespace taiyi
