@@ -60,10 +60,8 @@ def diffusers_worker(args):
 
     cuda = args.device.startswith("cuda")
     if cuda:
-        # The same math settings as taiyi: cuDNN autotuning on, TF32 only when asked for.
-        torch.backends.cudnn.benchmark = True
+        # PyTorch's defaults, as taiyi's: no cuDNN autotuning, TF32 convolutions, IEEE matmuls unless --tf32.
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.backends.cudnn.allow_tf32 = args.tf32
     dtype = torch.float16 if args.precision == "fp16" else torch.float32
     t0 = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, safety_checker=None,
@@ -150,12 +148,38 @@ def run_timed(cmd, env=None):
     for r in readers:
         r.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
+    global LAST_USAGE
+    LAST_USAGE = usage
     out = out_chunks[0].decode("utf-8", "replace") if out_chunks else ""
     err = err_chunks[0].decode("utf-8", "replace") if err_chunks else ""
     if proc.returncode != 0:
         sys.stderr.write(err[-4000:])
         raise SystemExit(f"bench_vs_diffusers: command failed ({proc.returncode}): {cmd[0]} ...")
     return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, out
+
+
+LAST_USAGE = None  # the rusage of the last run_timed child (page faults, user and system time)
+
+
+def alternating_first_images(pairs, d_cmd, t_cmd):
+    """Whole-process runs, diffusers and taiyi alternating (so drift hits both), `pairs` times each:
+    per tool the median and range of wall time, user and system CPU time and minor page faults."""
+    samples = {"diffusers": [], "taiyi": []}
+    for i in range(pairs):
+        for tool, cmd in (("diffusers", d_cmd), ("taiyi", t_cmd)):
+            seconds, _, _, _ = run_timed(cmd)
+            u = LAST_USAGE
+            samples[tool].append({"wall_s": seconds, "user_s": u.ru_utime, "sys_s": u.ru_stime, "minor_faults": u.ru_minflt})
+            log(f"pair {i + 1}/{pairs} {tool}: {seconds:.2f} s wall, {u.ru_utime:.2f} user, {u.ru_stime:.2f} sys, "
+                f"{u.ru_minflt} minor faults")
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    out = {}
+    for tool, runs in samples.items():
+        out[tool] = {k: median([r[k] for r in runs]) for k in runs[0]}
+        out[tool]["wall_range_s"] = [min(r["wall_s"] for r in runs), max(r["wall_s"] for r in runs)]
+        out[tool]["runs"] = runs
+    out["wall_ratio_median"] = out["taiyi"]["wall_s"] / out["diffusers"]["wall_s"]
+    return out
 
 
 def warm_page_cache(model: Path):
@@ -217,6 +241,8 @@ def main():
     ap.add_argument("--cfg-scale", type=float, default=7.5)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="also N alternating whole-process runs of each tool (medians, page faults, system time)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 on CUDA (both tools)")
@@ -280,6 +306,17 @@ def main():
         r["taiyi"].update(first_image_s=seconds, first_image_cpu_s=cpu, peak_rss_mb=rss, png=record["file"],
                           sampler=record["sampler"])
         r["image"] = compare_images(Path(record["file"]), d_png)
+        if args.pairs:
+            r["alternating"] = alternating_first_images(
+                args.pairs,
+                [sys.executable, __file__, "--worker", "--first-image", *common, "--precision", precision, "--image", d_png,
+                 "--result", d_json] + (["--tf32"] if args.tf32 else []),
+                cmd + (["--tf32"] if args.tf32 else []))
+            a = r["alternating"]
+            log(f"alternating whole-process runs ({args.pairs} pairs, medians): diffusers {a['diffusers']['wall_s']:.2f} s "
+                f"(sys {a['diffusers']['sys_s']:.2f} s, {a['diffusers']['minor_faults']} faults), taiyi "
+                f"{a['taiyi']['wall_s']:.2f} s (sys {a['taiyi']['sys_s']:.2f} s, {a['taiyi']['minor_faults']} faults): "
+                f"taiyi/diffusers {a['wall_ratio_median']:.3f}")
 
         # Steady state: warm-up, then timed generations in one process.
         d_json = out / f"diffusers_{precision}_runs.json"
@@ -306,6 +343,15 @@ def main():
     report = {"settings": settings, "environment": environment, "results": results}
     (out / "vs_diffusers.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", "utf-8")
     print_table(report)
+    for precision, r in results.items():
+        if "alternating" in r:
+            a = r["alternating"]
+            for tool in ("diffusers", "taiyi"):
+                t = a[tool]
+                print(f"[{precision}] whole process, {args.pairs} alternating runs, {tool}: median {t['wall_s']:.2f} s wall "
+                      f"(range {t['wall_range_s'][0]:.2f}-{t['wall_range_s'][1]:.2f}), {t['user_s']:.2f} s user, "
+                      f"{t['sys_s']:.2f} s sys, {t['minor_faults']} minor page faults")
+            print(f"[{precision}] whole process taiyi/diffusers (median wall): {a['wall_ratio_median']:.3f}")
     log("wrote", out / "vs_diffusers.json")
 
 

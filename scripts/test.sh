@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh -DTAIYI_WERROR=ON
 BUILD=${TAIYI_BUILD:-build}
-# Everything but the CUDA label (which needs a GPU: scripts/gpu_bench.sh runs it there).
+# Everything but the CUDA label (which needs a GPU: scripts/gpu_check.sh runs it there).
 ctest --test-dir "$BUILD" --output-on-failure -j "$(nproc)" -LE cuda "$@"

@@ -357,6 +357,12 @@ int run_tokenize(const std::string& model, const std::string& prompt, bool json)
 }  // namespace
 
 int main(int argc, char** argv) {
+  // c10's CPU allocator backs allocations of 2 MB and more with transparent huge pages when this is set
+  // (read at its first allocation, so before any tensor): the weights (4 GB in fp32) and the large
+  // activation buffers then fault in 2 MB at a time instead of 4 kB. Measured on the full-size CPU run
+  // (256x256, 4 steps): minor page faults 3.9 M -> 0.4 M, system time 15 s -> 3.4 s, wall 19.0 s -> 12.2 s.
+  // A user's own setting wins (THP_MEM_ALLOC_ENABLE=0 turns it off).
+  setenv("THP_MEM_ALLOC_ENABLE", "1", /*overwrite=*/0);
   CLI::App app{"taiyi: text to image with Taiyi-Stable-Diffusion (and SD 1.x) models, in C++ with libtorch.\n"
                "  taiyi \"小桥流水人家，Van Gogh style\" -o out.png"};
   app.set_version_flag("--version", "taiyi 0.1.0");

@@ -84,7 +84,9 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
   }
   mapping_ = std::make_shared<Mapping>();
   mapping_->size = size_;
-  mapping_->data = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  // Private and writable: a weight used in place from the mapping (load_weights) that someone writes
+  // gets its own copy of the page (copy-on-write); the file is never changed.
+  mapping_->data = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (mapping_->data == MAP_FAILED) throw Error(file + ": cannot map: " + std::strerror(errno));
   const auto* bytes = static_cast<const uint8_t*>(mapping_->data);
@@ -191,7 +193,7 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
   if (!info) throw Error(path_.string() + ": no tensor '" + name + "'");
   auto* ptr = static_cast<uint8_t*>(mapping_->data) + data_start_ + info->begin;
   auto keep_alive = mapping_;
-  // The mapping is read-only: the view must never be written (load_weights only reads it).
+  // A view of the private mapping: writes stay in this process (copy-on-write), the file is untouched.
   return torch::from_blob(ptr, info->shape, [keep_alive](void*) {}, torch::TensorOptions().dtype(torch_dtype(info->dtype)));
 }
 
@@ -310,6 +312,14 @@ void load_weights(torch::nn::Module& module, const std::vector<fs::path>& files,
     }
     torch::Tensor source = it->second.first->tensor(name);
     const torch::Dtype dtype = target.is_floating_point() ? options.dtype : target.scalar_type();
+    // On the CPU, a tensor stored in the compute dtype is used in place from the mapping, as diffusers'
+    // safetensors loading does: no anonymous copy to fault in and fill (4 GB for the fp32 model), and the
+    // pages stay shared with the page cache. Only when its data is aligned for the dtype.
+    if (options.device.is_cpu() && source.scalar_type() == dtype &&
+        reinterpret_cast<uintptr_t>(source.data_ptr()) % source.element_size() == 0) {
+      target.set_data(source);
+      continue;
+    }
     // One tensor at a time: convert on the CPU when that shrinks the transfer, else on the device.
     torch::Tensor converted;
     if (options.device.is_cpu() || static_cast<int64_t>(c10::elementSize(dtype)) < source.element_size())

@@ -237,7 +237,7 @@ TEST(Scheduler, StepNeedsTimestepsAndMatchingTensors) {
 
 // The same parity on a CUDA device (the coefficients stay on the CPU; the DDIM noise is drawn by
 // the CPU generator and moved). CUDA divides by a scalar through its reciprocal, hence 1e-5.
-// Cuda* suites run only under `ctest -L cuda` (scripts/gpu_bench.sh); there a missing GPU is a failure.
+// Cuda* suites run only under `ctest -L cuda` (scripts/gpu_check.sh); there a missing GPU is a failure.
 TEST(CudaScheduler, MatchesReference) {
   ASSERT_TRUE(torch::cuda::is_available()) << "no CUDA device: run the cuda label on a GPU machine";
   const auto file = reference_file();
