@@ -9,6 +9,8 @@ BUILD=${TAIYI_BUILD:-build}
 PY="$TAIYI_VENV/bin/python"
 TORCH_CMAKE=$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/taiyi/ccache}
+# ccache caches translation units built with a precompiled header only with these.
+export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" \
   -DTAIYI_PYTHON="$PY" -Wno-dev "$@" >/dev/null
 cmake --build "$BUILD" -j "$(nproc)"

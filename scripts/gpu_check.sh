@@ -157,6 +157,7 @@ mkdir -p "$BUILD"
 export -f env_check fixtures full_pipeline build vs bench cuda
 export PY DRY BUILD FIXTURES BENCH_FIXTURES DEPS SIZE STEPS REPEAT OUT
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/taiyi/ccache}
+export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
 stage env 30 bash -c env_check > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt" >&2
 fixtures & FIXTURES_PID=$!

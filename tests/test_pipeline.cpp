@@ -168,3 +168,24 @@ TEST(PipelineParity, Fp16AndBf16OnTheCpuMatchDiffusersAtTheSamePrecision) {
     }
   }
 }
+
+TEST(PipelineFp16Safety, TextEncoderOverflowIsEncodedAgainInFp32) {
+  c10::InferenceMode guard;
+  // tests/reference/pipeline.py's tiny-clip-overflow: NaN in fp16 (in transformers too), finite in fp32.
+  const auto folder = taiyi::test::fixture("tiny-clip-overflow");
+  auto fp32 = taiyi::Pipeline::load(folder, cpu_fp32("", 0.0));
+  taiyi::PipelineOptions options = cpu_fp32("", 0.0);
+  options.precision = "fp16";
+  std::vector<std::string> notices;
+  options.notice = [&](const std::string& text) { notices.push_back(text); };
+  auto fp16 = taiyi::Pipeline::load(folder, options);
+  torch::Tensor expected = fp32.encode_prompt("a cat on the moon");
+  ASSERT_TRUE(torch::isfinite(expected).all().item<bool>());
+  torch::Tensor got = fp16.encode_prompt("a cat on the moon");
+  ASSERT_EQ(notices.size(), 1u);
+  EXPECT_NE(notices[0].find("text encoder"), std::string::npos) << notices[0];
+  EXPECT_EQ(got.scalar_type(), torch::kHalf);
+  taiyi::test::expect_close("fp32 fallback text encoder", got.to(torch::kFloat), expected.to(torch::kHalf).to(torch::kFloat), 0.0);
+  fp16.encode_prompt("another prompt");
+  EXPECT_EQ(notices.size(), 1u) << "said once";
+}

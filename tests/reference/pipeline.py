@@ -74,8 +74,27 @@ def make_old_scheduler_folder(out: Path):
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2))
 
 
+def make_overflow_folder(out: Path):
+    """tiny-clip whose CLIP text encoder overflows in fp16 but not in fp32: its first layer norm's scale
+    times 1e5 puts values past fp16's 65504 (transformers' fp16 output is NaN there, fp32 finite), for
+    taiyi's fp32 fallback of the text encoder."""
+    from transformers import CLIPTextModel
+
+    folder = out / "tiny-clip-overflow"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for item in (out / "tiny-clip").iterdir():
+        if item.name != "text_encoder":
+            (folder / item.name).symlink_to(Path("..") / "tiny-clip" / item.name)
+    model = CLIPTextModel.from_pretrained(out / "tiny-clip" / "text_encoder")
+    with torch.no_grad():
+        model.text_model.encoder.layers[0].layer_norm1.weight.mul_(1e5)
+    model.save_pretrained(folder / "text_encoder")
+
+
 def make(out: Path, full: bool):
     make_old_scheduler_folder(out)
+    make_overflow_folder(out)
     tensors = {}
     for case in CASES:
         for suffix, dtype in DTYPES.items():
