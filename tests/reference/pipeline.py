@@ -60,13 +60,19 @@ def run_case(out: Path, case: dict, dtype=torch.float32, device="cpu"):
     return torch.from_numpy(images.astype(np.float32))
 
 
-def make_old_scheduler_folder(out: Path):
-    folder = out / "tiny-clip-old-scheduler"
+def tiny_clip_variant(out: Path, name: str, replaced: str) -> Path:
+    """A fresh folder `name` linking every component of tiny-clip but `replaced` (left for the caller)."""
+    folder = out / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     for item in (out / "tiny-clip").iterdir():
-        if item.name != "scheduler":
+        if item.name != replaced:
             (folder / item.name).symlink_to(Path("..") / "tiny-clip" / item.name)
+    return folder
+
+
+def make_old_scheduler_folder(out: Path):
+    folder = tiny_clip_variant(out, "tiny-clip-old-scheduler", "scheduler")
     config = json.loads((out / "tiny-clip" / "scheduler" / "scheduler_config.json").read_text())
     for key in ("steps_offset", "clip_sample"):
         config.pop(key, None)
@@ -80,12 +86,7 @@ def make_overflow_folder(out: Path):
     taiyi's fp32 fallback of the text encoder."""
     from transformers import CLIPTextModel
 
-    folder = out / "tiny-clip-overflow"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    for item in (out / "tiny-clip").iterdir():
-        if item.name != "text_encoder":
-            (folder / item.name).symlink_to(Path("..") / "tiny-clip" / item.name)
+    folder = tiny_clip_variant(out, "tiny-clip-overflow", "text_encoder")
     model = CLIPTextModel.from_pretrained(out / "tiny-clip" / "text_encoder")
     with torch.no_grad():
         model.text_model.encoder.layers[0].layer_norm1.weight.mul_(1e5)
