@@ -32,12 +32,12 @@ def main():
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--scheduler", choices=["pndm", "ddim"], default="pndm")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     args = ap.parse_args()
 
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    dtype = torch.float16 if args.precision == "fp16" else torch.float32
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
     t0 = time.time()
     pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
     if args.scheduler == "ddim":
