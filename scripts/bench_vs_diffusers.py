@@ -62,7 +62,7 @@ def diffusers_worker(args):
     if cuda:
         # PyTorch's defaults, as taiyi's: no cuDNN autotuning, TF32 convolutions, IEEE matmuls unless --tf32.
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    dtype = torch.float16 if args.precision == "fp16" else torch.float32
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.precision, torch.float32)
     t0 = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, safety_checker=None,
                                                    requires_safety_checker=False)
@@ -83,10 +83,14 @@ def diffusers_worker(args):
     if cuda:
         result["gpu"] = torch.cuda.get_device_name()
         torch.cuda.reset_peak_memory_stats()
-    if args.first_image:
+    if args.first_image or args.one_process:
         generate().save(args.image)
-    else:
-        for _ in range(args.warmup):
+        # --one-process: the parent turns this wall-clock instant into "spawn to first PNG".
+        result.update(first_image_at=time.time(), first_image_cpu_s=cpu_seconds(),
+                      first_image_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if not args.first_image:
+        # In one process the first image was the first warm-up.
+        for _ in range(args.warmup - (1 if args.one_process else 0)):
             generate()
         runs = []
         cpu_before = cpu_seconds()
@@ -98,7 +102,8 @@ def diffusers_worker(args):
             if cuda:
                 torch.cuda.synchronize()
             runs.append(time.perf_counter() - start)
-        image.save(args.image)
+        if not args.one_process:
+            image.save(args.image)
         result.update(generate_s=sum(runs) / len(runs), generate_min_s=min(runs), generate_max_s=max(runs),
                       runs_s=runs, generate_cpu_s=(cpu_seconds() - cpu_before) / len(runs))
     if cuda:
@@ -243,6 +248,8 @@ def main():
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--pairs", type=int, default=0,
                     help="also N alternating whole-process runs of each tool (medians, page faults, system time)")
+    ap.add_argument("--one-process", action="store_true",
+                    help="one diffusers process per precision: first image, then the warm-up and timed runs")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tf32", action="store_true", help="allow TF32 for fp32 on CUDA (both tools)")
@@ -290,11 +297,19 @@ def main():
     for precision in precisions:
         log(f"--- {precision}")
         r = {"diffusers": {}, "taiyi": {}}
-        # Start-up to first image, each in a fresh process.
+        # Start-up to first image, each in a fresh process (with --one-process, diffusers' steady-state runs
+        # follow in that same process).
         d_png, d_json = out / f"diffusers_{precision}.png", out / f"diffusers_{precision}_first.json"
-        seconds, rss, cpu, _ = run_timed([sys.executable, __file__, "--worker", "--first-image", *common, "--precision",
-                                     precision, "--image", d_png, "--result", d_json] + (["--tf32"] if args.tf32 else []))
-        d_first = json.loads(d_json.read_text())
+        worker = [sys.executable, __file__, "--worker", *common, "--precision", precision, "--image", d_png, "--result",
+                  d_json] + (["--tf32"] if args.tf32 else [])
+        spawned = time.time()
+        if args.one_process:
+            run_timed(worker + ["--one-process", "--warmup", max(1, args.warmup), "--repeat", args.repeat])
+            d_first = d_runs = json.loads(d_json.read_text())
+            seconds, rss, cpu = d_first["first_image_at"] - spawned, d_first["first_image_rss_mb"], d_first["first_image_cpu_s"]
+        else:
+            seconds, rss, cpu, _ = run_timed(worker + ["--first-image"])
+            d_first = json.loads(d_json.read_text())
         r["diffusers"].update(first_image_s=seconds, first_image_cpu_s=cpu, peak_rss_mb=rss, load_s=d_first["load_s"],
                               versions={k: d_first[k] for k in ("torch", "diffusers", "transformers")},
                               scheduler=d_first["scheduler"], attention=d_first["attention"])
@@ -319,11 +334,12 @@ def main():
                 f"taiyi/diffusers {a['wall_ratio_median']:.3f}")
 
         # Steady state: warm-up, then timed generations in one process.
-        d_json = out / f"diffusers_{precision}_runs.json"
-        run_timed([sys.executable, __file__, "--worker", *common, "--precision", precision, "--warmup", args.warmup,
-                   "--repeat", args.repeat, "--image", out / f"diffusers_{precision}_runs.png", "--result", d_json]
-                  + (["--tf32"] if args.tf32 else []))
-        d_runs = json.loads(d_json.read_text())
+        if not args.one_process:
+            d_json = out / f"diffusers_{precision}_runs.json"
+            run_timed([sys.executable, __file__, "--worker", *common, "--precision", precision, "--warmup", args.warmup,
+                       "--repeat", args.repeat, "--image", out / f"diffusers_{precision}_runs.png", "--result", d_json]
+                      + (["--tf32"] if args.tf32 else []))
+            d_runs = json.loads(d_json.read_text())
         r["diffusers"].update(generate_s=d_runs["generate_s"], generate_min_s=d_runs["generate_min_s"],
                               generate_cpu_s=d_runs["generate_cpu_s"], peak_gpu_mb=d_runs.get("peak_gpu_mb"))
         bench_json = out / f"taiyi_bench_{precision}.json"

@@ -147,7 +147,7 @@ build() {
 
 vs() {
   cuda "$PY" scripts/bench_vs_diffusers.py --taiyi "$BUILD/taiyi" --fixtures "$BENCH_FIXTURES" --device cuda \
-    --precisions fp16,fp32 --size "$SIZE" --steps "$STEPS" --cfg-scale 7.5 --warmup 1 --repeat "$REPEAT" \
+    --precisions fp16,fp32 --size "$SIZE" --steps "$STEPS" --cfg-scale 7.5 --warmup 1 --repeat "$REPEAT" --one-process \
     --out "$BUILD/vs-diffusers" && cuda cp "$BUILD/vs-diffusers/vs_diffusers.json" "$OUT/"
 }
 
