@@ -1,4 +1,4 @@
-// Parity of src/scheduler.cpp with diffusers' PNDMScheduler and DDIMScheduler, against the goldens of
+// Parity of src/schedulers/ (pndm.cpp, ddim.cpp) with diffusers' PNDMScheduler and DDIMScheduler, against the goldens of
 // tests/reference/scheduler.py: for every case the timesteps (exact), each step replayed from the
 // reference's own inputs (1e-6) and the free-running trajectory with the same stand-in model (1e-5);
 // set_timesteps for many step counts; the errors for bad kinds, options and step counts.
