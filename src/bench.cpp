@@ -77,14 +77,8 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
   // Default grid: the CPU's exact fp32 beside bf16; on CUDA fp16, fp32 and bf16 (where the GPU has it).
   std::vector<std::string> precisions = o.precisions;
   if (precisions.empty()) {
-    precisions = device.is_cuda() ? std::vector<std::string>{"fp16", "fp32"} : std::vector<std::string>{"fp32", "bf16"};
-    if (device.is_cuda()) {
-      try {
-        resolve_precision("bf16", device);
-        precisions.push_back("bf16");
-      } catch (const Error&) {
-      }
-    }
+    precisions = device.is_cuda() ? std::vector<std::string>{"fp16", "fp32"} : std::vector<std::string>{"fp32"};
+    if (supports_bf16(device)) precisions.push_back("bf16");
   }
   const Numerics numerics = apply_numerics(device, o.tf32, o.cudnn_benchmark);
   Json out = {{"device", describe_device(device)},

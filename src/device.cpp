@@ -64,18 +64,23 @@ torch::Dtype resolve_precision(const std::string& precision, const torch::Device
   if (precision == "fp16") return torch::kHalf;
   if (precision == "fp32") return torch::kFloat;
   if (precision == "bf16") {
-#if TAIYI_HAS_CUDA_HEADERS
-    if (device.is_cuda()) {
-      cudaDeviceProp properties{};
-      if (cudaGetDeviceProperties(&properties, device.index()) == cudaSuccess && properties.major < 8)
-        throw Error("--precision bf16: " + std::string(properties.name) + " (compute capability " +
-                    std::to_string(properties.major) + "." + std::to_string(properties.minor) +
-                    ") has no bf16 support; it needs Ampere (8.0) or newer: use fp16");
-    }
-#endif
+    if (!supports_bf16(device))
+      throw Error("--precision bf16: " + describe_device(device) +
+                  " has no bf16 support; it needs Ampere (compute capability 8.0) or newer: use fp16");
     return torch::kBFloat16;
   }
   throw Error("--precision " + precision + ": expected auto, fp16, fp32 or bf16");
+}
+
+bool supports_bf16(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_HEADERS
+  if (device.is_cuda()) {
+    cudaDeviceProp properties{};
+    return cudaGetDeviceProperties(&properties, device.index()) != cudaSuccess || properties.major >= 8;
+  }
+#endif
+  (void)device;
+  return true;
 }
 
 std::string precision_name(torch::Dtype dtype) {

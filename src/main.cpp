@@ -70,9 +70,10 @@ std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Ima
 // What changes the numbers, in the web UI's "Key: value" form (values with commas quoted, as it
 // quotes them): the precision when not fp32, on CUDA TF32 and cuDNN autotuning, and an fp32 VAE under
 // a half-precision model.
-std::string numerics_parameters(const taiyi::Numerics& n, const std::string& precision, const taiyi::Pipeline& pipe) {
+std::string numerics_parameters(const taiyi::Pipeline& pipe) {
+  const taiyi::Numerics& n = pipe.numerics();
   std::string text;
-  if (precision != "fp32") text += ", Precision: " + precision;
+  if (pipe.dtype() != torch::kFloat) text += ", Precision: " + taiyi::precision_name(pipe.dtype());
   if (n.cuda) {
     const std::string tf32 = n.tf32_matmul && n.tf32_conv ? "matmul+conv" : n.tf32_conv ? "conv" : n.tf32_matmul ? "matmul" : "off";
     text += ", TF32: " + tf32;
@@ -265,7 +266,7 @@ int run_generate(GenerateArgs& a) {
           const taiyi::Image& image = results[k];
           std::string params = a1111_parameters(r, image, sampler, model_name);
           // The numerics in force change results: say so wherever the settings are recorded.
-          params += numerics_parameters(numerics, precision_name, pipe);
+          params += numerics_parameters(pipe);
           fs::path out = job.outputs[i];
           check_output_folder(out);
           taiyi::write_file_atomically(out, taiyi::encode_png(image.rgb.data(), static_cast<int>(image.width),

@@ -104,21 +104,10 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   p.vae_ = std::make_shared<AutoencoderKL>(p.folder_.config("vae"));
   const bool vae_forced_fp32 = options.vae_precision == "fp32" && p.dtype_ != torch::kFloat;
 
-  if (random_weights) {
-    fill_random(*p.text_encoder_, p.dtype_, p.device_, 1);
-    fill_random(p.unet_->module(), p.dtype_, p.device_, 2);
-    fill_random(p.vae_->module(), p.dtype_, p.device_, 3);
-  } else {
-    load_weights(*p.text_encoder_, p.folder_.weight_files("text_encoder"),
-                 LoadOptions(p.dtype_, p.device_, p.text_encoder_->ignored_checkpoint_keys()));
-    load_weights(p.unet_->module(), p.folder_.weight_files("unet"), LoadOptions(p.dtype_, p.device_));
-    load_weights(p.vae_->module(), p.folder_.weight_files("vae"),
-                 LoadOptions(vae_forced_fp32 ? torch::kFloat : p.dtype_, p.device_));
-  }
-  if (vae_forced_fp32) {
-    if (random_weights) fill_random(p.vae_->module(), torch::kFloat, p.device_, 3);
-    p.vae_fp32_ = p.vae_;
-  }
+  p.load_component(*p.text_encoder_, "text_encoder", p.dtype_, p.text_encoder_->ignored_checkpoint_keys());
+  p.load_component(p.unet_->module(), "unet", p.dtype_);
+  p.load_component(p.vae_->module(), "vae", vae_forced_fp32 ? torch::kFloat : p.dtype_);
+  if (vae_forced_fp32) p.vae_fp32_ = p.vae_;
   if (options.channels_last && p.device_.is_cuda()) {
     for (auto& param : p.unet_->module().parameters())
       if (param.dim() == 4) param.set_data(param.contiguous(torch::MemoryFormat::ChannelsLast));
@@ -160,22 +149,16 @@ void Pipeline::say(const std::string& notice) const {
   if (options_.notice) options_.notice(notice);
 }
 
-// The same module as `make`, in fp32 on the device: from the weight files (the exact fp32 weights, as
-// diffusers' fp32 component), or for random weights the same seed's values.
-std::shared_ptr<AutoencoderKL> Pipeline::make_fp32_vae() const {
-  auto vae = std::make_shared<AutoencoderKL>(folder_.config("vae"));
-  if (random_weights_) fill_random(vae->module(), torch::kFloat, device_, 3);
-  else load_weights(vae->module(), folder_.weight_files("vae"), LoadOptions(torch::kFloat, device_));
-  return vae;
-}
-
-std::shared_ptr<TextEncoderImpl> Pipeline::make_fp32_text_encoder() const {
-  auto encoder = make_text_encoder(folder_);
-  if (random_weights_) fill_random(*encoder, torch::kFloat, device_, 1);
-  else
-    load_weights(*encoder, folder_.weight_files("text_encoder"),
-                 LoadOptions(torch::kFloat, device_, encoder->ignored_checkpoint_keys()));
-  return encoder;
+// A component's weights in `dtype` on the device: from the folder's weight files, or for random weights
+// the values of that component's fixed seed (so an fp32 copy made later holds the same values).
+void Pipeline::load_component(torch::nn::Module& module, const std::string& component, torch::Dtype dtype,
+                              const std::vector<std::string>& ignored_keys) const {
+  if (random_weights_) {
+    const std::map<std::string, uint64_t> seeds = {{"text_encoder", 1}, {"unet", 2}, {"vae", 3}};
+    fill_random(module, dtype, device_, seeds.at(component));
+  } else {
+    load_weights(module, folder_.weight_files(component), LoadOptions(dtype, device_, ignored_keys));
+  }
 }
 
 torch::Tensor Pipeline::encode_prompt(const std::string& prompt) {
@@ -187,7 +170,8 @@ torch::Tensor Pipeline::encode_prompt(const std::string& prompt) {
   // outside the denoising loop). The encoder then runs in fp32 from here on.
   if (dtype_ != torch::kFloat && !torch::isfinite(hidden).all().item<bool>()) {
     say("the " + precision_name(dtype_) + " text encoder overflowed (NaN/Inf); encoding in fp32 from now on");
-    text_encoder_fp32_ = make_fp32_text_encoder();
+    text_encoder_fp32_ = make_text_encoder(folder_);
+    load_component(*text_encoder_fp32_, "text_encoder", torch::kFloat, text_encoder_fp32_->ignored_checkpoint_keys());
     hidden = text_encoder_fp32_->forward(ids).to(dtype_);
   }
   return hidden;
@@ -252,7 +236,8 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
   // fp32, and the VAE stays fp32 from then on. One sync per decode, after the loop.
   if (dtype_ != torch::kFloat && !torch::isfinite(images).all().item<bool>()) {
     say("the " + precision_name(dtype_) + " VAE decode gave NaN/Inf; decoding in fp32 from now on (--vae-precision fp32 forces it)");
-    vae_fp32_ = make_fp32_vae();
+    vae_fp32_ = std::make_shared<AutoencoderKL>(folder_.config("vae"));
+    load_component(vae_fp32_->module(), "vae", torch::kFloat);
     return decode(latents);
   }
   return (images * 0.5 + 0.5).clamp(0, 1);

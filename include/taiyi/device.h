@@ -18,6 +18,8 @@ torch::Device resolve_device(const std::string& device);
 // a GPU older than Ampere, which has no bf16 tensor cores.
 torch::Dtype resolve_precision(const std::string& precision, const torch::Device& device);
 std::string precision_name(torch::Dtype dtype);  // "fp16", "fp32", "bf16"
+// bf16 on the CPU always; on CUDA from compute capability 8.0 (Ampere).
+bool supports_bf16(const torch::Device& device);
 
 // How fp32 math may round on CUDA. PyTorch's defaults, which diffusers runs with, are kDefault:
 // cuDNN convolutions may use TF32, matmuls may not (torch.backends.cudnn.allow_tf32 = True,

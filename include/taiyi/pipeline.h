@@ -117,8 +117,8 @@ class Pipeline {
   Pipeline() = default;
   static Pipeline load(const std::filesystem::path& folder, const PipelineOptions& options, bool random_weights);
   void say(const std::string& notice) const;
-  std::shared_ptr<AutoencoderKL> make_fp32_vae() const;
-  std::shared_ptr<TextEncoderImpl> make_fp32_text_encoder() const;
+  void load_component(torch::nn::Module& module, const std::string& component, torch::Dtype dtype,
+                      const std::vector<std::string>& ignored_keys = {}) const;
   ModelFolder folder_;
   PipelineOptions options_;
   torch::Device device_ = torch::kCPU;

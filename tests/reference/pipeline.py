@@ -96,19 +96,18 @@ def make_overflow_folder(out: Path):
 def make(out: Path, full: bool):
     make_old_scheduler_folder(out)
     make_overflow_folder(out)
-    tensors = {}
-    for case in CASES:
-        for suffix, dtype in DTYPES.items():
-            tensors[f"{case['name']}.images{suffix}"] = run_case(out, case, dtype).contiguous()
-    save_file(tensors, out / "ref" / "pipeline.safetensors")
+    save_file(images_of_every_case(out, "cpu"), out / "ref" / "pipeline.safetensors")
     (out / "ref" / "pipeline_cases.json").write_text(json.dumps(CASES, ensure_ascii=False, indent=1), "utf-8")
+
+
+def images_of_every_case(out: Path, device: str):
+    return {f"{case['name']}.images{suffix}": run_case(out, case, dtype, device).contiguous()
+            for case in CASES for suffix, dtype in DTYPES.items()}
 
 
 def make_on_device(out: Path, device: str):
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 as PyTorch's defaults: TF32 convolutions only
-    tensors = {f"{case['name']}.images{suffix}": run_case(out, case, dtype, device).contiguous()
-               for case in CASES for suffix, dtype in DTYPES.items()}
-    save_file(tensors, out / "ref" / f"pipeline_{device}.safetensors")
+    save_file(images_of_every_case(out, device), out / "ref" / f"pipeline_{device}.safetensors")
 
 
 if __name__ == "__main__":
