@@ -27,11 +27,12 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
     throw Error(where + ": malformed JSON: " + std::string(e.what()).substr(std::string(e.what()).find(' ') + 1));
   }
   if (!j.is_object()) throw Error(where + ": expected a JSON object with a \"prompt\"");
-  static const char* known[] = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "output"};
+  static const char* known[] = {"prompt", "negative_prompt", "seed",   "steps",   "cfg_scale", "width",
+                                "height", "output",          "sampler", "schedule"};
   for (const auto& item : j.items()) {
     if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known))
       throw Error(where + ": unknown key \"" + item.key() +
-                  "\" (expected prompt, negative_prompt, seed, steps, cfg_scale, width, height, output)");
+                  "\" (expected prompt, negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule)");
   }
   auto get_string = [&](const char* key) -> std::optional<std::string> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
@@ -59,6 +60,8 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   job.width = get_int("width");
   job.height = get_int("height");
   job.output = get_string("output");
+  job.sampler = get_string("sampler");    // names are checked when the line runs (an error for that line)
+  job.schedule = get_string("schedule");
 }
 
 PromptFile read_prompt_file(const fs::path& path) {

@@ -97,6 +97,8 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
     options.device = o.device;
     options.precision = precision;
     options.scheduler = o.scheduler;
+    options.sampler = o.sampler;
+    options.schedule = o.schedule;
     options.tf32 = o.tf32;
     options.cudnn_benchmark = o.cudnn_benchmark;
     options.channels_last = o.channels_last;
@@ -108,7 +110,10 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
     const double load_s = pipe.times().load;
     const double load_peak_gpu_mb = gpu_peak_mb(device).first;
     say("bench: loaded in " + format("%.2f", load_s) + " s");
-    if (out.find("scheduler") == out.end()) out["scheduler"] = pipe.sampler_name();
+    if (out.find("scheduler") == out.end()) {
+      const SamplerSetting setting = pipe.sampler_setting(GenerationRequest{});
+      out["scheduler"] = setting.web_ui_name + (setting.schedule_type.empty() ? "" : " (" + setting.schedule_type + ")");
+    }
 
     for (int64_t batch : o.batch_sizes) {
       for (int64_t resolution : o.resolutions) {

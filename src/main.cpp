@@ -57,11 +57,13 @@ std::string format_number(double v) {
 }
 
 // The AUTOMATIC1111 "parameters" text, which web UIs parse back into their settings.
-std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Image& image, const std::string& sampler,
-                             const std::string& model) {
+std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Image& image,
+                             const taiyi::SamplerSetting& sampler, const std::string& model) {
   std::string text = r.prompt + "\n";
   if (!r.negative_prompt.empty()) text += "Negative prompt: " + r.negative_prompt + "\n";
-  text += "Steps: " + std::to_string(r.steps) + ", Sampler: " + sampler + ", CFG scale: " + format_number(r.cfg_scale) +
+  text += "Steps: " + std::to_string(r.steps) + ", Sampler: " + sampler.web_ui_name +
+          (sampler.schedule_type.empty() ? "" : ", Schedule type: " + sampler.schedule_type) +
+          ", CFG scale: " + format_number(r.cfg_scale) +
           ", Seed: " + std::to_string(image.seed) + ", Size: " + std::to_string(image.width) + "x" +
           std::to_string(image.height) + ", Model: " + model;
   return text;
@@ -82,9 +84,6 @@ std::string numerics_parameters(const taiyi::Pipeline& pipe) {
   if (pipe.vae_dtype() != pipe.dtype()) text += ", VAE precision: " + taiyi::precision_name(pipe.vae_dtype());
   return text;
 }
-
-// PNDM with skip_prk_steps is what the web UI calls PLMS.
-std::string web_ui_sampler(const std::string& scheduler) { return scheduler == "PNDM" ? "PLMS" : scheduler; }
 
 class ProgressBar {
  public:
@@ -176,6 +175,8 @@ int run_generate(GenerateArgs& a) {
     job.request.width = p.width.value_or(a.width);
     job.request.height = p.height.value_or(a.height);
     job.request.count = a.num_images;
+    job.request.sampler = p.sampler.value_or("");
+    job.request.schedule = p.schedule.value_or("");
     for (int64_t i = 0; i < a.num_images; ++i) {
       taiyi::NameFields fields{job.request.seed + static_cast<uint64_t>(i), i, p.line, index++};
       std::string out = p.output ? (a.num_images == 1 ? *p.output : taiyi::output_template(*p.output, false, a.num_images))
@@ -213,7 +214,6 @@ int run_generate(GenerateArgs& a) {
     std::cerr << "taiyi: loading " << a.model << "\n";
   if (!a.quiet) a.pipeline.notice = [](const std::string& text) { std::cerr << "\ntaiyi: warning: " << text << "\n"; };
   taiyi::Pipeline pipe = taiyi::Pipeline::load(a.model, a.pipeline);
-  const std::string sampler = web_ui_sampler(pipe.sampler_name());
   const std::string precision_name = taiyi::precision_name(pipe.dtype());
   const taiyi::Numerics& numerics = pipe.numerics();
   const bool tf32_used = numerics.tf32_matmul && pipe.dtype() == torch::kFloat;
@@ -242,7 +242,9 @@ int run_generate(GenerateArgs& a) {
     while (scan < todo.size() && images + todo[scan].request.count <= a.batch_size) {
       const auto& f = todo[next].request;
       const auto& r = todo[scan].request;
-      if (r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height) break;
+      if (r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height ||
+          r.sampler != f.sampler || r.schedule != f.schedule)
+        break;
       members.push_back(scan);
       images += r.count;
       ++scan;
@@ -262,6 +264,7 @@ int run_generate(GenerateArgs& a) {
       for (size_t m : members) {
         Job& job = todo[m];
         taiyi::GenerationRequest r = pipe.complete(job.request);
+        const taiyi::SamplerSetting sampler = pipe.sampler_setting(r);
         for (size_t i = 0; i < job.outputs.size(); ++i, ++k) {
           const taiyi::Image& image = results[k];
           std::string params = a1111_parameters(r, image, sampler, model_name);
@@ -273,7 +276,8 @@ int run_generate(GenerateArgs& a) {
                                                               static_cast<int>(image.height), {{"parameters", params}}));
           Json record = {{"file", out.string()},       {"prompt", r.prompt},  {"negative_prompt", r.negative_prompt},
                          {"seed", image.seed},         {"steps", r.steps},    {"cfg_scale", r.cfg_scale},
-                         {"width", image.width},       {"height", image.height}, {"sampler", sampler},
+                         {"width", image.width},       {"height", image.height}, {"sampler", sampler.web_ui_name},
+                         {"schedule", taiyi::schedule_name(sampler.schedule)},
                          {"model", model_name},        {"line", job.line},
                          {"device", pipe.device().str()}, {"precision", precision_name}, {"tf32", tf32_used},
                          {"vae_precision", taiyi::precision_name(pipe.vae_dtype())}};
@@ -380,7 +384,13 @@ int main(int argc, char** argv) {
   app.add_option("-s,--seed", a.seed, "seed (default: random, printed and recorded); image i uses seed+i");
   app.add_option("-W,--width", a.width, "width in pixels, a multiple of 8 (default: the model's, 512)");
   app.add_option("-H,--height", a.height, "height in pixels, a multiple of 8 (default: the model's, 512)");
-  app.add_option("--scheduler", a.pipeline.scheduler, "pndm or ddim (default: the model folder's)")
+  app.add_option("--sampler", a.pipeline.sampler,
+                 "sampler, the web UI's or stable-diffusion.cpp's name, any case: \"Euler a\", Euler, \"DPM++ 2M\", "
+                 "\"DPM++ 2M SDE\", Heun, DPM2, \"DPM2 a\", LMS, UniPC, LCM, DDIM, PLMS, DDPM, \"DPM++ 2M Karras\", "
+                 "euler_a, dpm++2m, dpm++2m_sde, ddim_trailing, ... (default: the model folder's scheduler, PLMS for Taiyi)");
+  app.add_option("--schedule", a.pipeline.schedule,
+                 "sigma schedule of the sampler: default, karras, exponential or beta (default: the sampler's)");
+  app.add_option("--scheduler", a.pipeline.scheduler, "pndm or ddim: the older form of --sampler PLMS / DDIM")
       ->check(CLI::IsMember({"pndm", "ddim", "PNDM", "DDIM"}));
   app.add_option("--eta", a.pipeline.eta, "DDIM eta (0: deterministic)")->capture_default_str();
   app.add_option("--precision", a.pipeline.precision, "auto (fp16 on CUDA, fp32 on CPU), fp16, fp32 or bf16")
@@ -432,7 +442,9 @@ int main(int argc, char** argv) {
   bench->add_option("--batch-size", bench_options.batch_sizes, "batch sizes (a list)")->delimiter(',');
   bench->add_option("--resolution", bench_options.resolutions, "square sizes in pixels (a list)")->delimiter(',');
   bench->add_option("--steps", bench_options.steps, "denoising steps")->capture_default_str();
-  bench->add_option("--scheduler", bench_options.scheduler, "pndm or ddim");
+  bench->add_option("--sampler", bench_options.sampler, "sampler (as for generation; default: the folder's)");
+  bench->add_option("--schedule", bench_options.schedule, "default, karras, exponential or beta");
+  bench->add_option("--scheduler", bench_options.scheduler, "pndm or ddim (older form of --sampler)");
   bench->add_option("-g,--cfg-scale", bench_options.cfg_scale, "guidance scale")->capture_default_str();
   bench->add_option("--warmup", bench_options.warmup, "untimed runs per configuration")->capture_default_str();
   bench->add_option("--repeat", bench_options.repeat, "timed runs per configuration")->capture_default_str();

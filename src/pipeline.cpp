@@ -49,21 +49,65 @@ static void fill_random(torch::nn::Module& module, torch::Dtype dtype, torch::De
   }
 }
 
-// StableDiffusionPipeline.__init__ rewrites outdated scheduler configs: steps_offset becomes 1 and
-// a DDIM config's clip_sample (true when absent) false. A scheduler of another class made with
-// from_config (--scheduler) inherits only the keys the file had: diffusers' _use_default_values drops
-// the rest, rewritten or not, so the new class's defaults apply to them.
-static Config pipeline_scheduler_config(const Config& file, const std::string& kind) {
-  std::string file_class = file.get_string("_class_name", "");
-  std::string lower_kind;
-  for (char c : kind) lower_kind += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  const bool same_class = lower_kind.empty() || (lower_kind == "pndm" && file_class == "PNDMScheduler") ||
-                          (lower_kind == "ddim" && file_class == "DDIMScheduler");
+// StableDiffusionPipeline.__init__ rewrites outdated scheduler configs: steps_offset becomes 1 and a
+// clip_sample that is true (the file's, or its class's default: DDIM and DDPM) false. A scheduler of
+// another class made with from_config (--sampler) inherits only the keys the file had: diffusers'
+// _use_default_values drops the rest, rewritten or not, so the new class's defaults apply to them.
+static Config pipeline_scheduler_config(const Config& file, const std::string& kind, const nlohmann::json& overrides) {
+  const std::string file_class = file.get_string("_class_name", "");
+  const std::string target_class = kind.empty() ? file_class : scheduler_class_for_kind(kind);
+  const bool same_class = target_class == file_class;
   nlohmann::json json = file.json();
   if (same_class || file.has("steps_offset")) json["steps_offset"] = 1;
-  if (file_class == "DDIMScheduler" && file.get_bool("clip_sample", true) && (same_class || file.has("clip_sample")))
-    json["clip_sample"] = false;
+  const bool class_clips = file_class == "DDIMScheduler" || file_class == "DDPMScheduler";
+  if (file.get_bool("clip_sample", class_clips) && (same_class || file.has("clip_sample"))) json["clip_sample"] = false;
+  for (const auto& [key, value] : overrides.items()) json[key] = value;
   return Config(json, file.path());
+}
+
+std::string SamplerSetting::key() const { return kind + "|" + schedule_name(schedule) + "|" + overrides.dump(); }
+
+SamplerSetting Pipeline::sampler_setting(const GenerationRequest& r) const {
+  const std::string name = !r.sampler.empty() ? r.sampler : !options_.sampler.empty() ? options_.sampler : options_.scheduler;
+  SamplerSetting setting;
+  std::optional<SigmaSchedule> implied;
+  if (name.empty()) {
+    const Config& file = scheduler_file_config_;
+    setting.web_ui_name = web_ui_sampler_name(file.get_string("_class_name", ""), file.get_string("algorithm_type", "dpmsolver++"));
+  } else {
+    const SamplerChoice choice = resolve_sampler(name);
+    setting.kind = choice.kind;
+    setting.web_ui_name = choice.web_ui_name;
+    implied = choice.schedule;
+    if (choice.trailing) setting.overrides["timestep_spacing"] = "trailing";
+  }
+  const std::string schedule = !r.schedule.empty() ? r.schedule : options_.schedule;
+  setting.schedule = implied.value_or(SigmaSchedule::Default);
+  if (!schedule.empty()) {
+    const SigmaSchedule asked = parse_schedule(schedule);
+    if (implied && asked != *implied)
+      throw Error("sampler '" + name + "' implies the " + schedule_name(*implied) + " schedule, but the schedule is '" +
+                  schedule + "'");
+    setting.schedule = asked;
+  }
+  const std::string cls = setting.kind.empty() ? scheduler_file_config_.get_string("_class_name", "") : scheduler_class_for_kind(setting.kind);
+  const bool sigma_based = cls != "PNDMScheduler" && cls != "DDIMScheduler" && cls != "DDPMScheduler" && cls != "LCMScheduler";
+  // The web UI's names: "Uniform" is its schedule of evenly spaced timesteps, diffusers' default.
+  if (sigma_based) setting.schedule_type = setting.schedule == SigmaSchedule::Default ? "Uniform" : schedule_web_ui_name(setting.schedule);
+  return setting;
+}
+
+Scheduler& Pipeline::scheduler_for(const SamplerSetting& setting) {
+  const std::string key = setting.key();
+  auto found = schedulers_.find(key);
+  if (found != schedulers_.end()) return *found->second;
+  SchedulerOptions scheduler_options;
+  scheduler_options.eta = options_.eta;
+  scheduler_options.schedule = setting.schedule;
+  std::shared_ptr<Scheduler> scheduler =
+      make_scheduler(pipeline_scheduler_config(scheduler_file_config_, setting.kind, setting.overrides), setting.kind,
+                     scheduler_options);
+  return *schedulers_.emplace(key, std::move(scheduler)).first->second;
 }
 
 Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& options) {
@@ -94,11 +138,8 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   }
   // Everything that reads configs comes first, so that a bad folder fails before any weight loads.
   p.tokenizer_ = load_tokenizer(p.folder_);
-  SchedulerOptions scheduler_options;
-  scheduler_options.eta = options.eta;
-  p.scheduler_ = make_scheduler(pipeline_scheduler_config(p.folder_.config("scheduler"), options.scheduler),
-                                options.scheduler,
-                                scheduler_options);
+  p.scheduler_file_config_ = p.folder_.config("scheduler");
+  p.scheduler_for(p.sampler_setting(GenerationRequest{}));  // a bad sampler or config fails before any weight loads
   p.text_encoder_ = make_text_encoder(p.folder_);
   p.unet_ = std::make_shared<UNet2DConditionModel>(p.folder_.config("unet"));
   p.vae_ = std::make_shared<AutoencoderKL>(p.folder_.config("vae"));
@@ -129,7 +170,7 @@ std::string Pipeline::model_name() const {
   return name;
 }
 
-std::string Pipeline::sampler_name() const { return scheduler_->name(); }
+std::string Pipeline::sampler_name() const { return sampler_setting(GenerationRequest{}).web_ui_name; }
 
 void Pipeline::validate(const GenerationRequest& r) const {
   const int64_t multiple = vae_->scale_factor();
@@ -143,6 +184,7 @@ void Pipeline::validate(const GenerationRequest& r) const {
   if (r.steps < 1 || r.steps > 1000) throw Error("steps " + std::to_string(r.steps) + ": must be between 1 and 1000");
   if (!(r.cfg_scale >= 0)) throw Error("cfg scale " + std::to_string(r.cfg_scale) + ": must not be negative");
   if (r.count < 1) throw Error("number of images " + std::to_string(r.count) + ": must be at least 1");
+  sampler_setting(r);  // an unknown sampler or schedule name is an Error naming it
 }
 
 void Pipeline::say(const std::string& notice) const {
@@ -189,39 +231,40 @@ torch::Tensor Pipeline::initial_latents(const GenerationRequest& r, std::vector<
                                      torch::TensorOptions().dtype(dtype_)));
     if (generators) generators->push_back(generator);
   }
-  return (torch::cat(per_image) * scheduler_->init_noise_sigma()).to(device_);
+  return torch::cat(per_image).to(device_);
 }
 
-torch::Tensor Pipeline::denoise(torch::Tensor latents, const torch::Tensor& embeddings, const GenerationRequest& r,
-                                std::vector<torch::Generator>& generators, const ProgressCallback& progress) {
+torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, const torch::Tensor& embeddings,
+                                const GenerationRequest& r, std::vector<torch::Generator>& generators,
+                                const ProgressCallback& progress, int64_t first_index, const StepHook& after_step) {
   const bool guidance = r.cfg_scale > 1.0;
-  scheduler_->set_timesteps(r.steps);
-  const std::vector<int64_t>& timesteps = scheduler_->timesteps();
-  // Timesteps go to the device before the loop so that the loop itself has no host-to-device copies.
+  const std::vector<double>& timesteps = scheduler.timesteps();
+  const auto total = static_cast<int64_t>(timesteps.size());
+  if (first_index < 0 || first_index >= total)
+    throw Error("denoise: first step " + std::to_string(first_index) + " outside the " + std::to_string(total) + " timesteps");
+  // Timesteps go to the device before the loop so that the loop itself has no host-to-device copies;
+  // the UNet reads them as float32, as diffusers' timestep embedding does (.float()).
   std::vector<torch::Tensor> timestep_tensors;
-  for (int64_t t : timesteps) timestep_tensors.push_back(torch::tensor(t, torch::kLong).to(device_));
-  const int64_t total = static_cast<int64_t>(timesteps.size());
-  // DDIM's eta noise is drawn per image from that image's generator, as diffusers does.
-  const bool per_image_noise = options_.eta > 0 && sampler_name() == "DDIM";
-  for (int64_t i = 0; i < total; ++i) {
+  for (int64_t i = first_index; i < total; ++i)
+    timestep_tensors.push_back(torch::tensor(static_cast<float>(timesteps[static_cast<size_t>(i)]), torch::kFloat).to(device_));
+  for (int64_t i = first_index; i < total; ++i) {
     torch::Tensor model_input = guidance ? torch::cat({latents, latents}) : latents;
+    model_input = scheduler.scale_model_input(model_input, i);
     if (options_.channels_last && device_.is_cuda()) model_input = model_input.contiguous(torch::MemoryFormat::ChannelsLast);
-    torch::Tensor noise = unet_->forward(model_input, timestep_tensors[i], embeddings);
+    torch::Tensor noise = unet_->forward(model_input, timestep_tensors[static_cast<size_t>(i - first_index)], embeddings);
     if (guidance) {
       auto halves = noise.chunk(2);
       noise = halves[0] + r.cfg_scale * (halves[1] - halves[0]);
     }
-    if (per_image_noise) {
-      std::vector<torch::Tensor> stepped;
-      for (int64_t b = 0; b < latents.size(0); ++b)
-        stepped.push_back(scheduler_->step(noise.narrow(0, b, 1), timesteps[i], latents.narrow(0, b, 1),
-                                           generators.at(static_cast<size_t>(b))));
-      latents = torch::cat(stepped);
-    } else {
-      latents = scheduler_->step(noise, timesteps[i], latents);
+    // The samplers' noise is drawn per image from that image's generator, as diffusers does with a
+    // list of generators.
+    latents = scheduler.step(noise, i, latents, generators);
+    if (after_step) {
+      torch::Tensor replaced = after_step(latents, i);
+      if (replaced.defined()) latents = replaced;
     }
     ++times_.unet_calls;
-    if (progress) progress(i + 1, total);
+    if (progress) progress(i - first_index + 1, total - first_index);
   }
   return latents;
 }
@@ -279,8 +322,9 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   for (const GenerationRequest& request : requests) batch.push_back(complete(request));
   const GenerationRequest& first = batch.front();
   for (const GenerationRequest& r : batch) {
-    if (r.steps != first.steps || r.cfg_scale != first.cfg_scale || r.width != first.width || r.height != first.height)
-      throw Error("generate_batch: requests in one batch must share steps, cfg scale and size");
+    if (r.steps != first.steps || r.cfg_scale != first.cfg_scale || r.width != first.width || r.height != first.height ||
+        sampler_setting(r).key() != sampler_setting(first).key())
+      throw Error("generate_batch: requests in one batch must share steps, cfg scale, size and sampler");
   }
   c10::InferenceMode inference;
   const bool guidance = first.cfg_scale > 1.0;
@@ -308,10 +352,15 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   times_.encode += seconds_since(start);
 
   start = std::chrono::steady_clock::now();
+  // As StableDiffusionPipeline: set_timesteps first (init_noise_sigma depends on the schedule), then
+  // the latents, scaled by it.
+  Scheduler& scheduler = scheduler_for(sampler_setting(first));
+  scheduler.set_timesteps(first.steps);
   std::vector<torch::Generator> generators;
   std::vector<torch::Tensor> initial;
   for (const GenerationRequest& r : batch) initial.push_back(initial_latents(r, &generators));
-  torch::Tensor latents = denoise(torch::cat(initial), embeddings, first, generators, progress);
+  torch::Tensor latents = torch::cat(initial) * scheduler.init_noise_sigma();
+  latents = denoise(scheduler, latents, embeddings, first, generators, progress);
   synchronize(device_);
   times_.denoise += seconds_since(start);
 

@@ -162,3 +162,47 @@ TEST(Cli, TokenizeJson) {
   EXPECT_EQ(t.exit_code, 0);
   EXPECT_NE(t.err.find("truncated"), std::string::npos) << t.err;
 }
+
+// --sampler / --schedule, their record in the PNG and the JSON, and a prompt-file line choosing its own.
+TEST(Cli, SamplerAndScheduleAreUsedAndRecorded) {
+  fs::path dir = taiyi::test::temp_dir("cli-sampler");
+  auto r = run_taiyi(fast({"山水", "--seed", "3", "-o", (dir / "a.png").string(), "--json", "--sampler", "dpm++ 2m",
+                           "--schedule", "Karras"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(parameters_of(dir / "a.png"),
+            "山水\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 3, Size: 64x64, Model: tiny-clip");
+  auto record = nlohmann::json::parse(r.out);
+  EXPECT_EQ(record["sampler"], "DPM++ 2M");
+  EXPECT_EQ(record["schedule"], "karras");
+  // The composite web-UI name gives the same image as sampler + schedule.
+  auto composite = run_taiyi(fast({"山水", "--seed", "3", "-o", (dir / "b.png").string(), "--sampler", "DPM++ 2M Karras"}));
+  ASSERT_EQ(composite.exit_code, 0) << composite.err;
+  auto bytes = [](const fs::path& f) {
+    std::ifstream in(f, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(bytes(dir / "a.png"), bytes(dir / "b.png"));  // same pixels, same parameters
+  auto euler_a = run_taiyi(fast({"山水", "--seed", "3", "-o", (dir / "c.png").string(), "--sampler", "euler_a"}));
+  ASSERT_EQ(euler_a.exit_code, 0) << euler_a.err;
+  EXPECT_NE(parameters_of(dir / "c.png").find("Sampler: Euler a, Schedule type: Uniform, "), std::string::npos);
+  // Prompt-file lines with their own sampler; a bad name fails that line only.
+  std::ofstream(dir / "p.jsonl") << R"({"prompt": "a", "sampler": "Heun", "output": ")" << (dir / "h.png").string()
+                                 << "\"}\n"
+                                 << R"({"prompt": "b", "sampler": "Euler b", "output": ")" << (dir / "x.png").string()
+                                 << "\"}\n"
+                                 << R"({"prompt": "c", "sampler": "LMS", "schedule": "karras", "output": ")"
+                                 << (dir / "l.png").string() << "\"}\n";
+  auto file = run_taiyi(fast({"--prompts", (dir / "p.jsonl").string()}));
+  EXPECT_EQ(file.exit_code, 1);
+  EXPECT_NE(file.err.find("Euler b"), std::string::npos) << file.err;
+  EXPECT_NE(parameters_of(dir / "h.png").find("Sampler: Heun, Schedule type: Uniform"), std::string::npos);
+  EXPECT_NE(parameters_of(dir / "l.png").find("Sampler: LMS, Schedule type: Karras"), std::string::npos);
+  EXPECT_FALSE(fs::exists(dir / "x.png"));
+  expect_failure(fast({"x", "--sampler", "nosuch", "-o", (dir / "z.png").string()}), "\"DPM++ 2M\"");
+  expect_failure(fast({"x", "--sampler", "Euler a", "--schedule", "karras", "-o", (dir / "z.png").string()}),
+                 "EulerAncestralDiscreteScheduler");
+  expect_failure(fast({"x", "--sampler", "DPM++ 2M Karras", "--schedule", "beta", "-o", (dir / "z.png").string()}),
+                 "implies the karras schedule");
+  EXPECT_FALSE(fs::exists(dir / "z.png"));
+  fs::remove_all(dir);
+}

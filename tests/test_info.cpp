@@ -323,7 +323,7 @@ TEST(Bench, RandomWeightsGridOnCpu) {
   expect_consistent(bench.at("results")[0], 1, calls);
   expect_consistent(bench.at("results")[1], 2, calls);
   EXPECT_TRUE(bench.at("random_weights").get<bool>());
-  EXPECT_EQ(bench.at("scheduler").get<std::string>(), "PNDM");
+  EXPECT_EQ(bench.at("scheduler").get<std::string>(), "PLMS");
   EXPECT_FALSE(log.empty());
 
   std::string table = taiyi::format_bench_table(bench);
@@ -399,9 +399,11 @@ TEST(Bench, RandomPipelineNeedsNoWeightFiles) {
   request.steps = 2;
   request = pipe.complete(request);
   std::vector<torch::Generator> generators;
-  torch::Tensor latents = pipe.initial_latents(request, &generators);
+  taiyi::Scheduler& scheduler = pipe.scheduler();
+  scheduler.set_timesteps(request.steps);
+  torch::Tensor latents = pipe.initial_latents(request, &generators) * scheduler.init_noise_sigma();
   torch::Tensor embeddings = torch::cat({pipe.encode_prompt(""), pipe.encode_prompt(request.prompt)});
-  torch::Tensor images = pipe.decode(pipe.denoise(latents, embeddings, request, generators));
+  torch::Tensor images = pipe.decode(pipe.denoise(scheduler, latents, embeddings, request, generators));
   EXPECT_TRUE(torch::isfinite(images).all().item<bool>());
   // Not a constant image: the random weights are not all equal.
   EXPECT_GT(images.std().item<double>(), 1e-4);

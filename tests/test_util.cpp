@@ -41,6 +41,8 @@ nlohmann::json pipeline_cases() {
 
 std::vector<taiyi::Image> run_pipeline_case(const nlohmann::json& c, taiyi::PipelineOptions options) {
   options.scheduler = c["scheduler"];
+  options.sampler = c.value("sampler", "");
+  options.schedule = c.value("schedule", "");
   options.eta = c["eta"].get<double>();
   auto pipe = taiyi::Pipeline::load(fixture(c["model"].get<std::string>()), options);
   taiyi::GenerationRequest r;

@@ -24,7 +24,9 @@ struct BenchOptions {
   std::vector<int64_t> batch_sizes = {1};
   std::vector<int64_t> resolutions = {0};  // square sizes in pixels; 0: the model's default
   int64_t steps = 20;
-  std::string scheduler;                   // "" (folder's), pndm, ddim
+  std::string sampler;                     // a --sampler name; "" : `scheduler`, else the folder's
+  std::string schedule;                    // --schedule
+  std::string scheduler;                   // "" (folder's), pndm, ddim (the older option)
   double cfg_scale = 7.5;
   int64_t warmup = 1;                      // untimed generations per configuration
   int64_t repeat = 3;                      // timed generations per configuration
@@ -34,7 +36,7 @@ struct BenchOptions {
 };
 
 // Runs the grid; returns {"device": ..., "results": [ {precision, batch_size, width, height, steps,
-// load_s, encode_s, unet_step_s, it_per_s, decode_s, s_per_image, images_per_s, peak_gpu_mb, peak_rss_mb}, ...]}.
+// load_s, encode_s, unet_step_s (per UNet call: Heun and DPM2 make two per step), it_per_s (UNet calls per second), decode_s, s_per_image, images_per_s, peak_gpu_mb, peak_rss_mb}, ...]}.
 // Also per result: denoise_s, run_s (mean wall time of a timed run), run_min_s, run_max_s,
 // run_cpu_s (the process's user + system CPU time per run), unet_calls_per_run, and on CUDA
 // peak_gpu_reserved_mb and load_peak_gpu_mb. peak_gpu_mb is absent on the CPU.

@@ -1,5 +1,5 @@
 // The text-to-image pipeline, usable from C++ without the CLI: a port of diffusers'
-// StableDiffusionPipeline (inference, classifier-free guidance, PNDM or DDIM).
+// StableDiffusionPipeline (inference, classifier-free guidance, every sampler of include/taiyi/scheduler.h).
 //
 //   taiyi::PipelineOptions opt;                       // device, precision, scheduler
 //   auto pipe = taiyi::Pipeline::load("models/taiyi", opt);
@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,7 +39,14 @@ struct PipelineOptions {
   // auto: the model's precision, and when an fp16/bf16 decode gives NaN or Inf that batch is decoded
   // again in fp32 and the VAE stays fp32 from then on (the web UI's "revert VAE to 32-bit"); fp32: always.
   std::string vae_precision = "auto";
-  std::string scheduler = "";      // "" (the folder's) | pndm | ddim
+  // The sampler: "" (the folder's scheduler, as diffusers), or a --sampler name (web UI's "DPM++ 2M",
+  // "Euler a", ..., stable-diffusion.cpp's "dpm++2m", ...; see resolve_sampler). `scheduler` is the
+  // older --scheduler pndm|ddim, used when `sampler` is empty.
+  std::string sampler = "";
+  std::string scheduler = "";
+  // --schedule: "" (the sampler's: default, or Karras for a "... Karras" name) | default | karras |
+  // exponential | beta.
+  std::string schedule = "";
   double eta = 0.0;                // DDIM eta
   Tf32Mode tf32 = Tf32Mode::kDefault;  // fp32 rounding on CUDA; the default is PyTorch's (and diffusers')
   bool cudnn_benchmark = false;    // cuDNN autotuning (CUDA)
@@ -56,7 +64,23 @@ struct GenerationRequest {
   int64_t width = 0;   // 0: unet sample_size x VAE scale factor
   int64_t height = 0;
   int64_t count = 1;   // images, seeds seed .. seed+count-1, made in one batch
+  std::string sampler;   // "" : PipelineOptions' sampler; else a --sampler name (a prompt-file line's)
+  std::string schedule;  // "" : PipelineOptions' schedule; else as --schedule
 };
+
+// The sampler a request runs with, resolved.
+struct SamplerSetting {
+  std::string kind;            // make_scheduler's kind ("" : the folder's class)
+  SigmaSchedule schedule = SigmaSchedule::Default;
+  std::string web_ui_name;     // "DPM++ 2M"
+  std::string schedule_type;   // the web UI's "Schedule type" ("" where it has none: PLMS, DDIM, DDPM, LCM)
+  nlohmann::json overrides = nlohmann::json::object();  // config keys set as from_config(..., key=value)
+  std::string key() const;     // identifies the scheduler instance
+};
+
+// Called after each step with (latents, step position): may return replaced latents (inpainting's
+// blending); an undefined tensor keeps them.
+using StepHook = std::function<torch::Tensor(const torch::Tensor&, int64_t)>;
 
 struct Image {
   int64_t width = 0, height = 0;
@@ -83,24 +107,32 @@ class Pipeline {
   void validate(const GenerationRequest& request) const;
   std::vector<Image> generate(const GenerationRequest& request, const ProgressCallback& progress = {});
   // Several requests in one UNet batch (the CLI's --batch-size over a prompt file): they must share
-  // steps, cfg_scale, width and height (Error otherwise). Images come back in request order.
+  // steps, cfg_scale, width, height and sampler (Error otherwise). Images come back in request order.
   std::vector<Image> generate_batch(const std::vector<GenerationRequest>& requests,
                                     const ProgressCallback& progress = {});
 
   // Building blocks, exposed for tests and benchmarks.
   torch::Tensor encode_prompt(const std::string& prompt);                       // [1, L, D]
-  // [count, C, h, w]; `generators` receives each image's CPU generator, advanced past the draw (DDIM's
-  // eta noise continues from it, as in diffusers).
+  // [count, C, h, w] of unit noise; `generators` receives each image's CPU generator, advanced past
+  // the draw (the samplers' noise continues from it, as in diffusers). Scale by the scheduler's
+  // init_noise_sigma for text-to-image.
   torch::Tensor initial_latents(const GenerationRequest& request, std::vector<torch::Generator>* generators = nullptr) const;
   // The request with width/height defaults filled in, validated.
   GenerationRequest complete(const GenerationRequest& request) const;
-  torch::Tensor denoise(torch::Tensor latents, const torch::Tensor& embeddings, const GenerationRequest& request,
-                        std::vector<torch::Generator>& generators, const ProgressCallback& progress = {});
+  // The sampler a request uses, and its scheduler (made once per sampler setting, reused).
+  SamplerSetting sampler_setting(const GenerationRequest& request) const;
+  Scheduler& scheduler_for(const SamplerSetting& setting);
+  // The denoising loop of StableDiffusionPipeline.__call__ on timesteps()[first_index:] of a scheduler
+  // whose set_timesteps ran (img2img and inpainting start later; `after_step` blends latents).
+  torch::Tensor denoise(Scheduler& scheduler, torch::Tensor latents, const torch::Tensor& embeddings,
+                        const GenerationRequest& request, std::vector<torch::Generator>& generators,
+                        const ProgressCallback& progress = {}, int64_t first_index = 0, const StepHook& after_step = {});
   torch::Tensor decode(const torch::Tensor& latents);                          // [B, 3, H, W] in [0, 1]
   static std::vector<Image> to_images(const torch::Tensor& images01, uint64_t first_seed);
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }
-  Scheduler& scheduler() { return *scheduler_; }
+  // The scheduler of the pipeline's default sampler (PipelineOptions).
+  Scheduler& scheduler() { return scheduler_for(sampler_setting(GenerationRequest{})); }
   const ModelFolder& folder() const { return folder_; }
   torch::Device device() const { return device_; }
   torch::Dtype dtype() const { return dtype_; }
@@ -110,7 +142,7 @@ class Pipeline {
   int64_t default_width() const;
   int64_t default_height() const;
   std::string model_name() const;   // the folder's name, for PNG metadata
-  std::string sampler_name() const; // "PNDM" / "DDIM" as the web UI prints it
+  std::string sampler_name() const; // the default sampler as the web UI prints it ("PLMS", "DPM++ 2M")
   const StageTimes& times() const { return times_; }
 
  private:
@@ -131,7 +163,8 @@ class Pipeline {
   std::shared_ptr<TextEncoderImpl> text_encoder_fp32_;      // set after a text-encoder overflow
   bool random_weights_ = false;
   Numerics numerics_;
-  std::shared_ptr<Scheduler> scheduler_;
+  Config scheduler_file_config_;  // scheduler/scheduler_config.json
+  std::map<std::string, std::shared_ptr<Scheduler>> schedulers_;  // by SamplerSetting::key()
   StageTimes times_;
 };
 

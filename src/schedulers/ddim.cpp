@@ -16,33 +16,37 @@ namespace {
 class DdimScheduler final : public SchedulerBase {
  public:
   DdimScheduler(const Config& config, const SchedulerOptions& options)
-      : SchedulerBase(config, ddim_betas(config), config.get_bool("set_alpha_to_one", true)),
-        clip_sample_(config.get_bool("clip_sample", true)),
-        clip_sample_range_(config.get_double("clip_sample_range", 1.0)),
-        thresholding_(config.get_bool("thresholding", false)),
-        dynamic_thresholding_ratio_(config.get_double("dynamic_thresholding_ratio", 0.995)),
-        sample_max_value_(config.get_double("sample_max_value", 1.0)),
+      : SchedulerBase(config, make_betas_for(config), "DDIMScheduler"),
+        clipping_(config, /*default_clip=*/true),
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/true)),
         spacing_(read_spacing(config)),
         steps_offset_(config.get_int("steps_offset", 0)),
-        eta_(options.eta) {}
+        eta_(options.eta) {
+    set_alpha_to_one(config.get_bool("set_alpha_to_one", true));
+  }
 
   std::string name() const override { return "DDIM"; }
 
   void set_timesteps(int64_t num_inference_steps) override {
     check_num_inference_steps(num_inference_steps);
     num_inference_steps_ = num_inference_steps;
-    timesteps_ = spaced_timesteps(spacing_, num_train_timesteps_, num_inference_steps, steps_offset_);
-    std::reverse(timesteps_.begin(), timesteps_.end());
+    int_timesteps_ = spaced_timesteps(spacing_, num_train_timesteps_, num_inference_steps, steps_offset_);
+    std::reverse(int_timesteps_.begin(), int_timesteps_.end());
+    timesteps_.assign(int_timesteps_.begin(), int_timesteps_.end());
     check_timesteps_in_range();
     coefficients_.clear();
-    for (int64_t t : timesteps_) coefficients(t);
+    for (int64_t t : int_timesteps_) coefficients(t);
   }
 
-  Tensor step(const Tensor& model_output, int64_t timestep, const Tensor& sample,
-              std::optional<torch::Generator> generator) override {
-    check_step_inputs(model_output, sample);
-    const Coefficients& c = coefficients(timestep);
+  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override {
+    check_index(index);
+    return add_noise_alphas(original, noise, int_timesteps_[static_cast<size_t>(index)]);
+  }
+
+  Tensor step(const Tensor& model_output, int64_t index, const Tensor& sample,
+              const std::vector<torch::Generator>& generators) override {
+    check_step_inputs(model_output, sample, index);
+    const Coefficients& c = coefficients(int_timesteps_[static_cast<size_t>(index)]);
     // "predicted x_0" and epsilon, formula (12) of the DDIM paper
     Tensor pred_original_sample, pred_epsilon;
     switch (prediction_type_) {
@@ -59,15 +63,13 @@ class DdimScheduler final : public SchedulerBase {
         pred_epsilon = at::mul(c.sqrt_alpha_prod_t, model_output).add_(at::mul(c.sqrt_beta_prod_t, sample));
         break;
     }
-    if (thresholding_) {
-      pred_original_sample = threshold_sample(pred_original_sample);
-    } else if (clip_sample_) {
-      pred_original_sample = pred_original_sample.clamp(-clip_sample_range_, clip_sample_range_);
-    }
+    pred_original_sample = clipping_.apply(pred_original_sample);
     // a_prev ** 0.5 * x_0 + (1 - a_prev - std ** 2) ** 0.5 * epsilon (+ std * noise)
     Tensor prev_sample = at::mul(c.sqrt_alpha_prod_t_prev, pred_original_sample);
     prev_sample.add_(at::mul(c.direction_coeff, pred_epsilon));
-    if (eta_ > 0) prev_sample.add_(at::mul(c.std_dev_t, variance_noise(model_output, generator)));
+    if (eta_ > 0)
+      prev_sample.add_(at::mul(c.std_dev_t, randn_tensor(model_output.sizes(), model_output.scalar_type(),
+                                                         model_output.device(), generators)));
     return prev_sample;
   }
 
@@ -75,11 +77,6 @@ class DdimScheduler final : public SchedulerBase {
   struct Coefficients {
     Tensor sqrt_alpha_prod_t, sqrt_beta_prod_t, sqrt_alpha_prod_t_prev, direction_coeff, std_dev_t;
   };
-
-  static Tensor ddim_betas(const Config& config) {
-    Tensor betas = make_betas(config, config.get_int("num_train_timesteps", 1000));
-    return config.get_bool("rescale_betas_zero_snr", false) ? rescale_zero_terminal_snr(betas) : betas;
-  }
 
   const Coefficients& coefficients(int64_t timestep) {
     auto found = coefficients_.find(timestep);
@@ -100,41 +97,12 @@ class DdimScheduler final : public SchedulerBase {
     return coefficients_.emplace(timestep, std::move(c)).first->second;
   }
 
-  // randn_tensor(model_output.shape, generator, device, dtype): a CPU generator draws on the CPU
-  // (in the sample's dtype) and the noise is then moved; no generator uses the device's default.
-  Tensor variance_noise(const Tensor& model_output, const std::optional<torch::Generator>& generator) const {
-    auto options = model_output.options();
-    if (generator && generator->device().type() != model_output.device().type()) {
-      if (generator->device().type() != torch::kCPU)
-        throw Error("DDIM scheduler: cannot draw noise for a " + model_output.device().str() +
-                    " tensor from a " + generator->device().str() + " generator");
-      options = options.device(torch::kCPU);
-    }
-    return at::randn(model_output.sizes(), generator, options).to(model_output.device());
-  }
-
-  // Dynamic thresholding (Imagen, arXiv 2205.11487): clamp x_0 per image to its
-  // dynamic_thresholding_ratio quantile of |x_0| (at least 1, at most sample_max_value), rescale.
-  Tensor threshold_sample(Tensor sample) const {
-    const auto dtype = sample.scalar_type();
-    const std::vector<int64_t> shape = sample.sizes().vec();
-    if (dtype != torch::kFloat && dtype != torch::kDouble) sample = sample.to(torch::kFloat);
-    sample = sample.reshape({shape[0], sample.numel() / shape[0]});
-    Tensor s = at::quantile(sample.abs(), dynamic_thresholding_ratio_, 1);
-    s = at::clamp(s, 1, sample_max_value_).unsqueeze(1);
-    sample = at::clamp(sample, -s, s) / s;
-    return sample.reshape(shape).to(dtype);
-  }
-
-  bool clip_sample_;
-  double clip_sample_range_;
-  bool thresholding_;
-  double dynamic_thresholding_ratio_;
-  double sample_max_value_;
+  SampleClipping clipping_;
   PredictionType prediction_type_;
   Spacing spacing_;
   int64_t steps_offset_;
   double eta_;
+  std::vector<int64_t> int_timesteps_;
   std::map<int64_t, Coefficients> coefficients_;
 };
 

@@ -16,14 +16,20 @@ namespace {
 class PndmScheduler final : public SchedulerBase {
  public:
   explicit PndmScheduler(const Config& config)
-      : SchedulerBase(config, make_betas(config, config.get_int("num_train_timesteps", 1000)),
-                      config.get_bool("set_alpha_to_one", false)),
+      : SchedulerBase(config, make_betas(config, config.get_int("num_train_timesteps", 1000)), "PNDMScheduler"),
         skip_prk_steps_(config.get_bool("skip_prk_steps", false)),
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/false)),
         spacing_(read_spacing(config)),
-        steps_offset_(config.get_int("steps_offset", 0)) {}
+        steps_offset_(config.get_int("steps_offset", 0)) {
+    set_alpha_to_one(config.get_bool("set_alpha_to_one", false));
+  }
 
   std::string name() const override { return "PNDM"; }
+
+  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override {
+    check_index(index);
+    return add_noise_alphas(original, noise, int_timesteps_[static_cast<size_t>(index)]);
+  }
 
   void set_timesteps(int64_t num_inference_steps) override {
     check_num_inference_steps(num_inference_steps);
@@ -31,13 +37,14 @@ class PndmScheduler final : public SchedulerBase {
     const std::vector<int64_t> base =
         spaced_timesteps(spacing_, num_train_timesteps_, num_inference_steps, steps_offset_);
     prk_timesteps_.clear();
-    timesteps_.clear();
+    std::vector<int64_t>& ts = int_timesteps_;
+    ts.clear();
     if (skip_prk_steps_) {
       // PLMS: base[:-1], base[-2:-1], base[-1:], reversed: the second timestep runs twice.
-      timesteps_.assign(base.begin(), base.end() - 1);
-      if (base.size() >= 2) timesteps_.push_back(base[base.size() - 2]);
-      timesteps_.push_back(base.back());
-      std::reverse(timesteps_.begin(), timesteps_.end());
+      ts.assign(base.begin(), base.end() - 1);
+      if (base.size() >= 2) ts.push_back(base[base.size() - 2]);
+      ts.push_back(base.back());
+      std::reverse(ts.begin(), ts.end());
     } else {
       // Runge-Kutta on the last four base timesteps (each with its midpoint, T // n // 2 above),
       // then PLMS on base[:-3] reversed.
@@ -54,9 +61,10 @@ class PndmScheduler final : public SchedulerBase {
       std::vector<int64_t> doubled;  // each repeated twice, then [1:-1]
       for (int64_t t : with_midpoints) doubled.insert(doubled.end(), {t, t});
       prk_timesteps_.assign(doubled.rbegin() + 1, doubled.rend() - 1);
-      timesteps_ = prk_timesteps_;
-      timesteps_.insert(timesteps_.end(), base.rbegin() + 3, base.rend());
+      ts = prk_timesteps_;
+      ts.insert(ts.end(), base.rbegin() + 3, base.rend());
     }
+    timesteps_.assign(ts.begin(), ts.end());
     check_timesteps_in_range();
     ets_.clear();
     counter_ = 0;
@@ -64,13 +72,13 @@ class PndmScheduler final : public SchedulerBase {
     cur_sample_ = Tensor();
     // The (t, prev_t) pair of every call in order, so that step() only does tensor arithmetic.
     coefficients_.clear();
-    for (size_t k = 0; k < timesteps_.size(); ++k) coefficients(step_timesteps(static_cast<int64_t>(k), timesteps_[k]));
+    for (size_t k = 0; k < ts.size(); ++k) coefficients(step_timesteps(static_cast<int64_t>(k), ts[k]));
   }
 
-  Tensor step(const Tensor& model_output, int64_t timestep, const Tensor& sample,
-              std::optional<torch::Generator> /*generator: PNDM is deterministic*/) override {
-    check_step_inputs(model_output, sample);
-    const auto [t, prev_t] = step_timesteps(counter_, timestep);
+  Tensor step(const Tensor& model_output, int64_t index, const Tensor& sample,
+              const std::vector<torch::Generator>& /*generators: PNDM is deterministic*/) override {
+    check_step_inputs(model_output, sample, index);
+    const auto [t, prev_t] = step_timesteps(counter_, int_timesteps_[static_cast<size_t>(index)]);
     const Coefficients& c = coefficients({t, prev_t});
     Tensor prev_sample = in_prk_phase() ? step_prk(model_output, sample, c) : step_plms(model_output, sample, c);
     ++counter_;
@@ -189,6 +197,7 @@ class PndmScheduler final : public SchedulerBase {
   Spacing spacing_;
   int64_t steps_offset_;
 
+  std::vector<int64_t> int_timesteps_;
   std::vector<int64_t> prk_timesteps_;
   int64_t counter_ = 0;
   std::vector<Tensor> ets_;   // the last epsilons, oldest first (at most 4)

@@ -41,6 +41,51 @@ CASES = [
 ]
 
 
+# The samplers of the samplers issue, end to end (fp32 only): ref/pipeline_sampler_cases.json. "sampler"
+# is taiyi's --sampler name, "schedule" its --schedule; count 2 where the sampler draws noise.
+def sampler_case(name, model, sampler, schedule, steps, count, cfg_scale=7.5, seed=21, width=64, height=64):
+    return dict(name=name, model=model, scheduler="", sampler=sampler, schedule=schedule, steps=steps, count=count,
+                cfg_scale=cfg_scale, seed=seed, width=width, height=height, eta=0.0,
+                prompt="一只穿着宇航服的哈士奇，油画" if model == "tiny-bert" else "a lighthouse at dusk, 水彩",
+                negative_prompt="模糊")
+
+
+SAMPLER_CASES = [
+    sampler_case("clip_euler_a", "tiny-clip", "Euler a", "", 10, 2),
+    sampler_case("clip_euler", "tiny-clip", "Euler", "", 8, 1, width=96),
+    sampler_case("clip_euler_exponential", "tiny-clip", "euler", "exponential", 8, 1),
+    sampler_case("bert_euler_beta", "tiny-bert", "Euler", "beta", 8, 1),
+    sampler_case("clip_dpmpp_2m_karras", "tiny-clip", "DPM++ 2M Karras", "", 12, 2),
+    sampler_case("bert_dpmpp_2m", "tiny-bert", "dpm++2m", "", 10, 1, height=96),
+    sampler_case("clip_dpmpp_2m_sde_karras", "tiny-clip", "DPM++ 2M SDE", "karras", 8, 2),
+    sampler_case("bert_dpmpp_2m_sde", "tiny-bert", "dpm++2m_sde", "", 8, 2),
+    sampler_case("clip_heun", "tiny-clip", "Heun", "", 6, 1),
+    sampler_case("clip_dpm2_karras", "tiny-clip", "DPM2", "karras", 6, 1),
+    sampler_case("bert_dpm2_a", "tiny-bert", "DPM2 a", "", 6, 2),
+    sampler_case("clip_lms", "tiny-clip", "LMS", "", 10, 1),
+    sampler_case("bert_lms_karras", "tiny-bert", "LMS Karras", "", 8, 1),
+    sampler_case("bert_unipc", "tiny-bert", "UniPC", "", 10, 2),
+    sampler_case("clip_lcm", "tiny-clip", "LCM", "", 4, 2, cfg_scale=1.5),
+    sampler_case("clip_ddpm", "tiny-clip", "DDPM", "", 10, 2),
+    sampler_case("clip_ddim_trailing", "tiny-clip", "ddim_trailing", "", 8, 1),
+]
+
+# taiyi's --sampler names -> the diffusers class and from_config overrides (as in src/schedulers/scheduler.cpp).
+SAMPLER_CLASSES = {
+    "euler a": ("EulerAncestralDiscreteScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
+    "dpm++ 2m": ("DPMSolverMultistepScheduler", {}), "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++ 2m karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpm++ 2m sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "dpm++2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "heun": ("HeunDiscreteScheduler", {}), "dpm2": ("KDPM2DiscreteScheduler", {}),
+    "dpm2 a": ("KDPM2AncestralDiscreteScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
+    "lms karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}), "unipc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}), "ddpm": ("DDPMScheduler", {}),
+    "ddim_trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+}
+SCHEDULE_KEYS = {"": {}, "karras": {"use_karras_sigmas": True}, "exponential": {"use_exponential_sigmas": True},
+                 "beta": {"use_beta_sigmas": True}}
+
 DTYPES = {"": torch.float32, "_float16": torch.float16, "_bfloat16": torch.bfloat16}
 
 
@@ -50,6 +95,12 @@ def run_case(out: Path, case: dict, dtype=torch.float32, device="cpu"):
     pipe = StableDiffusionPipeline.from_pretrained(out / case["model"], torch_dtype=dtype).to(device)
     if case["scheduler"] == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if case.get("sampler"):
+        import diffusers
+
+        class_name, overrides = SAMPLER_CLASSES[case["sampler"].lower()]
+        overrides = dict(overrides, **SCHEDULE_KEYS[case["schedule"]])
+        pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
     pipe.set_progress_bar_config(disable=True)
     generators = [torch.Generator("cpu").manual_seed(case["seed"] + i) for i in range(case["count"])]
     result = pipe(case["prompt"], negative_prompt=case["negative_prompt"], num_inference_steps=case["steps"],
@@ -98,6 +149,10 @@ def make(out: Path, full: bool):
     make_overflow_folder(out)
     save_file(images_of_every_case(out, "cpu"), out / "ref" / "pipeline.safetensors")
     (out / "ref" / "pipeline_cases.json").write_text(json.dumps(CASES, ensure_ascii=False, indent=1), "utf-8")
+    save_file({f"{case['name']}.images": run_case(out, case).contiguous() for case in SAMPLER_CASES},
+              out / "ref" / "pipeline_samplers.safetensors")
+    (out / "ref" / "pipeline_sampler_cases.json").write_text(json.dumps(SAMPLER_CASES, ensure_ascii=False, indent=1),
+                                                             "utf-8")
 
 
 def images_of_every_case(out: Path, device: str):
