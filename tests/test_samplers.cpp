@@ -256,4 +256,67 @@ TEST(SamplerErrors, StepCountsAndOptionsDiffusersCannotRunAreErrors) {
                       {"algorithm_type", "dpmsolver", file});
 }
 
+// The samplers on a CUDA device: coefficients stay 0-dim CPU tensors, the noise comes from the CPU
+// generators and is moved; CUDA divides through a reciprocal, hence 1e-5 per step. Cuda* tests run
+// only under `ctest -L cuda` (scripts/gpu_check.sh), where a missing GPU is a failure.
+TEST(CudaSamplers, StepsMatchTheReferenceOnCuda) {
+  ASSERT_TRUE(torch::cuda::is_available()) << "no CUDA device: run the cuda label on a GPU machine";
+  const Json cases = sampler_cases().at("cases");
+  const std::set<std::string> names = {"euler_a_20", "euler_karras_15", "dpmpp_2m_karras_25", "dpmpp_2m_sde_karras_20",
+                                       "heun_10",    "dpm2_a_10",       "lms_20",             "unipc_20",
+                                       "lcm_4",      "ddpm_25"};
+  const auto file = sampler_file();
+  for (const Json& entry : cases) {
+    const std::string name = entry.at("name");
+    if (!names.count(name)) continue;
+    auto s = make(entry);
+    s->set_timesteps(entry.at("steps").get<int64_t>());
+    const torch::Tensor sample_in = reference_tensor(file, name + ".sample_in").to(torch::kCUDA);
+    const torch::Tensor model_output = reference_tensor(file, name + ".model_output").to(torch::kCUDA);
+    std::vector<torch::Generator> gens = generators(entry);
+    std::vector<torch::Tensor> outputs;
+    for (int64_t k = 0; k < sample_in.size(0); ++k) {
+      torch::Tensor out = s->step(model_output[k], k, sample_in[k], gens);
+      ASSERT_TRUE(out.is_cuda()) << name;
+      outputs.push_back(out.cpu());
+    }
+    expect_close(name + " on CUDA", torch::stack(outputs), reference_tensor(file, name + ".sample_out"), kTrajectoryTolerance);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// The loop img2img and inpainting will use: it starts at a given position and calls the hook after
+// every step with that step's position; what the hook returns replaces the latents.
+TEST(SamplerLoop, StartsAtAGivenPositionAndCallsTheHookEachStep) {
+  taiyi::PipelineOptions options;
+  options.device = "cpu";
+  options.sampler = "Euler a";
+  taiyi::Pipeline pipe = taiyi::Pipeline::load(fixture("tiny-clip"), options);
+  c10::InferenceMode inference;
+  taiyi::GenerationRequest request;
+  request.prompt = "a bridge";
+  request.steps = 6;
+  request.width = request.height = 64;
+  request = pipe.complete(request);
+  taiyi::Scheduler& scheduler = pipe.scheduler();
+  scheduler.set_timesteps(request.steps);
+  std::vector<torch::Generator> generators;
+  const torch::Tensor latents = pipe.initial_latents(request, &generators) * scheduler.init_noise_sigma();
+  const torch::Tensor embeddings = torch::cat({pipe.encode_prompt(""), pipe.encode_prompt(request.prompt)});
+  std::vector<int64_t> seen;
+  const int64_t calls_before = pipe.times().unet_calls;
+  const torch::Tensor out = pipe.denoise(scheduler, latents, embeddings, request, generators, {}, 2,
+                                         [&](const torch::Tensor& x, int64_t index) {
+                                           seen.push_back(index);
+                                           return index == 5 ? torch::zeros_like(x) : torch::Tensor();
+                                         });
+  EXPECT_EQ(seen, (std::vector<int64_t>{2, 3, 4, 5}));
+  EXPECT_EQ(pipe.times().unet_calls - calls_before, 4);
+  EXPECT_EQ(out.abs().max().item<double>(), 0.0);  // the last hook's replacement is what comes back
+  expect_error_naming([&] { pipe.denoise(scheduler, latents, embeddings, request, generators, {}, 6); }, {"first step 6"});
+}
+
 }  // namespace

@@ -66,23 +66,68 @@ void multistep_schedule(const Config& config, const Tensor& alphas_cumprod, int6
   for (double t : timesteps) timesteps_out->push_back(static_cast<double>(static_cast<int64_t>(t)));  // .to(int64)
 }
 
+MultistepSchedulerBase::MultistepSchedulerBase(const Config& config, const std::string& class_name,
+                                               bool round_karras_always, bool last_sigma_from_schedule)
+    : SchedulerBase(config, make_betas_for(config), class_name),
+      solver_order_(config.get_int("solver_order", 2)),
+      prediction_type_(read_prediction_type(config, /*sample_allowed=*/true)),
+      thresholding_(config.get_bool("thresholding", false)),
+      dynamic_thresholding_ratio_(config.get_double("dynamic_thresholding_ratio", 0.995)),
+      sample_max_value_(config.get_double("sample_max_value", 1.0)),
+      schedule_(read_sigma_schedule(config)),
+      round_karras_always_(round_karras_always),
+      last_sigma_from_schedule_(last_sigma_from_schedule) {
+  for (const char* key : {"use_flow_sigmas", "use_dynamic_shifting"})
+    if (config.get_bool(key, false)) config.unsupported(key, "false");
+  if (config.get_bool("rescale_betas_zero_snr", false)) alphas_cumprod_[-1].fill_(std::ldexp(1.0, -24));
+  sigmas_ = scalar_f32(0).unsqueeze(0);
+}
+
+void MultistepSchedulerBase::set_timesteps(int64_t num_inference_steps) {
+  check_num_inference_steps(num_inference_steps);
+  multistep_schedule(config_, alphas_cumprod_, num_train_timesteps_, num_inference_steps, schedule_, round_karras_always_,
+                     last_sigma_from_schedule_, &timesteps_, &sigmas_);
+  num_inference_steps_ = static_cast<int64_t>(timesteps_.size());
+  model_outputs_.assign(static_cast<size_t>(solver_order_), Tensor());
+  lower_order_nums_ = 0;
+  reset_state();
+}
+
+Tensor MultistepSchedulerBase::add_noise(const Tensor& original, const Tensor& noise, int64_t index) const {
+  check_index(index);
+  return add_noise_vp(sigmas_, original, noise, index);
+}
+
+Tensor MultistepSchedulerBase::data_prediction(const Tensor& model_output, int64_t index, const Tensor& sample) const {
+  Tensor x0_pred;
+  if (prediction_type_ == PredictionType::Sample) {
+    x0_pred = model_output;
+  } else {
+    const auto [alpha_t, sigma_t] = alpha_sigma_of(sigmas_[index]);
+    x0_pred = prediction_type_ == PredictionType::Epsilon
+                  ? at::div(at::sub(sample, at::mul(sigma_t, model_output)), alpha_t)
+                  : at::sub(at::mul(alpha_t, sample), at::mul(sigma_t, model_output));
+  }
+  return thresholding_ ? threshold_sample(x0_pred, dynamic_thresholding_ratio_, sample_max_value_) : x0_pred;
+}
+
+void MultistepSchedulerBase::push_model_output(const Tensor& x0) {
+  for (size_t i = 0; i + 1 < model_outputs_.size(); ++i) model_outputs_[i] = model_outputs_[i + 1];
+  model_outputs_.back() = x0;
+}
+
 namespace {
 
-class DpmSolverMultistepScheduler final : public SchedulerBase {
+class DpmSolverMultistepScheduler final : public MultistepSchedulerBase {
  public:
   explicit DpmSolverMultistepScheduler(const Config& config)
-      : SchedulerBase(config, make_betas_for(config), "DPMSolverMultistepScheduler"),
-        solver_order_(config.get_int("solver_order", 2)),
-        prediction_type_(read_prediction_type(config, /*sample_allowed=*/true)),
+      : MultistepSchedulerBase(config, "DPMSolverMultistepScheduler", /*round_karras_always=*/false,
+                               /*last_sigma_from_schedule=*/false),
         algorithm_(config.get_string("algorithm_type", "dpmsolver++")),
         solver_type_(config.get_string("solver_type", "midpoint")),
         lower_order_final_(config.get_bool("lower_order_final", true)),
         euler_at_final_(config.get_bool("euler_at_final", false)),
-        final_sigmas_zero_(config.get_string("final_sigmas_type", "zero") == "zero"),
-        thresholding_(config.get_bool("thresholding", false)),
-        dynamic_thresholding_ratio_(config.get_double("dynamic_thresholding_ratio", 0.995)),
-        sample_max_value_(config.get_double("sample_max_value", 1.0)),
-        schedule_(read_sigma_schedule(config)) {
+        final_sigmas_zero_(config.get_string("final_sigmas_type", "zero") == "zero") {
     if (algorithm_ == "deis") algorithm_ = "dpmsolver++";  // as diffusers registers it
     if (algorithm_ != "dpmsolver++" && algorithm_ != "sde-dpmsolver++")
       config.unsupported("algorithm_type", "dpmsolver++ or sde-dpmsolver++");
@@ -90,30 +135,11 @@ class DpmSolverMultistepScheduler final : public SchedulerBase {
     if (solver_type_ != "midpoint" && solver_type_ != "heun") config.unsupported("solver_type", "midpoint or heun");
     if (solver_order_ < 1 || solver_order_ > 3 || (solver_order_ == 3 && algorithm_ != "dpmsolver++"))
       config.unsupported("solver_order", "1, 2 or 3 (3 with dpmsolver++)");
-    for (const char* key : {"use_lu_lambdas", "use_flow_sigmas", "use_dynamic_shifting"})
-      if (config.get_bool(key, false)) config.unsupported(key, "false");
+    if (config.get_bool("use_lu_lambdas", false)) config.unsupported("use_lu_lambdas", "false");
     if (config.has("variance_type")) config.unsupported("variance_type", "null");
     if (config.has("lambda_min_clipped") && config.json().at("lambda_min_clipped").is_number() &&
         std::isfinite(config.get_double("lambda_min_clipped")))
       config.unsupported("lambda_min_clipped", "-inf");
-    if (config.get_bool("rescale_betas_zero_snr", false)) alphas_cumprod_[-1].fill_(std::ldexp(1.0, -24));
-    sigmas_ = scalar_f32(0).unsqueeze(0);
-  }
-
-  void set_timesteps(int64_t num_inference_steps) override {
-    check_num_inference_steps(num_inference_steps);
-    multistep_schedule(config_, alphas_cumprod_, num_train_timesteps_, num_inference_steps, schedule_,
-                       /*round_karras_always=*/false, /*last_sigma_from_schedule=*/false, &timesteps_, &sigmas_);
-    num_inference_steps_ = static_cast<int64_t>(timesteps_.size());
-    model_outputs_.assign(static_cast<size_t>(solver_order_), Tensor());
-    lower_order_nums_ = 0;
-  }
-
-  Tensor sigmas() const override { return sigmas_; }
-
-  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override {
-    check_index(index);
-    return add_noise_vp(sigmas_, original, noise, index);
   }
 
   Tensor step(const Tensor& model_output_in, int64_t index, const Tensor& sample_in,
@@ -123,9 +149,8 @@ class DpmSolverMultistepScheduler final : public SchedulerBase {
     const bool lower_order_final =
         index == n - 1 && (euler_at_final_ || (lower_order_final_ && n < 15) || final_sigmas_zero_);
     const bool lower_order_second = index == n - 2 && lower_order_final_ && n < 15;
-    const Tensor model_output = convert_model_output(model_output_in, index, sample_in);
-    for (int64_t i = 0; i + 1 < solver_order_; ++i) model_outputs_[static_cast<size_t>(i)] = model_outputs_[static_cast<size_t>(i + 1)];
-    model_outputs_.back() = model_output;
+    const Tensor model_output = data_prediction(model_output_in, index, sample_in);
+    push_model_output(model_output);
     const Tensor sample = sample_in.to(torch::kFloat);
     Tensor noise;
     if (algorithm_ == "sde-dpmsolver++")
@@ -138,25 +163,11 @@ class DpmSolverMultistepScheduler final : public SchedulerBase {
     } else {
       prev_sample = third_order_update(index, sample);
     }
-    if (lower_order_nums_ < solver_order_) ++lower_order_nums_;
+    count_order();
     return prev_sample.to(model_output.scalar_type());
   }
 
  private:
-  // The data prediction x0 (DPM-Solver++).
-  Tensor convert_model_output(const Tensor& model_output, int64_t index, const Tensor& sample) const {
-    Tensor x0_pred;
-    if (prediction_type_ == PredictionType::Sample) {
-      x0_pred = model_output;
-    } else {
-      const auto [alpha_t, sigma_t] = alpha_sigma_of(sigmas_[index]);
-      x0_pred = prediction_type_ == PredictionType::Epsilon
-                    ? at::div(at::sub(sample, at::mul(sigma_t, model_output)), alpha_t)
-                    : at::sub(at::mul(alpha_t, sample), at::mul(sigma_t, model_output));
-    }
-    return thresholding_ ? threshold_sample(x0_pred, dynamic_thresholding_ratio_, sample_max_value_) : x0_pred;
-  }
-
   Tensor first_order_update(const Tensor& model_output, int64_t index, const Tensor& sample, const Tensor& noise) const {
     const auto t = alpha_sigma_of(sigmas_[index + 1]);
     const auto s = alpha_sigma_of(sigmas_[index]);
@@ -180,8 +191,8 @@ class DpmSolverMultistepScheduler final : public SchedulerBase {
     const auto s0 = alpha_sigma_of(sigmas_[index]);
     const auto s1 = alpha_sigma_of(sigmas_[index - 1]);
     const Tensor lambda_s0 = lambda_of(s0);
-    const Tensor& m0 = model_outputs_[model_outputs_.size() - 1];
-    const Tensor& m1 = model_outputs_[model_outputs_.size() - 2];
+    const Tensor& m0 = model_output_back(0);
+    const Tensor& m1 = model_output_back(1);
     const Tensor h = at::sub(lambda_of(t), lambda_s0);
     const Tensor h_0 = at::sub(lambda_s0, lambda_of(s1));
     const Tensor r0 = at::div(h_0, h);
@@ -216,8 +227,7 @@ class DpmSolverMultistepScheduler final : public SchedulerBase {
     const auto s1 = alpha_sigma_of(sigmas_[index - 1]);
     const auto s2 = alpha_sigma_of(sigmas_[index - 2]);
     const Tensor lambda_s0 = lambda_of(s0), lambda_s1 = lambda_of(s1);
-    const size_t k = model_outputs_.size();
-    const Tensor &m0 = model_outputs_[k - 1], &m1 = model_outputs_[k - 2], &m2 = model_outputs_[k - 3];
+    const Tensor &m0 = model_output_back(0), &m1 = model_output_back(1), &m2 = model_output_back(2);
     const Tensor h = at::sub(lambda_of(t), lambda_s0);
     const Tensor h_0 = at::sub(lambda_s0, lambda_s1), h_1 = at::sub(lambda_s1, lambda_of(s2));
     const Tensor r0 = at::div(h_0, h), r1 = at::div(h_1, h);
@@ -234,16 +244,8 @@ class DpmSolverMultistepScheduler final : public SchedulerBase {
     return at::sub(x_t, at::mul(at::mul(alpha_t, at::sub(at::div(at::add(e, h), h.pow(2)), 0.5)), d2));
   }
 
-  int64_t solver_order_;
-  PredictionType prediction_type_;
   std::string algorithm_, solver_type_;
   bool lower_order_final_, euler_at_final_, final_sigmas_zero_;
-  bool thresholding_;
-  double dynamic_thresholding_ratio_, sample_max_value_;
-  SigmaSchedule schedule_;
-  Tensor sigmas_;
-  std::vector<Tensor> model_outputs_;
-  int64_t lower_order_nums_ = 0;
 };
 
 }  // namespace

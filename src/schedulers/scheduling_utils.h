@@ -230,6 +230,38 @@ void multistep_schedule(const Config& config, const Tensor& alphas_cumprod, int6
                         SigmaSchedule schedule, bool round_karras_always, bool last_sigma_from_schedule,
                         std::vector<double>* timesteps, Tensor* sigmas);
 
+// DPM-Solver's and UniPC's shared part (dpmsolver_multistep.cpp): the schedule above, the data
+// prediction x0 of each model output (with dynamic thresholding), its history and the order counter.
+class MultistepSchedulerBase : public SchedulerBase {
+ public:
+  MultistepSchedulerBase(const Config& config, const std::string& class_name, bool round_karras_always,
+                         bool last_sigma_from_schedule);
+  void set_timesteps(int64_t num_inference_steps) override;
+  Tensor sigmas() const override { return sigmas_; }
+  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override;
+
+ protected:
+  virtual void reset_state() {}
+  // convert_model_output for data prediction (DPM-Solver++, UniPC's predict_x0).
+  Tensor data_prediction(const Tensor& model_output, int64_t index, const Tensor& sample) const;
+  // model_outputs[:-1] = model_outputs[1:]; model_outputs[-1] = x0
+  void push_model_output(const Tensor& x0);
+  const Tensor& model_output_back(size_t k) const { return model_outputs_[model_outputs_.size() - 1 - k]; }
+  void count_order() {
+    if (lower_order_nums_ < solver_order_) ++lower_order_nums_;
+  }
+
+  int64_t solver_order_;
+  PredictionType prediction_type_;
+  bool thresholding_;
+  double dynamic_thresholding_ratio_, sample_max_value_;
+  SigmaSchedule schedule_;
+  bool round_karras_always_, last_sigma_from_schedule_;
+  Tensor sigmas_;
+  std::vector<Tensor> model_outputs_;
+  int64_t lower_order_nums_ = 0;
+};
+
 // One constructor per scheduler file.
 std::unique_ptr<Scheduler> make_pndm(const Config& config);
 std::unique_ptr<Scheduler> make_ddim(const Config& config, const SchedulerOptions& options);

@@ -8,26 +8,18 @@ namespace taiyi::schedulers {
 
 namespace {
 
-
-class UniPcMultistepScheduler final : public SchedulerBase {
+class UniPcMultistepScheduler final : public MultistepSchedulerBase {
  public:
   explicit UniPcMultistepScheduler(const Config& config)
-      : SchedulerBase(config, make_betas_for(config), "UniPCMultistepScheduler"),
-        solver_order_(config.get_int("solver_order", 2)),
-        prediction_type_(read_prediction_type(config, /*sample_allowed=*/true)),
+      : MultistepSchedulerBase(config, "UniPCMultistepScheduler", /*round_karras_always=*/true,
+                               /*last_sigma_from_schedule=*/true),
         predict_x0_(config.get_bool("predict_x0", true)),
         solver_type_(config.get_string("solver_type", "bh2")),
-        lower_order_final_(config.get_bool("lower_order_final", true)),
-        thresholding_(config.get_bool("thresholding", false)),
-        dynamic_thresholding_ratio_(config.get_double("dynamic_thresholding_ratio", 0.995)),
-        sample_max_value_(config.get_double("sample_max_value", 1.0)),
-        schedule_(read_sigma_schedule(config)) {
+        lower_order_final_(config.get_bool("lower_order_final", true)) {
     if (solver_type_ == "midpoint" || solver_type_ == "heun" || solver_type_ == "logrho") solver_type_ = "bh2";
     if (solver_type_ != "bh1" && solver_type_ != "bh2") config.unsupported("solver_type", "bh1 or bh2");
     if (solver_order_ < 1 || solver_order_ > 3) config.unsupported("solver_order", "1, 2 or 3");
     if (!predict_x0_) config.unsupported("predict_x0", "true");
-    for (const char* key : {"use_flow_sigmas", "use_dynamic_shifting"})
-      if (config.get_bool(key, false)) config.unsupported(key, "false");
     if (config.has("solver_p")) config.unsupported("solver_p", "null");
     if (config.has("disable_corrector")) {
       const auto& list = config.json().at("disable_corrector");
@@ -37,26 +29,6 @@ class UniPcMultistepScheduler final : public SchedulerBase {
         disable_corrector_.push_back(v.get<int64_t>());
       }
     }
-    if (config.get_bool("rescale_betas_zero_snr", false)) alphas_cumprod_[-1].fill_(std::ldexp(1.0, -24));
-    sigmas_ = scalar_f32(0).unsqueeze(0);
-  }
-
-  void set_timesteps(int64_t num_inference_steps) override {
-    check_num_inference_steps(num_inference_steps);
-    multistep_schedule(config_, alphas_cumprod_, num_train_timesteps_, num_inference_steps, schedule_,
-                       /*round_karras_always=*/true, /*last_sigma_from_schedule=*/true, &timesteps_, &sigmas_);
-    num_inference_steps_ = static_cast<int64_t>(timesteps_.size());
-    model_outputs_.assign(static_cast<size_t>(solver_order_), Tensor());
-    lower_order_nums_ = 0;
-    last_sample_ = Tensor();
-    this_order_ = 0;
-  }
-
-  Tensor sigmas() const override { return sigmas_; }
-
-  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override {
-    check_index(index);
-    return add_noise_vp(sigmas_, original, noise, index);
   }
 
   Tensor step(const Tensor& model_output, int64_t index, const Tensor& sample_in,
@@ -64,36 +36,23 @@ class UniPcMultistepScheduler final : public SchedulerBase {
     check_step_inputs(model_output, sample_in, index);
     const bool disabled = std::find(disable_corrector_.begin(), disable_corrector_.end(), index - 1) != disable_corrector_.end();
     const bool use_corrector = index > 0 && !disabled && last_sample_.defined();
-    const Tensor converted = convert_model_output(model_output, index, sample_in);
+    const Tensor converted = data_prediction(model_output, index, sample_in);
     Tensor sample = sample_in;
     if (use_corrector) sample = corrector_update(converted, index, last_sample_, sample_in, this_order_);
-    for (int64_t i = 0; i + 1 < solver_order_; ++i) model_outputs_[static_cast<size_t>(i)] = model_outputs_[static_cast<size_t>(i + 1)];
-    model_outputs_.back() = converted;
+    push_model_output(converted);
     const auto n = static_cast<int64_t>(timesteps_.size());
     int64_t this_order = lower_order_final_ ? std::min(solver_order_, n - index) : solver_order_;
     this_order_ = std::min(this_order, lower_order_nums_ + 1);
     last_sample_ = sample;
     Tensor prev_sample = predictor_update(index, sample, this_order_);
-    if (lower_order_nums_ < solver_order_) ++lower_order_nums_;
+    count_order();
     return prev_sample;
   }
 
  private:
-  Tensor convert_model_output(const Tensor& model_output, int64_t index, const Tensor& sample) const {
-    const auto [alpha_t, sigma_t] = alpha_sigma_of(sigmas_[index]);
-    Tensor x0_pred;
-    switch (prediction_type_) {
-      case PredictionType::Epsilon:
-        x0_pred = at::div(at::sub(sample, at::mul(sigma_t, model_output)), alpha_t);
-        break;
-      case PredictionType::Sample:
-        x0_pred = model_output;
-        break;
-      case PredictionType::VPrediction:
-        x0_pred = at::sub(at::mul(alpha_t, sample), at::mul(sigma_t, model_output));
-        break;
-    }
-    return thresholding_ ? threshold_sample(x0_pred, dynamic_thresholding_ratio_, sample_max_value_) : x0_pred;
+  void reset_state() override {
+    last_sample_ = Tensor();
+    this_order_ = 0;
   }
 
   // The parts both updates share: h, rks / D1s from the history, R, b, h_phi_1 and B_h.
@@ -110,7 +69,7 @@ class UniPcMultistepScheduler final : public SchedulerBase {
     std::vector<Tensor> rks, d1s;
     for (int64_t i = 1; i < order; ++i) {
       const int64_t si = s0_index - i;  // predictor: step_index - i; corrector: step_index - (i + 1)
-      const Tensor& mi = model_outputs_[model_outputs_.size() - 1 - static_cast<size_t>(i)];
+      const Tensor& mi = model_output_back(static_cast<size_t>(i));
       const Tensor lambda_si = lambda_of(alpha_sigma_of(sigmas_[si]));
       const Tensor rk = at::div(at::sub(lambda_si, lambda_s0), r.h);
       rks.push_back(rk);
@@ -166,18 +125,10 @@ class UniPcMultistepScheduler final : public SchedulerBase {
     return at::sub(x_t_, at::mul(at::mul(r.t.first, r.B_h), correction)).to(x.scalar_type());
   }
 
-  int64_t solver_order_;
-  PredictionType prediction_type_;
   bool predict_x0_;
   std::string solver_type_;
   bool lower_order_final_;
-  bool thresholding_;
-  double dynamic_thresholding_ratio_, sample_max_value_;
-  SigmaSchedule schedule_;
   std::vector<int64_t> disable_corrector_;
-  Tensor sigmas_;
-  std::vector<Tensor> model_outputs_;
-  int64_t lower_order_nums_ = 0;
   int64_t this_order_ = 0;
   Tensor last_sample_;
 };
