@@ -27,12 +27,13 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
     throw Error(where + ": malformed JSON: " + std::string(e.what()).substr(std::string(e.what()).find(' ') + 1));
   }
   if (!j.is_object()) throw Error(where + ": expected a JSON object with a \"prompt\"");
-  static const char* known[] = {"prompt", "negative_prompt", "seed",   "steps",   "cfg_scale", "width",
-                                "height", "output",          "sampler", "schedule"};
+  static const char* known[] = {"prompt", "negative_prompt", "seed",     "steps",      "cfg_scale", "width",
+                                "height", "output",          "sampler",  "schedule",   "init_image", "strength"};
   for (const auto& item : j.items()) {
     if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known))
       throw Error(where + ": unknown key \"" + item.key() +
-                  "\" (expected prompt, negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule)");
+                  "\" (expected prompt, negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, "
+                  "init_image, strength)");
   }
   auto get_string = [&](const char* key) -> std::optional<std::string> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
@@ -62,6 +63,13 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   job.output = get_string("output");
   job.sampler = get_string("sampler");    // names are checked when the line runs (an error for that line)
   job.schedule = get_string("schedule");
+  job.init_image = get_string("init_image");
+  if (j.contains("strength") && !j["strength"].is_null()) {
+    if (!j["strength"].is_number()) throw Error(where + ": \"strength\" must be a number, got " + j["strength"].dump());
+    job.strength = j["strength"].get<double>();
+    if (!(*job.strength > 0 && *job.strength <= 1))
+      throw Error(where + ": \"strength\" " + j["strength"].dump() + ": must be greater than 0 and at most 1");
+  }
 }
 
 PromptFile read_prompt_file(const fs::path& path) {

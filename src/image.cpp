@@ -13,6 +13,15 @@
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STBI_WRITE_NO_STDIO
 #include <stb_image_write.h>
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_NO_STDIO
+#define STBI_FAILURE_USERMSG
+#include <stb_image.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include "taiyi/error.h"
 
@@ -169,6 +178,212 @@ std::vector<std::pair<std::string, std::string>> read_png_text(const fs::path& p
     pos += 12 + length;
   }
   return texts;
+}
+
+// ---- image input ----
+
+static std::string read_whole_file(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(path.string() + ": image file not found");
+  if (fs::is_directory(path, ec)) throw Error(path.string() + ": is a folder, expected an image file");
+  const auto size = fs::file_size(path, ec);
+  if (ec) throw Error(path.string() + ": cannot read the image file: " + ec.message());
+  // A PNG/JPEG of kMaxImageSide^2 pixels is far below this; anything bigger is not an image we take.
+  if (size > (uint64_t{1} << 30)) throw Error(path.string() + ": image file of " + std::to_string(size) + " bytes is too large");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path.string() + ": cannot read the image file");
+  std::string data(static_cast<size_t>(size), '\0');
+  in.read(data.data(), static_cast<std::streamsize>(size));
+  if (!in) throw Error(path.string() + ": cannot read the image file");
+  return data;
+}
+
+std::pair<int64_t, int64_t> image_size(const fs::path& path) {
+  const PixelImage probe = read_image(path, 1);
+  return {probe.width, probe.height};
+}
+
+PixelImage read_image(const fs::path& path, int channels) {
+  if (channels != 1 && channels != 3) throw Error("read_image: channels must be 1 or 3");
+  const std::string data = read_whole_file(path);
+  const auto* bytes = reinterpret_cast<const stbi_uc*>(data.data());
+  const int length = static_cast<int>(data.size());
+  int width = 0, height = 0, file_channels = 0;
+  // A PNG's size is in its IHDR chunk (bytes 16-23, big-endian): checked first, so that the message
+  // names it (stb_image refuses such headers too, but only as "corrupt").
+  static const char kPngSignature[] = "\x89PNG\r\n\x1a\n";
+  if (data.size() >= 24 && data.compare(0, 8, kPngSignature, 8) == 0) {
+    auto be32 = [&](size_t at) {
+      return (uint64_t{bytes[at]} << 24) | (uint64_t{bytes[at + 1]} << 16) | (uint64_t{bytes[at + 2]} << 8) | bytes[at + 3];
+    };
+    const uint64_t w = be32(16), h = be32(20);
+    if (w > static_cast<uint64_t>(kMaxImageSide) || h > static_cast<uint64_t>(kMaxImageSide))
+      throw Error(path.string() + ": image of " + std::to_string(w) + "x" + std::to_string(h) +
+                  " is larger than taiyi reads (" + std::to_string(kMaxImageSide) + " pixels a side)");
+  }
+  if (!stbi_info_from_memory(bytes, length, &width, &height, &file_channels))
+    throw Error(path.string() + ": not a PNG or JPEG image (" + stbi_failure_reason() + ")");
+  if (width <= 0 || height <= 0) throw Error(path.string() + ": image of size " + std::to_string(width) + "x" + std::to_string(height));
+  if (width > kMaxImageSide || height > kMaxImageSide)
+    throw Error(path.string() + ": image of " + std::to_string(width) + "x" + std::to_string(height) +
+                " is larger than taiyi reads (" + std::to_string(kMaxImageSide) + " pixels a side)");
+  PixelImage image;
+  image.width = width;
+  image.height = height;
+  image.channels = channels;
+  const size_t count = static_cast<size_t>(width) * static_cast<size_t>(height);
+  const bool gray16 = (file_channels == 1 || file_channels == 2) && stbi_is_16_bit_from_memory(bytes, length);
+  if (gray16) {
+    // PIL opens 16-bit grayscale as I;16 and converts it by clipping to 255.
+    int w = 0, h = 0, c = 0;
+    stbi_us* values = stbi_load_16_from_memory(bytes, length, &w, &h, &c, 1);
+    if (!values) throw Error(path.string() + ": cannot decode the image (" + stbi_failure_reason() + ")");
+    image.pixels.resize(count * static_cast<size_t>(channels));
+    for (size_t i = 0; i < count; ++i) {
+      const auto v = static_cast<uint8_t>(std::min<int>(values[i], 255));
+      for (int k = 0; k < channels; ++k) image.pixels[i * static_cast<size_t>(channels) + static_cast<size_t>(k)] = v;
+    }
+    stbi_image_free(values);
+    return image;
+  }
+  int w = 0, h = 0, c = 0;
+  stbi_uc* rgb = stbi_load_from_memory(bytes, length, &w, &h, &c, 3);
+  if (!rgb) throw Error(path.string() + ": cannot decode the image (" + stbi_failure_reason() + ")");
+  if (channels == 3) {
+    image.pixels.assign(rgb, rgb + count * 3);
+  } else if (file_channels <= 2) {
+    // Grayscale stays itself (stb replicated it into R, G and B).
+    image.pixels.resize(count);
+    for (size_t i = 0; i < count; ++i) image.pixels[i] = rgb[i * 3];
+  } else {
+    // PIL's RGB to L: L = R * 299/1000 + G * 587/1000 + B * 114/1000 in 16-bit fixed point.
+    image.pixels.resize(count);
+    for (size_t i = 0; i < count; ++i)
+      image.pixels[i] = static_cast<uint8_t>((rgb[i * 3] * 19595 + rgb[i * 3 + 1] * 38470 + rgb[i * 3 + 2] * 7471 + 0x8000) >> 16);
+  }
+  stbi_image_free(rgb);
+  return image;
+}
+
+// ---- PIL's Lanczos resampling (libImaging/Resample.c) ----
+
+namespace {
+
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+double sinc_filter(double x) {
+  if (x == 0.0) return 1.0;
+  x = x * M_PI;
+  return std::sin(x) / x;
+}
+
+double lanczos_filter(double x) {
+  if (-3.0 <= x && x < 3.0) return sinc_filter(x) * sinc_filter(x / 3);  // truncated sinc
+  return 0.0;
+}
+
+// precompute_coeffs + normalize_coeffs_8bpc: for each output pixel its first input pixel, count and
+// fixed-point weights (ksize of them).
+struct Coefficients {
+  int ksize = 0;
+  std::vector<int> bounds;  // xmin, xmax per output pixel
+  std::vector<int32_t> weights;
+};
+
+Coefficients precompute(int in_size, double in0, double in1, int out_size) {
+  const double support_radius = 3.0;
+  const double scale = (in1 - in0) / static_cast<double>(out_size);
+  const double filterscale = scale < 1.0 ? 1.0 : scale;
+  const double support = support_radius * filterscale;
+  Coefficients c;
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.bounds.resize(static_cast<size_t>(out_size) * 2);
+  std::vector<double> prekk(static_cast<size_t>(out_size) * static_cast<size_t>(c.ksize), 0.0);
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = in0 + (xx + 0.5) * scale;
+    double ww = 0.0;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double* k = &prekk[static_cast<size_t>(xx) * static_cast<size_t>(c.ksize)];
+    for (int x = 0; x < xmax; ++x) {
+      const double w = lanczos_filter((x + xmin - center + 0.5) * ss);
+      k[x] = w;
+      ww += w;
+    }
+    for (int x = 0; x < xmax; ++x)
+      if (ww != 0.0) k[x] /= ww;
+    c.bounds[static_cast<size_t>(xx) * 2] = xmin;
+    c.bounds[static_cast<size_t>(xx) * 2 + 1] = xmax;
+  }
+  c.weights.resize(prekk.size());
+  for (size_t i = 0; i < prekk.size(); ++i)
+    c.weights[i] = static_cast<int32_t>(prekk[i] < 0 ? -0.5 + prekk[i] * (1 << kPrecisionBits) : 0.5 + prekk[i] * (1 << kPrecisionBits));
+  return c;
+}
+
+uint8_t clip8(int64_t in) {
+  const int64_t v = in >> kPrecisionBits;
+  return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+}  // namespace
+
+PixelImage resize_lanczos(const PixelImage& in, int64_t width, int64_t height) {
+  if (width <= 0 || height <= 0) throw Error("resize to " + std::to_string(width) + "x" + std::to_string(height));
+  if (width == in.width && height == in.height) return in;
+  const int channels = static_cast<int>(in.channels);
+  const Coefficients horiz = precompute(static_cast<int>(in.width), 0, static_cast<double>(in.width), static_cast<int>(width));
+  Coefficients vert = precompute(static_cast<int>(in.height), 0, static_cast<double>(in.height), static_cast<int>(height));
+  const bool need_horizontal = width != in.width;
+  const bool need_vertical = height != in.height;
+  const int ybox_first = vert.bounds[0];
+  const int ybox_last = vert.bounds[static_cast<size_t>(height) * 2 - 2] + vert.bounds[static_cast<size_t>(height) * 2 - 1];
+  PixelImage current = in;
+  if (need_horizontal) {
+    // Horizontal pass over the rows the vertical pass reads.
+    for (int64_t i = 0; i < height; ++i) vert.bounds[static_cast<size_t>(i) * 2] -= ybox_first;
+    PixelImage temp;
+    temp.width = width;
+    temp.height = ybox_last - ybox_first;
+    temp.channels = channels;
+    temp.pixels.resize(static_cast<size_t>(temp.width * temp.height * channels));
+    for (int64_t yy = 0; yy < temp.height; ++yy) {
+      const uint8_t* row = &in.pixels[static_cast<size_t>((yy + ybox_first) * in.width * channels)];
+      for (int64_t xx = 0; xx < width; ++xx) {
+        const int xmin = horiz.bounds[static_cast<size_t>(xx) * 2], xmax = horiz.bounds[static_cast<size_t>(xx) * 2 + 1];
+        const int32_t* k = &horiz.weights[static_cast<size_t>(xx) * static_cast<size_t>(horiz.ksize)];
+        for (int b = 0; b < channels; ++b) {
+          int64_t ss = int64_t{1} << (kPrecisionBits - 1);
+          for (int x = 0; x < xmax; ++x) ss += static_cast<int64_t>(row[(x + xmin) * channels + b]) * k[x];
+          temp.pixels[static_cast<size_t>((yy * width + xx) * channels + b)] = clip8(ss);
+        }
+      }
+    }
+    current = std::move(temp);
+  }
+  if (!need_vertical) return current;
+  PixelImage out;
+  out.width = width;
+  out.height = height;
+  out.channels = channels;
+  out.pixels.resize(static_cast<size_t>(width * height * channels));
+  for (int64_t yy = 0; yy < height; ++yy) {
+    const int ymin = vert.bounds[static_cast<size_t>(yy) * 2], ymax = vert.bounds[static_cast<size_t>(yy) * 2 + 1];
+    const int32_t* k = &vert.weights[static_cast<size_t>(yy) * static_cast<size_t>(vert.ksize)];
+    for (int64_t xx = 0; xx < width; ++xx) {
+      for (int b = 0; b < channels; ++b) {
+        int64_t ss = int64_t{1} << (kPrecisionBits - 1);
+        for (int y = 0; y < ymax; ++y)
+          ss += static_cast<int64_t>(current.pixels[static_cast<size_t>(((y + ymin) * width + xx) * channels + b)]) * k[y];
+        out.pixels[static_cast<size_t>((yy * width + xx) * channels + b)] = clip8(ss);
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace taiyi

@@ -36,9 +36,9 @@ extern "C" void on_sigint(int) { interrupts.fetch_add(1); }
 struct Interrupted : std::exception {};
 
 struct GenerateArgs {
-  std::string prompt, prompt_option, negative_prompt, prompts_file, output, model, shard;
+  std::string prompt, prompt_option, negative_prompt, prompts_file, output, model, shard, init_image;
   int64_t steps = 50, width = 0, height = 0, num_images = 1, batch_size = 1;
-  double cfg_scale = 7.5;
+  double cfg_scale = 7.5, strength = 0.75;
   std::optional<uint64_t> seed;
   taiyi::PipelineOptions pipeline;
   bool overwrite = false, resume = false, json = false, quiet = false, sidecar = false;
@@ -66,6 +66,7 @@ std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Ima
           ", CFG scale: " + format_number(r.cfg_scale) +
           ", Seed: " + std::to_string(image.seed) + ", Size: " + std::to_string(image.width) + "x" +
           std::to_string(image.height) + ", Model: " + model;
+  if (!r.init_image.empty()) text += ", Denoising strength: " + format_number(r.strength);
   return text;
 }
 
@@ -136,6 +137,9 @@ int run_generate(GenerateArgs& a) {
   if (a.num_images < 1) throw taiyi::Error("--num-images " + std::to_string(a.num_images) + ": must be at least 1");
   if (a.batch_size < 1) throw taiyi::Error("--batch-size " + std::to_string(a.batch_size) + ": must be at least 1");
   if (a.cfg_scale < 0) throw taiyi::Error("--cfg-scale " + format_number(a.cfg_scale) + ": must not be negative");
+  if (!(a.strength > 0 && a.strength <= 1))
+    throw taiyi::Error("--strength " + format_number(a.strength) + ": must be greater than 0 and at most 1");
+  if (!a.init_image.empty() && !from_file) taiyi::image_size(a.init_image);  // a bad file fails before the model loads
   if (a.steps < 1) throw taiyi::Error("--steps " + std::to_string(a.steps) + ": must be at least 1");
   for (auto [name, v] : {std::pair<const char*, int64_t>{"-W/--width", a.width}, {"-H/--height", a.height}})
     if (v != 0 && (v < 8 || v % 8 != 0))
@@ -177,6 +181,9 @@ int run_generate(GenerateArgs& a) {
     job.request.count = a.num_images;
     job.request.sampler = p.sampler.value_or("");
     job.request.schedule = p.schedule.value_or("");
+    // A line's init_image is relative to the prompt file's folder; -i applies to lines without one.
+    job.request.init_image = p.init_image ? (fs::path(a.prompts_file).parent_path() / *p.init_image).string() : a.init_image;
+    job.request.strength = p.strength.value_or(a.strength);
     for (int64_t i = 0; i < a.num_images; ++i) {
       taiyi::NameFields fields{job.request.seed + static_cast<uint64_t>(i), i, p.line, index++};
       std::string out = p.output ? (a.num_images == 1 ? *p.output : taiyi::output_template(*p.output, false, a.num_images))
@@ -243,7 +250,8 @@ int run_generate(GenerateArgs& a) {
       const auto& f = todo[next].request;
       const auto& r = todo[scan].request;
       if (r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height ||
-          r.sampler != f.sampler || r.schedule != f.schedule)
+          r.sampler != f.sampler || r.schedule != f.schedule || r.init_image.empty() != f.init_image.empty() ||
+          r.strength != f.strength)
         break;
       members.push_back(scan);
       images += r.count;
@@ -278,6 +286,8 @@ int run_generate(GenerateArgs& a) {
                          {"seed", image.seed},         {"steps", r.steps},    {"cfg_scale", r.cfg_scale},
                          {"width", image.width},       {"height", image.height}, {"sampler", sampler.web_ui_name},
                          {"schedule", taiyi::schedule_name(sampler.schedule)},
+                         {"init_image", r.init_image.empty() ? Json() : Json(r.init_image)},
+                         {"strength", r.init_image.empty() ? Json() : Json(r.strength)},
                          {"model", model_name},        {"line", job.line},
                          {"device", pipe.device().str()}, {"precision", precision_name}, {"tf32", tf32_used},
                          {"vae_precision", taiyi::precision_name(pipe.vae_dtype())}};
@@ -379,6 +389,9 @@ int main(int argc, char** argv) {
   app.add_option("-p,--prompt", a.prompt_option, "the prompt");
   app.add_option("-n,--negative-prompt", a.negative_prompt, "negative prompt (default: empty)");
   app.add_option("--prompts", a.prompts_file, "prompt file: a prompt a line (# comments), or JSONL");
+  app.add_option("-i,--init-img", a.init_image, "img2img: the image to rework (PNG or JPEG)");
+  app.add_option("--strength", a.strength, "img2img: how much of the schedule reworks the image, 0 < S <= 1")
+      ->capture_default_str();
   app.add_option("--steps", a.steps, "denoising steps")->capture_default_str();
   app.add_option("-g,--cfg-scale", a.cfg_scale, "classifier-free guidance scale (<= 1: off)")->capture_default_str();
   app.add_option("-s,--seed", a.seed, "seed (default: random, printed and recorded); image i uses seed+i");

@@ -6,6 +6,7 @@
 #include <map>
 
 #include "taiyi/error.h"
+#include "taiyi/image.h"
 #include "taiyi/safetensors.h"
 
 namespace taiyi {
@@ -185,6 +186,8 @@ void Pipeline::validate(const GenerationRequest& r) const {
   if (!(r.cfg_scale >= 0)) throw Error("cfg scale " + std::to_string(r.cfg_scale) + ": must not be negative");
   if (r.count < 1) throw Error("number of images " + std::to_string(r.count) + ": must be at least 1");
   sampler_setting(r);  // an unknown sampler or schedule name is an Error naming it
+  if (!r.init_image.empty() && !(r.strength > 0 && r.strength <= 1))
+    throw Error("strength " + std::to_string(r.strength) + ": must be greater than 0 and at most 1");
 }
 
 void Pipeline::say(const std::string& notice) const {
@@ -286,6 +289,30 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
   return (images * 0.5 + 0.5).clamp(0, 1);
 }
 
+torch::Tensor Pipeline::preprocess_image(const std::string& path, int64_t width, int64_t height) const {
+  // VaeImageProcessor.preprocess of a PIL image opened with .convert("RGB"): resize (Lanczos), then
+  // np.array / 255 in float32, to NCHW, 2x - 1. numpy_to_pt's NCHW is a transposed view of the
+  // NHWC array, i.e. channels_last, and stays so: the VAE encoder's convolutions, and after them the
+  // latents and the UNet, then run in that memory format, whose rounding differs from contiguous
+  // NCHW. Keeping diffusers' layout keeps its numbers.
+  PixelImage image = read_image(path, 3);
+  image = resize_lanczos(image, width, height);
+  torch::Tensor pixels = torch::from_blob(image.pixels.data(), {1, image.height, image.width, 3}, torch::kUInt8);
+  torch::Tensor x = pixels.to(torch::kFloat).div(255.0).permute({0, 3, 1, 2});
+  return at::sub(at::mul(x, 2.0), 1.0).to(device_, dtype_);
+}
+
+int64_t Pipeline::first_index_for_strength(const Scheduler& scheduler, int64_t steps, double strength) {
+  // get_timesteps: init_timestep = min(int(steps * strength), steps); t_start = max(steps - init_timestep, 0)
+  const int64_t init_timestep = std::min(static_cast<int64_t>(static_cast<double>(steps) * strength), steps);
+  const int64_t t_start = std::max<int64_t>(steps - init_timestep, 0);
+  const int64_t first = t_start * scheduler.order();
+  if (first >= static_cast<int64_t>(scheduler.timesteps().size()))
+    throw Error("strength " + std::to_string(strength) + " with " + std::to_string(steps) +
+                " steps leaves no denoising step (strength x steps must be at least 1)");
+  return first;
+}
+
 std::vector<Image> Pipeline::to_images(const torch::Tensor& images01, uint64_t first_seed) {
   // diffusers' numpy_to_pil: (x * 255).round().astype(uint8), in float32 on the CPU.
   torch::Tensor bytes =
@@ -305,6 +332,16 @@ std::vector<Image> Pipeline::to_images(const torch::Tensor& images01, uint64_t f
 
 GenerationRequest Pipeline::complete(const GenerationRequest& request) const {
   GenerationRequest r = request;
+  if (!r.init_image.empty() && (r.width == 0 || r.height == 0)) {
+    // VaeImageProcessor.get_default_height_width: the image's size rounded down to the VAE's multiple.
+    const auto [w, h] = image_size(r.init_image);
+    const int64_t multiple = vae_->scale_factor();
+    if (r.width == 0) r.width = w - w % multiple;
+    if (r.height == 0) r.height = h - h % multiple;
+    if (r.width == 0 || r.height == 0)
+      throw Error(r.init_image + ": image of " + std::to_string(w) + "x" + std::to_string(h) + " is smaller than " +
+                  std::to_string(multiple) + " pixels a side");
+  }
   if (r.width == 0) r.width = default_width();
   if (r.height == 0) r.height = default_height();
   validate(r);
@@ -323,8 +360,9 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   const GenerationRequest& first = batch.front();
   for (const GenerationRequest& r : batch) {
     if (r.steps != first.steps || r.cfg_scale != first.cfg_scale || r.width != first.width || r.height != first.height ||
-        sampler_setting(r).key() != sampler_setting(first).key())
-      throw Error("generate_batch: requests in one batch must share steps, cfg scale, size and sampler");
+        sampler_setting(r).key() != sampler_setting(first).key() || r.init_image.empty() != first.init_image.empty() ||
+        (!r.init_image.empty() && r.strength != first.strength))
+      throw Error("generate_batch: requests in one batch must share steps, cfg scale, size, sampler and strength");
   }
   c10::InferenceMode inference;
   const bool guidance = first.cfg_scale > 1.0;
@@ -357,10 +395,39 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   Scheduler& scheduler = scheduler_for(sampler_setting(first));
   scheduler.set_timesteps(first.steps);
   std::vector<torch::Generator> generators;
-  std::vector<torch::Tensor> initial;
-  for (const GenerationRequest& r : batch) initial.push_back(initial_latents(r, &generators));
-  torch::Tensor latents = torch::cat(initial) * scheduler.init_noise_sigma();
-  latents = denoise(scheduler, latents, embeddings, first, generators, progress);
+  torch::Tensor latents;
+  int64_t first_index = 0;
+  if (first.init_image.empty()) {
+    std::vector<torch::Tensor> initial;
+    for (const GenerationRequest& r : batch) initial.push_back(initial_latents(r, &generators));
+    latents = torch::cat(initial) * scheduler.init_noise_sigma();
+  } else {
+    // StableDiffusionImg2ImgPipeline.prepare_latents: each image's latent_dist.sample from its own
+    // generator, times scaling_factor, then the scheduler's add_noise at the first kept timestep with
+    // noise drawn per image from the same generators.
+    first_index = first_index_for_strength(scheduler, first.steps, first.strength);
+    AutoencoderKL& vae = vae_fp32_ ? *vae_fp32_ : *vae_;
+    std::vector<torch::Tensor> samples;
+    for (const GenerationRequest& r : batch) {
+      torch::Tensor image = preprocess_image(r.init_image, r.width, r.height);
+      if (vae_fp32_) image = image.to(torch::kFloat);
+      auto [mean, std] = vae.encode_distribution(image);
+      for (int64_t i = 0; i < r.count; ++i) {
+        torch::Generator generator = at::make_generator<at::CPUGeneratorImpl>(r.seed + static_cast<uint64_t>(i));
+        const torch::Tensor draw = torch::randn(mean.sizes(), generator, torch::TensorOptions().dtype(mean.scalar_type()));
+        samples.push_back(at::add(mean, at::mul(std, draw.to(device_))).to(dtype_));
+        generators.push_back(generator);
+      }
+    }
+    const torch::Tensor init_latents = at::mul(torch::cat(samples), vae.scaling_factor());
+    std::vector<int64_t> one_image = init_latents.sizes().vec();
+    one_image[0] = 1;
+    std::vector<torch::Tensor> noise;
+    for (const torch::Generator& generator : generators)
+      noise.push_back(torch::randn(one_image, generator, torch::TensorOptions().dtype(dtype_)));
+    latents = scheduler.add_noise(init_latents, torch::cat(noise).to(device_), first_index);
+  }
+  latents = denoise(scheduler, latents, embeddings, first, generators, progress, first_index);
   synchronize(device_);
   times_.denoise += seconds_since(start);
 

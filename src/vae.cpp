@@ -282,6 +282,15 @@ torch::Tensor AutoencoderKL::encode_mean(const torch::Tensor& images) {
   return moments.chunk(2, 1)[0];
 }
 
+std::pair<torch::Tensor, torch::Tensor> AutoencoderKL::encode_distribution(const torch::Tensor& images) {
+  check_input(images, impl_->shape.in_channels, "images");
+  torch::Tensor moments = impl_->encoder(images);
+  if (impl_->quant_conv) moments = impl_->quant_conv(moments);
+  auto halves = moments.chunk(2, 1);
+  const torch::Tensor logvar = at::clamp(halves[1], -30.0, 20.0);
+  return {halves[0], at::exp(at::mul(logvar, 0.5))};
+}
+
 torch::nn::Module& AutoencoderKL::module() { return *impl_; }
 double AutoencoderKL::scaling_factor() const { return impl_->scaling_factor; }
 int64_t AutoencoderKL::scale_factor() const {

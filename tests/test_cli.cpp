@@ -206,3 +206,35 @@ TEST(Cli, SamplerAndScheduleAreUsedAndRecorded) {
   EXPECT_FALSE(fs::exists(dir / "z.png"));
   fs::remove_all(dir);
 }
+
+// -i / --strength and per-line init_image (relative to the prompt file) and strength, recorded.
+TEST(Cli, Img2ImgRecordsStrengthAndInitImage) {
+  fs::path dir = taiyi::test::temp_dir("cli-img2img");
+  const std::string init = taiyi::test::fixture("images/rgb_100x70.png").string();
+  auto r = run_taiyi(fast({"山水", "--seed", "4", "-o", (dir / "a.png").string(), "--json", "-i", init, "--strength", "0.5",
+                           "-W", "0", "-H", "0"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(parameters_of(dir / "a.png"),
+            "山水\nSteps: 3, Sampler: PLMS, CFG scale: 7.5, Seed: 4, Size: 96x64, Model: tiny-clip, Denoising strength: 0.5");
+  auto record = nlohmann::json::parse(r.out);
+  EXPECT_EQ(record["init_image"], init);
+  EXPECT_EQ(record["strength"], 0.5);
+  fs::copy_file(taiyi::test::fixture("images/rgb_64.png"), dir / "init.png");
+  std::ofstream(dir / "p.jsonl") << R"({"prompt": "a", "init_image": "init.png", "strength": 0.6, "output": ")"
+                                 << (dir / "b.png").string() << "\"}\n"
+                                 << R"({"prompt": "b", "init_image": "nope.png", "output": ")" << (dir / "c.png").string()
+                                 << "\"}\n"
+                                 << R"({"prompt": "c", "strength": 2, "output": ")" << (dir / "d.png").string() << "\"}\n";
+  auto file = run_taiyi(fast({"--prompts", (dir / "p.jsonl").string(), "-W", "0", "-H", "0"}));
+  EXPECT_EQ(file.exit_code, 1);
+  EXPECT_NE(parameters_of(dir / "b.png").find("Size: 64x64, Model: tiny-clip, Denoising strength: 0.6"), std::string::npos)
+      << parameters_of(dir / "b.png");
+  EXPECT_NE(file.err.find("nope.png"), std::string::npos) << file.err;
+  EXPECT_NE(file.err.find("\"strength\" 2"), std::string::npos) << file.err;
+  EXPECT_FALSE(fs::exists(dir / "c.png"));
+  EXPECT_FALSE(fs::exists(dir / "d.png"));
+  expect_failure(fast({"x", "-i", (dir / "missing.png").string(), "-o", (dir / "z.png").string()}), "missing.png");
+  expect_failure(fast({"x", "-i", init, "--strength", "0", "-o", (dir / "z.png").string()}), "--strength 0");
+  EXPECT_FALSE(fs::exists(dir / "z.png"));
+  fs::remove_all(dir);
+}

@@ -22,6 +22,8 @@ struct PromptJob {
   std::optional<int64_t> width, height;
   std::optional<std::string> output;
   std::optional<std::string> sampler, schedule;  // --sampler / --schedule for this line
+  std::optional<std::string> init_image;         // relative to the prompt file's folder
+  std::optional<double> strength;
 };
 
 struct PromptLineError {
@@ -37,8 +39,8 @@ struct PromptFile {
 
 // Plain text: a prompt a line; blank lines and lines starting with '#' skipped. JSONL (the file ends
 // in .jsonl, or every prompt line starts with '{'): per line an object with "prompt" and optionally
-// negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule. Error when the
-// file is unreadable.
+// negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, init_image,
+// strength. Error when the file is unreadable.
 PromptFile read_prompt_file(const std::filesystem::path& path);
 
 struct Shard {

@@ -66,6 +66,11 @@ struct GenerationRequest {
   int64_t count = 1;   // images, seeds seed .. seed+count-1, made in one batch
   std::string sampler;   // "" : PipelineOptions' sampler; else a --sampler name (a prompt-file line's)
   std::string schedule;  // "" : PipelineOptions' schedule; else as --schedule
+  // img2img (StableDiffusionImg2ImgPipeline): the init image file ("" : text-to-image) and how much of
+  // the schedule reworks it (0 < strength <= 1). Size 0 then means the image's, rounded down to a
+  // multiple of 8; a given size resizes the image to it (PIL's Lanczos, as VaeImageProcessor).
+  std::string init_image;
+  double strength = 0.75;
 };
 
 // The sampler a request runs with, resolved.
@@ -107,7 +112,8 @@ class Pipeline {
   void validate(const GenerationRequest& request) const;
   std::vector<Image> generate(const GenerationRequest& request, const ProgressCallback& progress = {});
   // Several requests in one UNet batch (the CLI's --batch-size over a prompt file): they must share
-  // steps, cfg_scale, width, height and sampler (Error otherwise). Images come back in request order.
+  // steps, cfg_scale, width, height, sampler and strength, and be all text-to-image or all img2img
+  // (Error otherwise). Images come back in request order.
   std::vector<Image> generate_batch(const std::vector<GenerationRequest>& requests,
                                     const ProgressCallback& progress = {});
 
@@ -128,6 +134,12 @@ class Pipeline {
                         const GenerationRequest& request, std::vector<torch::Generator>& generators,
                         const ProgressCallback& progress = {}, int64_t first_index = 0, const StepHook& after_step = {});
   torch::Tensor decode(const torch::Tensor& latents);                          // [B, 3, H, W] in [0, 1]
+  // VaeImageProcessor.preprocess of an init image file at width x height: [1, 3, H, W] in [-1, 1],
+  // model dtype, on the device.
+  torch::Tensor preprocess_image(const std::string& path, int64_t width, int64_t height) const;
+  // img2img's start: get_timesteps' first position for `strength` (after set_timesteps), Error when
+  // nothing would be denoised.
+  static int64_t first_index_for_strength(const Scheduler& scheduler, int64_t steps, double strength);
   static std::vector<Image> to_images(const torch::Tensor& images01, uint64_t first_seed);
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }

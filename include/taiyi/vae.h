@@ -20,6 +20,9 @@ class AutoencoderKL {
   // images [B, 3, H, W] in [-1, 1] -> mean of the latent distribution [B, latent_channels, H/8, W/8]
   // (encoder, quant_conv, first half of the moments; not scaled).
   torch::Tensor encode_mean(const torch::Tensor& images);
+  // The latent distribution's (mean, std): DiagonalGaussianDistribution's logvar clamped to [-30, 20],
+  // std = exp(0.5 * logvar). latent_dist.sample(generator) is mean + std * randn(mean.shape).
+  std::pair<torch::Tensor, torch::Tensor> encode_distribution(const torch::Tensor& images);
   torch::nn::Module& module();
   double scaling_factor() const;  // config scaling_factor, 0.18215 when absent
   int64_t scale_factor() const;   // 2^(len(block_out_channels)-1): pixels per latent

@@ -81,7 +81,8 @@ SAMPLER_CLASSES = {
     "dpm2 a": ("KDPM2AncestralDiscreteScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
     "lms karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}), "unipc": ("UniPCMultistepScheduler", {}),
     "lcm": ("LCMScheduler", {}), "ddpm": ("DDPMScheduler", {}),
-    "ddim_trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+    "ddim_trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}), "ddim": ("DDIMScheduler", {}),
+    "plms": ("PNDMScheduler", {}),
 }
 SCHEDULE_KEYS = {"": {}, "karras": {"use_karras_sigmas": True}, "exponential": {"use_exponential_sigmas": True},
                  "beta": {"use_beta_sigmas": True}}

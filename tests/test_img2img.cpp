@@ -1,0 +1,143 @@
+// img2img against diffusers' StableDiffusionImg2ImgPipeline (tests/reference/img2img.py): image reading
+// as PIL's convert("RGB") / convert("L"), PIL's Lanczos resize, and whole img2img runs with several
+// samplers and strengths (100 % of pixels identical); the bad inputs' errors.
+#include <fstream>
+
+#include "taiyi/error.h"
+#include "taiyi/image.h"
+#include "taiyi/pipeline.h"
+#include "test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using taiyi::test::expect_error_naming;
+using taiyi::test::fixture;
+using taiyi::test::reference_tensor;
+using Json = nlohmann::json;
+
+torch::Tensor as_tensor(const taiyi::PixelImage& image) {
+  std::vector<int64_t> shape = {image.height, image.width};
+  if (image.channels == 3) shape.push_back(3);
+  return torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), shape, torch::kUInt8).to(torch::kFloat);
+}
+
+const char* kPngImages[] = {"rgb_64", "rgb_100x70", "gray_72x64", "rgba_64", "palette_64", "gray16_64"};
+
+TEST(ImageInput, PngReadsAsPilConvertRgbAndL) {
+  const auto golden = fixture("ref/images.safetensors");
+  for (const char* name : kPngImages) {
+    SCOPED_TRACE(name);
+    const fs::path file = fixture(std::string("images/") + name + ".png");
+    EXPECT_TRUE(torch::equal(as_tensor(taiyi::read_image(file, 3)), reference_tensor(golden, std::string(name) + ".rgb")));
+    EXPECT_TRUE(torch::equal(as_tensor(taiyi::read_image(file, 1)), reference_tensor(golden, std::string(name) + ".l")));
+  }
+}
+
+// stb_image's JPEG decoder is not libjpeg's: close, not equal (measured and bounded here).
+TEST(ImageInput, JpegReadsCloseToPil) {
+  const auto golden = fixture("ref/images.safetensors");
+  const torch::Tensor rgb = as_tensor(taiyi::read_image(fixture("images/rgb_64.jpg"), 3));
+  const torch::Tensor expected = reference_tensor(golden, "rgb_64_jpg.rgb");
+  ASSERT_EQ(rgb.sizes(), expected.sizes());
+  const double max_diff = (rgb - expected).abs().max().item<double>();
+  std::cout << "JPEG rgb_64.jpg: max difference to PIL " << max_diff << " levels, mean "
+            << (rgb - expected).abs().mean().item<double>() << "\n";
+  EXPECT_LE(max_diff, 8.0);
+}
+
+TEST(ImageInput, LanczosResizeEqualsPil) {
+  const auto golden = fixture("ref/images.safetensors");
+  for (const char* name : kPngImages) {
+    for (const auto& [w, h] : std::vector<std::pair<int64_t, int64_t>>{{96, 64}, {64, 96}, {40, 24}, {130, 90}, {64, 64}}) {
+      const std::string size = std::to_string(w) + "x" + std::to_string(h);
+      SCOPED_TRACE(std::string(name) + " " + size);
+      const fs::path file = fixture(std::string("images/") + name + ".png");
+      EXPECT_TRUE(torch::equal(as_tensor(taiyi::resize_lanczos(taiyi::read_image(file, 3), w, h)),
+                               reference_tensor(golden, std::string(name) + ".resize_" + size)));
+      EXPECT_TRUE(torch::equal(as_tensor(taiyi::resize_lanczos(taiyi::read_image(file, 1), w, h)),
+                               reference_tensor(golden, std::string(name) + ".resize_l_" + size)));
+    }
+  }
+}
+
+TEST(ImageInput, BadFilesAreErrorsNamingTheFile) {
+  const fs::path dir = taiyi::test::temp_dir("image-input");
+  expect_error_naming([&] { taiyi::read_image(dir / "missing.png", 3); }, {"missing.png", "not found"});
+  std::ofstream(dir / "text.png") << "not an image at all";
+  expect_error_naming([&] { taiyi::read_image(dir / "text.png", 3); }, {"text.png", "not a PNG or JPEG"});
+  // A truncated PNG: the header is whole, the pixel data is not.
+  std::ifstream in(fixture("images/rgb_64.png"), std::ios::binary);
+  std::string png((std::istreambuf_iterator<char>(in)), {});
+  std::ofstream(dir / "cut.png", std::ios::binary) << png.substr(0, png.size() / 2);
+  expect_error_naming([&] { taiyi::read_image(dir / "cut.png", 3); }, {"cut.png"});
+  // A PNG header that claims 100000 x 100000 pixels: refused from the header, nothing allocated.
+  std::string huge = png.substr(0, 33);
+  for (int k : {16, 20}) {
+    huge[k] = 0, huge[k + 1] = 1, huge[k + 2] = static_cast<char>(0x86), huge[k + 3] = static_cast<char>(0xA0);
+  }
+  std::ofstream(dir / "huge.png", std::ios::binary) << huge << png.substr(33);
+  expect_error_naming([&] { taiyi::read_image(dir / "huge.png", 3); }, {"huge.png", "100000x100000", "4096"});
+  expect_error_naming([&] { taiyi::read_image(dir, 3); }, {"folder"});
+  fs::remove_all(dir);
+}
+
+TEST(Img2ImgParity, ImagesEqualDiffusersForEverySamplerAndStrength) {
+  const Json cases = taiyi::read_json_file(fixture("ref/img2img_cases.json"));
+  ASSERT_GE(cases.size(), 10u);
+  for (const Json& c : cases) {
+    const std::string name = c.at("name");
+    SCOPED_TRACE(name);
+    taiyi::PipelineOptions options;
+    options.device = "cpu";
+    options.precision = "fp32";
+    options.sampler = c.at("sampler");
+    options.schedule = c.at("schedule");
+    auto pipe = taiyi::Pipeline::load(fixture(c.at("model").get<std::string>()), options);
+    taiyi::GenerationRequest r;
+    r.prompt = c.at("prompt");
+    r.negative_prompt = c.at("negative_prompt");
+    r.steps = c.at("steps");
+    r.cfg_scale = c.at("cfg_scale");
+    r.seed = c.at("seed");
+    r.count = c.at("count");
+    r.init_image = fixture(c.at("image").get<std::string>()).string();
+    r.strength = c.at("strength");
+    const torch::Tensor images = taiyi::test::image_tensor(pipe.generate(r));
+    const torch::Tensor expected = reference_tensor(fixture("ref/img2img.safetensors"), name + ".images");
+    ASSERT_EQ(images.sizes(), expected.sizes());
+    const double equal = taiyi::test::fraction_within(images, expected, 0);
+    std::cout << name << ": " << equal * 100 << " % of pixels equal, max difference "
+              << (images - expected).abs().max().item<double>() << "\n";
+    EXPECT_EQ(equal, 1.0);
+  }
+}
+
+TEST(Img2Img, StrengthAndSizeErrors) {
+  taiyi::PipelineOptions options;
+  options.device = "cpu";
+  auto pipe = taiyi::Pipeline::load(fixture("tiny-clip"), options);
+  taiyi::GenerationRequest r;
+  r.prompt = "x";
+  r.steps = 10;
+  r.init_image = fixture("images/rgb_64.png").string();
+  for (double bad : {0.0, -0.5, 1.5}) {
+    r.strength = bad;
+    expect_error_naming([&] { pipe.generate(r); }, {"strength"});
+  }
+  r.strength = 0.05;  // 10 steps x 0.05: nothing to denoise (PLMS still has its extra timestep; Euler none)
+  r.sampler = "Euler";
+  expect_error_naming([&] { pipe.generate(r); }, {"no denoising step"});
+  r.sampler = "";
+  // The size comes from the image, rounded down to a multiple of 8.
+  r.strength = 0.5;
+  r.init_image = fixture("images/rgb_100x70.png").string();
+  const taiyi::GenerationRequest completed = pipe.complete(r);
+  EXPECT_EQ(completed.width, 96);
+  EXPECT_EQ(completed.height, 64);
+  r.init_image = (fixture("images") / "missing.png").string();
+  expect_error_naming([&] { pipe.complete(r); }, {"missing.png", "not found"});
+}
+
+}  // namespace
+
