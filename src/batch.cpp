@@ -28,12 +28,13 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   }
   if (!j.is_object()) throw Error(where + ": expected a JSON object with a \"prompt\"");
   static const char* known[] = {"prompt", "negative_prompt", "seed",     "steps",      "cfg_scale", "width",
-                                "height", "output",          "sampler",  "schedule",   "init_image", "strength"};
+                                "height", "output",          "sampler",  "schedule",   "init_image", "strength",
+                                "mask"};
   for (const auto& item : j.items()) {
     if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known))
       throw Error(where + ": unknown key \"" + item.key() +
                   "\" (expected prompt, negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, "
-                  "init_image, strength)");
+                  "init_image, strength, mask)");
   }
   auto get_string = [&](const char* key) -> std::optional<std::string> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
@@ -64,6 +65,7 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   job.sampler = get_string("sampler");    // names are checked when the line runs (an error for that line)
   job.schedule = get_string("schedule");
   job.init_image = get_string("init_image");
+  job.mask = get_string("mask");
   if (j.contains("strength") && !j["strength"].is_null()) {
     if (!j["strength"].is_number()) throw Error(where + ": \"strength\" must be a number, got " + j["strength"].dump());
     job.strength = j["strength"].get<double>();

@@ -36,7 +36,7 @@ extern "C" void on_sigint(int) { interrupts.fetch_add(1); }
 struct Interrupted : std::exception {};
 
 struct GenerateArgs {
-  std::string prompt, prompt_option, negative_prompt, prompts_file, output, model, shard, init_image;
+  std::string prompt, prompt_option, negative_prompt, prompts_file, output, model, shard, init_image, mask;
   int64_t steps = 50, width = 0, height = 0, num_images = 1, batch_size = 1;
   double cfg_scale = 7.5, strength = 0.75;
   std::optional<uint64_t> seed;
@@ -56,6 +56,12 @@ std::string format_number(double v) {
   return buf;
 }
 
+// A value as the web UI's infotext writes it: quoted (JSON escapes) when it holds , : or ".
+std::string quote_parameter(const std::string& value) {
+  if (value.find_first_of(",:\"") == std::string::npos) return value;
+  return Json(value).dump();
+}
+
 // The AUTOMATIC1111 "parameters" text, which web UIs parse back into their settings.
 std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Image& image,
                              const taiyi::SamplerSetting& sampler, const std::string& model) {
@@ -67,6 +73,7 @@ std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Ima
           ", Seed: " + std::to_string(image.seed) + ", Size: " + std::to_string(image.width) + "x" +
           std::to_string(image.height) + ", Model: " + model;
   if (!r.init_image.empty()) text += ", Denoising strength: " + format_number(r.strength);
+  if (!r.mask.empty()) text += ", Mask: " + quote_parameter(fs::path(r.mask).filename().string());
   return text;
 }
 
@@ -140,6 +147,10 @@ int run_generate(GenerateArgs& a) {
   if (!(a.strength > 0 && a.strength <= 1))
     throw taiyi::Error("--strength " + format_number(a.strength) + ": must be greater than 0 and at most 1");
   if (!a.init_image.empty() && !from_file) taiyi::image_size(a.init_image);  // a bad file fails before the model loads
+  if (!a.mask.empty() && !from_file) {
+    if (a.init_image.empty()) throw taiyi::Error("--mask needs an init image to inpaint (-i FILE)");
+    taiyi::image_size(a.mask);
+  }
   if (a.steps < 1) throw taiyi::Error("--steps " + std::to_string(a.steps) + ": must be at least 1");
   for (auto [name, v] : {std::pair<const char*, int64_t>{"-W/--width", a.width}, {"-H/--height", a.height}})
     if (v != 0 && (v < 8 || v % 8 != 0))
@@ -184,6 +195,7 @@ int run_generate(GenerateArgs& a) {
     // A line's init_image is relative to the prompt file's folder; -i applies to lines without one.
     job.request.init_image = p.init_image ? (fs::path(a.prompts_file).parent_path() / *p.init_image).string() : a.init_image;
     job.request.strength = p.strength.value_or(a.strength);
+    job.request.mask = p.mask ? (fs::path(a.prompts_file).parent_path() / *p.mask).string() : a.mask;
     for (int64_t i = 0; i < a.num_images; ++i) {
       taiyi::NameFields fields{job.request.seed + static_cast<uint64_t>(i), i, p.line, index++};
       std::string out = p.output ? (a.num_images == 1 ? *p.output : taiyi::output_template(*p.output, false, a.num_images))
@@ -251,7 +263,7 @@ int run_generate(GenerateArgs& a) {
       const auto& r = todo[scan].request;
       if (r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height ||
           r.sampler != f.sampler || r.schedule != f.schedule || r.init_image.empty() != f.init_image.empty() ||
-          r.strength != f.strength)
+          r.strength != f.strength || r.mask.empty() != f.mask.empty())
         break;
       members.push_back(scan);
       images += r.count;
@@ -288,6 +300,7 @@ int run_generate(GenerateArgs& a) {
                          {"schedule", taiyi::schedule_name(sampler.schedule)},
                          {"init_image", r.init_image.empty() ? Json() : Json(r.init_image)},
                          {"strength", r.init_image.empty() ? Json() : Json(r.strength)},
+                         {"mask", r.mask.empty() ? Json() : Json(r.mask)},
                          {"model", model_name},        {"line", job.line},
                          {"device", pipe.device().str()}, {"precision", precision_name}, {"tf32", tf32_used},
                          {"vae_precision", taiyi::precision_name(pipe.vae_dtype())}};
@@ -392,6 +405,7 @@ int main(int argc, char** argv) {
   app.add_option("-i,--init-img", a.init_image, "img2img: the image to rework (PNG or JPEG)");
   app.add_option("--strength", a.strength, "img2img: how much of the schedule reworks the image, 0 < S <= 1")
       ->capture_default_str();
+  app.add_option("--mask", a.mask, "inpainting: the mask image, white = repaint (needs -i)");
   app.add_option("--steps", a.steps, "denoising steps")->capture_default_str();
   app.add_option("-g,--cfg-scale", a.cfg_scale, "classifier-free guidance scale (<= 1: off)")->capture_default_str();
   app.add_option("-s,--seed", a.seed, "seed (default: random, printed and recorded); image i uses seed+i");

@@ -188,6 +188,14 @@ void Pipeline::validate(const GenerationRequest& r) const {
   sampler_setting(r);  // an unknown sampler or schedule name is an Error naming it
   if (!r.init_image.empty() && !(r.strength > 0 && r.strength <= 1))
     throw Error("strength " + std::to_string(r.strength) + ": must be greater than 0 and at most 1");
+  if (!r.mask.empty() && r.init_image.empty()) throw Error(r.mask + ": a mask needs an init image (-i) to inpaint");
+  if (inpainting_unet() && r.mask.empty())
+    throw Error((folder_.root() / "unet" / "config.json").string() +
+                ": an inpainting UNet (in_channels 9) needs an init image and a mask (-i IMAGE --mask MASK)");
+  if (unet_->in_channels() != vae_->latent_channels() && !inpainting_unet())
+    throw Error((folder_.root() / "unet" / "config.json").string() + ": in_channels " +
+                std::to_string(unet_->in_channels()) + ": expected " + std::to_string(vae_->latent_channels()) +
+                " or, for inpainting, " + std::to_string(2 * vae_->latent_channels() + 1));
 }
 
 void Pipeline::say(const std::string& notice) const {
@@ -224,7 +232,7 @@ torch::Tensor Pipeline::encode_prompt(const std::string& prompt) {
 
 torch::Tensor Pipeline::initial_latents(const GenerationRequest& r, std::vector<torch::Generator>* generators) const {
   const int64_t factor = vae_->scale_factor();
-  const int64_t channels = unet_->in_channels();
+  const int64_t channels = vae_->latent_channels();  // num_channels_latents (an inpainting UNet takes 9)
   // diffusers' randn_tensor with a list of CPU generators: one draw of shape (1, C, h, w) per image,
   // in the model dtype, on the CPU, then moved to the device.
   std::vector<torch::Tensor> per_image;
@@ -239,7 +247,8 @@ torch::Tensor Pipeline::initial_latents(const GenerationRequest& r, std::vector<
 
 torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, const torch::Tensor& embeddings,
                                 const GenerationRequest& r, std::vector<torch::Generator>& generators,
-                                const ProgressCallback& progress, int64_t first_index, const StepHook& after_step) {
+                                const ProgressCallback& progress, int64_t first_index, const StepHook& after_step,
+                                const std::vector<torch::Tensor>& extra_inputs) {
   const bool guidance = r.cfg_scale > 1.0;
   const std::vector<double>& timesteps = scheduler.timesteps();
   const auto total = static_cast<int64_t>(timesteps.size());
@@ -253,6 +262,11 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
   for (int64_t i = first_index; i < total; ++i) {
     torch::Tensor model_input = guidance ? torch::cat({latents, latents}) : latents;
     model_input = scheduler.scale_model_input(model_input, i);
+    if (!extra_inputs.empty()) {
+      std::vector<torch::Tensor> parts = {model_input};
+      parts.insert(parts.end(), extra_inputs.begin(), extra_inputs.end());
+      model_input = torch::cat(parts, 1);
+    }
     if (options_.channels_last && device_.is_cuda()) model_input = model_input.contiguous(torch::MemoryFormat::ChannelsLast);
     torch::Tensor noise = unet_->forward(model_input, timestep_tensors[static_cast<size_t>(i - first_index)], embeddings);
     if (guidance) {
@@ -313,6 +327,84 @@ int64_t Pipeline::first_index_for_strength(const Scheduler& scheduler, int64_t s
   return first;
 }
 
+bool Pipeline::inpainting_unet() const { return unet_->in_channels() == 2 * vae_->latent_channels() + 1; }
+
+torch::Tensor Pipeline::encode_image_latents(const torch::Tensor& images, std::vector<torch::Generator>& generators) {
+  AutoencoderKL& vae = vae_fp32_ ? *vae_fp32_ : *vae_;
+  std::vector<torch::Tensor> samples;
+  for (int64_t i = 0; i < images.size(0); ++i) {
+    torch::Tensor image = images.narrow(0, i, 1);
+    if (vae_fp32_) image = image.to(torch::kFloat);
+    auto [mean, std] = vae.encode_distribution(image);
+    const torch::Tensor draw =
+        torch::randn(mean.sizes(), generators.at(static_cast<size_t>(i)), torch::TensorOptions().dtype(mean.scalar_type()));
+    samples.push_back(at::add(mean, at::mul(std, draw.to(device_))).to(dtype_));
+  }
+  return at::mul(torch::cat(samples), vae.scaling_factor());
+}
+
+torch::Tensor Pipeline::preprocess_mask(const std::string& path, int64_t width, int64_t height) {
+  PixelImage mask = resize_lanczos(read_image(path, 1), width, height);
+  torch::Tensor pixels = torch::from_blob(mask.pixels.data(), {1, mask.height, mask.width, 1}, torch::kUInt8);
+  torch::Tensor x = pixels.to(torch::kFloat).div(255.0).permute({0, 3, 1, 2});
+  // binarize, in place as diffusers: image[image < 0.5] = 0; image[image >= 0.5] = 1
+  x.masked_fill_(x < 0.5, 0);
+  x.masked_fill_(x >= 0.5, 1);
+  return x;
+}
+
+// StableDiffusionInpaintPipeline: prepare_latents (noise, the image's latents when the UNet has 4
+// channels or strength < 1) and prepare_mask_latents (the mask at latent size, the masked image's
+// latents). diffusers encodes the one init image once, with the first image's generator, and repeats
+// the latents for the other images; the noise comes from each image's own generator.
+Pipeline::Inpainting Pipeline::prepare_inpainting(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
+                                                  std::vector<torch::Generator>& generators, int64_t* first_index) {
+  const GenerationRequest& first = batch.front();
+  *first_index = first_index_for_strength(scheduler, first.steps, first.strength);
+  const bool strength_max = first.strength == 1.0;
+  const bool four_channels = !inpainting_unet();
+  const int64_t factor = vae_->scale_factor();
+  std::vector<torch::Tensor> image_latents, noise, masks, masked_latents;
+  for (const GenerationRequest& r : batch) {
+    std::vector<torch::Generator> own;
+    for (int64_t i = 0; i < r.count; ++i) own.push_back(at::make_generator<at::CPUGeneratorImpl>(r.seed + static_cast<uint64_t>(i)));
+    const torch::Tensor init_image = preprocess_image(r.init_image, r.width, r.height).to(torch::kFloat);
+    torch::Tensor latents_of_image;
+    if (four_channels || !strength_max) latents_of_image = encode_image_latents(init_image.to(dtype_), own).repeat({r.count, 1, 1, 1});
+    std::vector<int64_t> one = {1, vae_->latent_channels(), r.height / factor, r.width / factor};
+    std::vector<torch::Tensor> own_noise;
+    for (torch::Generator& generator : own) own_noise.push_back(torch::randn(one, generator, torch::TensorOptions().dtype(dtype_)));
+    const torch::Tensor mask_condition = preprocess_mask(r.mask, r.width, r.height);
+    const torch::Tensor masked_image = at::mul(init_image, at::lt(mask_condition, 0.5).to(init_image.device()));
+    torch::Tensor mask = torch::nn::functional::interpolate(
+        mask_condition, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{r.height / factor, r.width / factor}));
+    mask = mask.to(device_, dtype_);
+    const torch::Tensor masked = encode_image_latents(masked_image.to(device_, dtype_), own);
+    if (latents_of_image.defined()) image_latents.push_back(latents_of_image);
+    noise.push_back(torch::cat(own_noise).to(device_));
+    masks.push_back(mask.repeat({r.count, 1, 1, 1}));
+    masked_latents.push_back(masked.repeat({r.count, 1, 1, 1}));
+    generators.insert(generators.end(), own.begin(), own.end());
+  }
+  Inpainting out;
+  out.noise = torch::cat(noise);
+  out.mask = torch::cat(masks);
+  out.masked_image_latents = torch::cat(masked_latents);
+  if (!image_latents.empty()) out.image_latents = torch::cat(image_latents);
+  out.latents = strength_max ? out.noise * scheduler.init_noise_sigma()
+                             : scheduler.add_noise(out.image_latents, out.noise, *first_index);
+  return out;
+}
+
+torch::Tensor Pipeline::unit_noise(at::IntArrayRef shape, const std::vector<torch::Generator>& generators) const {
+  std::vector<int64_t> one_image = shape.vec();
+  one_image[0] = 1;
+  std::vector<torch::Tensor> noise;
+  for (const torch::Generator& generator : generators)
+    noise.push_back(torch::randn(one_image, generator, torch::TensorOptions().dtype(dtype_)));
+  return torch::cat(noise).to(device_);
+}
+
 std::vector<Image> Pipeline::to_images(const torch::Tensor& images01, uint64_t first_seed) {
   // diffusers' numpy_to_pil: (x * 255).round().astype(uint8), in float32 on the CPU.
   torch::Tensor bytes =
@@ -361,7 +453,7 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   for (const GenerationRequest& r : batch) {
     if (r.steps != first.steps || r.cfg_scale != first.cfg_scale || r.width != first.width || r.height != first.height ||
         sampler_setting(r).key() != sampler_setting(first).key() || r.init_image.empty() != first.init_image.empty() ||
-        (!r.init_image.empty() && r.strength != first.strength))
+        (!r.init_image.empty() && r.strength != first.strength) || r.mask.empty() != first.mask.empty())
       throw Error("generate_batch: requests in one batch must share steps, cfg scale, size, sampler and strength");
   }
   c10::InferenceMode inference;
@@ -397,37 +489,51 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   std::vector<torch::Generator> generators;
   torch::Tensor latents;
   int64_t first_index = 0;
+  Inpainting inpaint;
   if (first.init_image.empty()) {
     std::vector<torch::Tensor> initial;
     for (const GenerationRequest& r : batch) initial.push_back(initial_latents(r, &generators));
     latents = torch::cat(initial) * scheduler.init_noise_sigma();
-  } else {
+  } else if (first.mask.empty()) {
     // StableDiffusionImg2ImgPipeline.prepare_latents: each image's latent_dist.sample from its own
     // generator, times scaling_factor, then the scheduler's add_noise at the first kept timestep with
     // noise drawn per image from the same generators.
     first_index = first_index_for_strength(scheduler, first.steps, first.strength);
-    AutoencoderKL& vae = vae_fp32_ ? *vae_fp32_ : *vae_;
     std::vector<torch::Tensor> samples;
     for (const GenerationRequest& r : batch) {
-      torch::Tensor image = preprocess_image(r.init_image, r.width, r.height);
-      if (vae_fp32_) image = image.to(torch::kFloat);
-      auto [mean, std] = vae.encode_distribution(image);
-      for (int64_t i = 0; i < r.count; ++i) {
-        torch::Generator generator = at::make_generator<at::CPUGeneratorImpl>(r.seed + static_cast<uint64_t>(i));
-        const torch::Tensor draw = torch::randn(mean.sizes(), generator, torch::TensorOptions().dtype(mean.scalar_type()));
-        samples.push_back(at::add(mean, at::mul(std, draw.to(device_))).to(dtype_));
-        generators.push_back(generator);
-      }
+      const torch::Tensor image = preprocess_image(r.init_image, r.width, r.height);
+      std::vector<torch::Generator> own;
+      for (int64_t i = 0; i < r.count; ++i)
+        own.push_back(at::make_generator<at::CPUGeneratorImpl>(r.seed + static_cast<uint64_t>(i)));
+      // torch.cat([image] * batch_size) as diffusers (a copy in the image's memory format, which the
+      // encoder's convolutions follow), then image[i:i+1] from generator i.
+      samples.push_back(encode_image_latents(torch::cat(std::vector<torch::Tensor>(static_cast<size_t>(r.count), image)), own));
+      generators.insert(generators.end(), own.begin(), own.end());
     }
-    const torch::Tensor init_latents = at::mul(torch::cat(samples), vae.scaling_factor());
-    std::vector<int64_t> one_image = init_latents.sizes().vec();
-    one_image[0] = 1;
-    std::vector<torch::Tensor> noise;
-    for (const torch::Generator& generator : generators)
-      noise.push_back(torch::randn(one_image, generator, torch::TensorOptions().dtype(dtype_)));
-    latents = scheduler.add_noise(init_latents, torch::cat(noise).to(device_), first_index);
+    const torch::Tensor init_latents = torch::cat(samples);
+    latents = scheduler.add_noise(init_latents, unit_noise(init_latents.sizes(), generators), first_index);
+  } else {
+    inpaint = prepare_inpainting(scheduler, batch, generators, &first_index);
+    latents = inpaint.latents;
   }
-  latents = denoise(scheduler, latents, embeddings, first, generators, progress, first_index);
+  StepHook blend;
+  std::vector<torch::Tensor> extra_inputs;
+  if (inpaint.mask.defined()) {
+    if (inpainting_unet()) {
+      extra_inputs = guidance ? std::vector<torch::Tensor>{torch::cat({inpaint.mask, inpaint.mask}),
+                                                          torch::cat({inpaint.masked_image_latents, inpaint.masked_image_latents})}
+                              : std::vector<torch::Tensor>{inpaint.mask, inpaint.masked_image_latents};
+    } else {
+      // After each step the kept region goes back to the image's latents, noised to the next timestep.
+      const auto total = static_cast<int64_t>(scheduler.timesteps().size());
+      blend = [&scheduler, &inpaint, total](const torch::Tensor& x, int64_t index) {
+        torch::Tensor proper = inpaint.image_latents;
+        if (index < total - 1) proper = scheduler.add_noise(inpaint.image_latents, inpaint.noise, index + 1);
+        return at::add(at::mul(at::rsub(inpaint.mask, 1), proper), at::mul(inpaint.mask, x));
+      };
+    }
+  }
+  latents = denoise(scheduler, latents, embeddings, first, generators, progress, first_index, blend, extra_inputs);
   synchronize(device_);
   times_.denoise += seconds_since(start);
 

@@ -238,3 +238,22 @@ TEST(Cli, Img2ImgRecordsStrengthAndInitImage) {
   EXPECT_FALSE(fs::exists(dir / "z.png"));
   fs::remove_all(dir);
 }
+
+TEST(Cli, InpaintingWithMask) {
+  fs::path dir = taiyi::test::temp_dir("cli-inpaint");
+  const std::string init = taiyi::test::fixture("images/rgb_64.png").string();
+  const std::string mask = taiyi::test::fixture("images/mask_64.png").string();
+  auto r = run_taiyi(fast({"山水", "--seed", "4", "-o", (dir / "a.png").string(), "--json", "-i", init, "--mask", mask,
+                           "--strength", "0.8"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(parameters_of(dir / "a.png"), "山水\nSteps: 3, Sampler: PLMS, CFG scale: 7.5, Seed: 4, Size: 64x64, "
+                                          "Model: tiny-clip, Denoising strength: 0.8, Mask: mask_64.png");
+  EXPECT_EQ(nlohmann::json::parse(r.out)["mask"], mask);
+  expect_failure(fast({"x", "--mask", mask, "-o", (dir / "z.png").string()}), "--mask needs an init image");
+  auto inpainting_model = fast({"x", "-o", (dir / "z.png").string()});
+  inpainting_model.push_back("--model");
+  inpainting_model.push_back(taiyi::test::fixture("tiny-clip-inpaint").string());
+  expect_failure(inpainting_model, "in_channels 9");
+  EXPECT_FALSE(fs::exists(dir / "z.png"));
+  fs::remove_all(dir);
+}

@@ -82,34 +82,44 @@ TEST(ImageInput, BadFilesAreErrorsNamingTheFile) {
   fs::remove_all(dir);
 }
 
+// One reference case through taiyi's pipeline: the case's model, sampler, prompt, seeds, init image,
+// mask and strength; returns the percentage of pixels equal to diffusers' (and prints the difference).
+double run_reference_case(const Json& c, const fs::path& golden) {
+  const std::string name = c.at("name");
+  taiyi::PipelineOptions options;
+  options.device = "cpu";
+  options.precision = "fp32";
+  options.sampler = c.at("sampler");
+  options.schedule = c.at("schedule");
+  auto pipe = taiyi::Pipeline::load(fixture(c.at("model").get<std::string>()), options);
+  taiyi::GenerationRequest r;
+  r.prompt = c.at("prompt");
+  r.negative_prompt = c.at("negative_prompt");
+  r.steps = c.at("steps");
+  r.cfg_scale = c.at("cfg_scale");
+  r.seed = c.at("seed");
+  r.count = c.at("count");
+  r.init_image = fixture(c.at("image").get<std::string>()).string();
+  if (c.contains("mask")) r.mask = fixture(c.at("mask").get<std::string>()).string();
+  r.strength = c.at("strength");
+  const torch::Tensor images = taiyi::test::image_tensor(pipe.generate(r));
+  const torch::Tensor expected = reference_tensor(golden, name + ".images");
+  if (images.sizes() != expected.sizes()) {
+    ADD_FAILURE() << name << ": images " << images.sizes() << ", expected " << expected.sizes();
+    return 0;
+  }
+  const double equal = taiyi::test::fraction_within(images, expected, 0);
+  std::cout << name << ": " << equal * 100 << " % of pixels equal, max difference "
+            << (images - expected).abs().max().item<double>() << "\n";
+  return equal;
+}
+
 TEST(Img2ImgParity, ImagesEqualDiffusersForEverySamplerAndStrength) {
   const Json cases = taiyi::read_json_file(fixture("ref/img2img_cases.json"));
   ASSERT_GE(cases.size(), 10u);
   for (const Json& c : cases) {
-    const std::string name = c.at("name");
-    SCOPED_TRACE(name);
-    taiyi::PipelineOptions options;
-    options.device = "cpu";
-    options.precision = "fp32";
-    options.sampler = c.at("sampler");
-    options.schedule = c.at("schedule");
-    auto pipe = taiyi::Pipeline::load(fixture(c.at("model").get<std::string>()), options);
-    taiyi::GenerationRequest r;
-    r.prompt = c.at("prompt");
-    r.negative_prompt = c.at("negative_prompt");
-    r.steps = c.at("steps");
-    r.cfg_scale = c.at("cfg_scale");
-    r.seed = c.at("seed");
-    r.count = c.at("count");
-    r.init_image = fixture(c.at("image").get<std::string>()).string();
-    r.strength = c.at("strength");
-    const torch::Tensor images = taiyi::test::image_tensor(pipe.generate(r));
-    const torch::Tensor expected = reference_tensor(fixture("ref/img2img.safetensors"), name + ".images");
-    ASSERT_EQ(images.sizes(), expected.sizes());
-    const double equal = taiyi::test::fraction_within(images, expected, 0);
-    std::cout << name << ": " << equal * 100 << " % of pixels equal, max difference "
-              << (images - expected).abs().max().item<double>() << "\n";
-    EXPECT_EQ(equal, 1.0);
+    SCOPED_TRACE(c.at("name").get<std::string>());
+    EXPECT_EQ(run_reference_case(c, fixture("ref/img2img.safetensors")), 1.0);
   }
 }
 
@@ -141,3 +151,40 @@ TEST(Img2Img, StrengthAndSizeErrors) {
 
 }  // namespace
 
+
+namespace {
+
+// Inpainting against StableDiffusionInpaintPipeline: a 4-channel UNet (latents blended back each
+// step) and a 9-channel inpainting UNet (mask and masked-image latents as input), several samplers,
+// strengths and images per prompt, a mask of another size (resized like the image).
+TEST(InpaintParity, ImagesEqualDiffusersFor4And9ChannelUNets) {
+  const Json cases = taiyi::read_json_file(fixture("ref/inpaint_cases.json"));
+  ASSERT_GE(cases.size(), 8u);
+  for (const Json& c : cases) {
+    SCOPED_TRACE(c.at("name").get<std::string>());
+    EXPECT_EQ(run_reference_case(c, fixture("ref/inpaint.safetensors")), 1.0);
+  }
+}
+
+TEST(Inpaint, MaskAndUNetErrors) {
+  taiyi::PipelineOptions options;
+  options.device = "cpu";
+  auto inpainting = taiyi::Pipeline::load(fixture("tiny-clip-inpaint"), options);
+  taiyi::GenerationRequest r;
+  r.prompt = "x";
+  r.steps = 4;
+  expect_error_naming([&] { inpainting.generate(r); }, {"in_channels 9", "--mask"});
+  r.init_image = fixture("images/rgb_64.png").string();
+  expect_error_naming([&] { inpainting.generate(r); }, {"in_channels 9", "--mask"});
+  auto plain = taiyi::Pipeline::load(fixture("tiny-clip"), options);
+  taiyi::GenerationRequest m;
+  m.prompt = "x";
+  m.steps = 4;
+  m.mask = fixture("images/mask_64.png").string();
+  expect_error_naming([&] { plain.generate(m); }, {"mask_64.png", "init image"});
+  m.init_image = fixture("images/rgb_64.png").string();
+  m.mask = (fixture("images") / "no-mask.png").string();
+  expect_error_naming([&] { plain.generate(m); }, {"no-mask.png", "not found"});
+}
+
+}  // namespace

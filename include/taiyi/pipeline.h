@@ -71,6 +71,10 @@ struct GenerationRequest {
   // multiple of 8; a given size resizes the image to it (PIL's Lanczos, as VaeImageProcessor).
   std::string init_image;
   double strength = 0.75;
+  // Inpainting (StableDiffusionInpaintPipeline): the mask file, white = repaint ("" : none; needs
+  // init_image). Read as grayscale, resized like the image, binarised at 0.5. 4-channel UNets blend the
+  // kept region back after every step; 9-channel (inpainting) UNets get mask and masked image latents.
+  std::string mask;
 };
 
 // The sampler a request runs with, resolved.
@@ -116,6 +120,7 @@ class Pipeline {
   // (Error otherwise). Images come back in request order.
   std::vector<Image> generate_batch(const std::vector<GenerationRequest>& requests,
                                     const ProgressCallback& progress = {});
+  bool inpainting_unet() const;  // unet in_channels == 9
 
   // Building blocks, exposed for tests and benchmarks.
   torch::Tensor encode_prompt(const std::string& prompt);                       // [1, L, D]
@@ -130,13 +135,18 @@ class Pipeline {
   Scheduler& scheduler_for(const SamplerSetting& setting);
   // The denoising loop of StableDiffusionPipeline.__call__ on timesteps()[first_index:] of a scheduler
   // whose set_timesteps ran (img2img and inpainting start later; `after_step` blends latents).
+  // `extra_inputs` (an inpainting UNet's mask and masked-image latents, already doubled for CFG) are
+  // concatenated to the UNet input after scale_model_input.
   torch::Tensor denoise(Scheduler& scheduler, torch::Tensor latents, const torch::Tensor& embeddings,
                         const GenerationRequest& request, std::vector<torch::Generator>& generators,
-                        const ProgressCallback& progress = {}, int64_t first_index = 0, const StepHook& after_step = {});
+                        const ProgressCallback& progress = {}, int64_t first_index = 0, const StepHook& after_step = {},
+                        const std::vector<torch::Tensor>& extra_inputs = {});
   torch::Tensor decode(const torch::Tensor& latents);                          // [B, 3, H, W] in [0, 1]
   // VaeImageProcessor.preprocess of an init image file at width x height: [1, 3, H, W] in [-1, 1],
   // model dtype, on the device.
   torch::Tensor preprocess_image(const std::string& path, int64_t width, int64_t height) const;
+  // The mask processor's preprocess: grayscale, resized, / 255, binarised at 0.5: [1, 1, H, W] float32 on the CPU.
+  static torch::Tensor preprocess_mask(const std::string& path, int64_t width, int64_t height);
   // img2img's start: get_timesteps' first position for `strength` (after set_timesteps), Error when
   // nothing would be denoised.
   static int64_t first_index_for_strength(const Scheduler& scheduler, int64_t steps, double strength);
@@ -163,6 +173,15 @@ class Pipeline {
   void say(const std::string& notice) const;
   void load_component(torch::nn::Module& module, const std::string& component, torch::Dtype dtype,
                       const std::vector<std::string>& ignored_keys = {}) const;
+  struct Inpainting {
+    torch::Tensor latents, noise, image_latents, mask, masked_image_latents;  // mask undefined: not inpainting
+  };
+  Inpainting prepare_inpainting(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
+                                std::vector<torch::Generator>& generators, int64_t* first_index);
+  // randn of `shape`, image i from generators[i] (randn_tensor with a list of CPU generators), on the device.
+  torch::Tensor unit_noise(at::IntArrayRef shape, const std::vector<torch::Generator>& generators) const;
+  // _encode_vae_image: latent_dist.sample of [N, 3, H, W] images, image i from generators[i], scaled.
+  torch::Tensor encode_image_latents(const torch::Tensor& images, std::vector<torch::Generator>& generators);
   ModelFolder folder_;
   PipelineOptions options_;
   torch::Device device_ = torch::kCPU;
