@@ -188,8 +188,10 @@ static std::string read_whole_file(const fs::path& path) {
   if (fs::is_directory(path, ec)) throw Error(path.string() + ": is a folder, expected an image file");
   const auto size = fs::file_size(path, ec);
   if (ec) throw Error(path.string() + ": cannot read the image file: " + ec.message());
-  // A PNG/JPEG of kMaxImageSide^2 pixels is far below this; anything bigger is not an image we take.
-  if (size > (uint64_t{1} << 30)) throw Error(path.string() + ": image file of " + std::to_string(size) + " bytes is too large");
+  // An image of kMaxImageSide^2 pixels, even 16-bit RGBA stored raw, is 128 MiB: a larger file is not one
+  // we take, and is refused before anything is read.
+  if (size > (uint64_t{1} << 28))
+    throw Error(path.string() + ": image file of " + std::to_string(size) + " bytes is larger than taiyi reads (256 MiB)");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path.string() + ": cannot read the image file");
   std::string data(static_cast<size_t>(size), '\0');
