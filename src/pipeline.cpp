@@ -371,9 +371,7 @@ Pipeline::Inpainting Pipeline::prepare_inpainting(Scheduler& scheduler, const st
     const torch::Tensor init_image = preprocess_image(r.init_image, r.width, r.height).to(torch::kFloat);
     torch::Tensor latents_of_image;
     if (four_channels || !strength_max) latents_of_image = encode_image_latents(init_image.to(dtype_), own).repeat({r.count, 1, 1, 1});
-    std::vector<int64_t> one = {1, vae_->latent_channels(), r.height / factor, r.width / factor};
-    std::vector<torch::Tensor> own_noise;
-    for (torch::Generator& generator : own) own_noise.push_back(torch::randn(one, generator, torch::TensorOptions().dtype(dtype_)));
+    const torch::Tensor own_noise = unit_noise({r.count, vae_->latent_channels(), r.height / factor, r.width / factor}, own);
     const torch::Tensor mask_condition = preprocess_mask(r.mask, r.width, r.height);
     const torch::Tensor masked_image = at::mul(init_image, at::lt(mask_condition, 0.5).to(init_image.device()));
     torch::Tensor mask = torch::nn::functional::interpolate(
@@ -381,7 +379,7 @@ Pipeline::Inpainting Pipeline::prepare_inpainting(Scheduler& scheduler, const st
     mask = mask.to(device_, dtype_);
     const torch::Tensor masked = encode_image_latents(masked_image.to(device_, dtype_), own);
     if (latents_of_image.defined()) image_latents.push_back(latents_of_image);
-    noise.push_back(torch::cat(own_noise).to(device_));
+    noise.push_back(own_noise);
     masks.push_back(mask.repeat({r.count, 1, 1, 1}));
     masked_latents.push_back(masked.repeat({r.count, 1, 1, 1}));
     generators.insert(generators.end(), own.begin(), own.end());

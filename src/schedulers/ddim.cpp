@@ -13,10 +13,10 @@ namespace {
 
 // ---- DDIM ----
 
-class DdimScheduler final : public SchedulerBase {
+class DdimScheduler final : public AlphasSchedulerBase {
  public:
   DdimScheduler(const Config& config, const SchedulerOptions& options)
-      : SchedulerBase(config, make_betas_for(config), "DDIMScheduler"),
+      : AlphasSchedulerBase(config, make_betas_for(config), "DDIMScheduler"),
         clipping_(config, /*default_clip=*/true),
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/true)),
         spacing_(read_spacing(config)),
@@ -30,23 +30,15 @@ class DdimScheduler final : public SchedulerBase {
   void set_timesteps(int64_t num_inference_steps) override {
     check_num_inference_steps(num_inference_steps);
     num_inference_steps_ = num_inference_steps;
-    int_timesteps_ = spaced_timesteps(spacing_, num_train_timesteps_, num_inference_steps, steps_offset_);
-    std::reverse(int_timesteps_.begin(), int_timesteps_.end());
-    timesteps_.assign(int_timesteps_.begin(), int_timesteps_.end());
-    check_timesteps_in_range();
+    set_spaced_timesteps(spacing_, num_inference_steps, steps_offset_);
     coefficients_.clear();
     for (int64_t t : int_timesteps_) coefficients(t);
-  }
-
-  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override {
-    check_index(index);
-    return add_noise_alphas(original, noise, int_timesteps_[static_cast<size_t>(index)]);
   }
 
   Tensor step(const Tensor& model_output, int64_t index, const Tensor& sample,
               const std::vector<torch::Generator>& generators) override {
     check_step_inputs(model_output, sample, index);
-    const Coefficients& c = coefficients(int_timesteps_[static_cast<size_t>(index)]);
+    const Coefficients& c = coefficients(timestep_at(index));
     // "predicted x_0" and epsilon, formula (12) of the DDIM paper
     Tensor pred_original_sample, pred_epsilon;
     switch (prediction_type_) {
@@ -102,7 +94,6 @@ class DdimScheduler final : public SchedulerBase {
   Spacing spacing_;
   int64_t steps_offset_;
   double eta_;
-  std::vector<int64_t> int_timesteps_;
   std::map<int64_t, Coefficients> coefficients_;
 };
 

@@ -7,10 +7,10 @@ namespace taiyi::schedulers {
 
 namespace {
 
-class DdpmScheduler final : public SchedulerBase {
+class DdpmScheduler final : public AlphasSchedulerBase {
  public:
   explicit DdpmScheduler(const Config& config)
-      : SchedulerBase(config, make_betas_for(config), "DDPMScheduler"),
+      : AlphasSchedulerBase(config, make_betas_for(config), "DDPMScheduler"),
         variance_type_(config.get_string("variance_type", "fixed_small")),
         clipping_(config, /*default_clip=*/true),
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/true)),
@@ -19,47 +19,28 @@ class DdpmScheduler final : public SchedulerBase {
     if (variance_type_ != "fixed_small" && variance_type_ != "fixed_small_log" && variance_type_ != "fixed_large" &&
         variance_type_ != "fixed_large_log")
       config.unsupported("variance_type", "fixed_small, fixed_small_log, fixed_large or fixed_large_log");
+    set_alpha_to_one(true);  // DDPM's alphas_cumprod before the first timestep is its self.one
   }
 
   void set_timesteps(int64_t num_inference_steps) override {
     check_num_inference_steps(num_inference_steps);
     num_inference_steps_ = num_inference_steps;
-    int_timesteps_ = spaced_timesteps(spacing_, num_train_timesteps_, num_inference_steps, steps_offset_);
-    std::reverse(int_timesteps_.begin(), int_timesteps_.end());
-    timesteps_.assign(int_timesteps_.begin(), int_timesteps_.end());
-    check_timesteps_in_range();
-  }
-
-  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override {
-    check_index(index);
-    return add_noise_alphas(original, noise, int_timesteps_[static_cast<size_t>(index)]);
+    set_spaced_timesteps(spacing_, num_inference_steps, steps_offset_);
   }
 
   Tensor step(const Tensor& model_output, int64_t index, const Tensor& sample,
               const std::vector<torch::Generator>& generators) override {
     check_step_inputs(model_output, sample, index);
-    const int64_t t = int_timesteps_[static_cast<size_t>(index)];
+    const int64_t t = timestep_at(index);
     const int64_t prev_t = previous_timestep(index);
-    const Tensor one = scalar_f32(1.0);
     const Tensor alpha_prod_t = alpha_prod(t);
-    const Tensor alpha_prod_t_prev = prev_t >= 0 ? alpha_prod(prev_t) : one;
+    const Tensor alpha_prod_t_prev = alpha_prod_prev(prev_t);
     const Tensor beta_prod_t = at::rsub(alpha_prod_t, 1);
     const Tensor beta_prod_t_prev = at::rsub(alpha_prod_t_prev, 1);
     const Tensor current_alpha_t = at::div(alpha_prod_t, alpha_prod_t_prev);
     const Tensor current_beta_t = at::rsub(current_alpha_t, 1);
-    Tensor pred_original_sample;
-    switch (prediction_type_) {
-      case PredictionType::Epsilon:
-        pred_original_sample = at::div(at::sub(sample, at::mul(beta_prod_t.pow(0.5), model_output)), alpha_prod_t.pow(0.5));
-        break;
-      case PredictionType::Sample:
-        pred_original_sample = model_output;
-        break;
-      case PredictionType::VPrediction:
-        pred_original_sample = at::sub(at::mul(alpha_prod_t.pow(0.5), sample), at::mul(beta_prod_t.pow(0.5), model_output));
-        break;
-    }
-    pred_original_sample = clipping_.apply(pred_original_sample);
+    const Tensor pred_original_sample =
+        clipping_.apply(predict_original(prediction_type_, model_output, sample, alpha_prod_t, beta_prod_t));
     // formula (7) of the DDPM paper
     const Tensor pred_original_sample_coeff = at::div(at::mul(alpha_prod_t_prev.pow(0.5), current_beta_t), beta_prod_t);
     const Tensor current_sample_coeff = at::div(at::mul(current_alpha_t.pow(0.5), beta_prod_t_prev), beta_prod_t);
@@ -78,13 +59,13 @@ class DdpmScheduler final : public SchedulerBase {
 
  private:
   int64_t previous_timestep(int64_t index) const {
-    return index + 1 == static_cast<int64_t>(int_timesteps_.size()) ? -1 : int_timesteps_[static_cast<size_t>(index + 1)];
+    return index + 1 == static_cast<int64_t>(timesteps_.size()) ? -1 : timestep_at(index + 1);
   }
 
   // _get_variance: formula (6) and (7) of the DDPM paper.
   Tensor get_variance(int64_t t, int64_t prev_t) const {
     const Tensor alpha_prod_t = alpha_prod(t);
-    const Tensor alpha_prod_t_prev = prev_t >= 0 ? alpha_prod(prev_t) : scalar_f32(1.0);
+    const Tensor alpha_prod_t_prev = alpha_prod_prev(prev_t);
     const Tensor current_beta_t = at::rsub(at::div(alpha_prod_t, alpha_prod_t_prev), 1);
     Tensor variance = at::mul(at::div(at::rsub(alpha_prod_t_prev, 1), at::rsub(alpha_prod_t, 1)), current_beta_t);
     variance = at::clamp(variance, 1e-20);
@@ -99,7 +80,6 @@ class DdpmScheduler final : public SchedulerBase {
   PredictionType prediction_type_;
   Spacing spacing_;
   int64_t steps_offset_;
-  std::vector<int64_t> int_timesteps_;
 };
 
 }  // namespace

@@ -79,7 +79,7 @@ MultistepSchedulerBase::MultistepSchedulerBase(const Config& config, const std::
       last_sigma_from_schedule_(last_sigma_from_schedule) {
   for (const char* key : {"use_flow_sigmas", "use_dynamic_shifting"})
     if (config.get_bool(key, false)) config.unsupported(key, "false");
-  if (config.get_bool("rescale_betas_zero_snr", false)) alphas_cumprod_[-1].fill_(std::ldexp(1.0, -24));
+  if (config.get_bool("rescale_betas_zero_snr", false)) zero_snr_last_cumprod();
   sigmas_ = scalar_f32(0).unsqueeze(0);
 }
 

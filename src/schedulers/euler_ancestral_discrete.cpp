@@ -11,9 +11,7 @@ class EulerAncestralDiscreteScheduler final : public SigmaSchedulerBase {
   explicit EulerAncestralDiscreteScheduler(const Config& config)
       : SigmaSchedulerBase(config, make_betas_for(config), "EulerAncestralDiscreteScheduler"),
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/false)) {
-    read_spacing(config, "linspace");
     if (config.get_bool("rescale_betas_zero_snr", false)) zero_snr_last_cumprod();
-    sigmas_ = sigmas_tensor({}, 0);
   }
 
   void set_timesteps(int64_t num_inference_steps) override {

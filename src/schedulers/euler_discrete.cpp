@@ -13,7 +13,6 @@ class EulerDiscreteScheduler final : public SigmaSchedulerBase {
       : SigmaSchedulerBase(config, make_betas_for(config), "EulerDiscreteScheduler"),
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/true)),
         schedule_(read_sigma_schedule(config)) {
-    read_spacing(config, "linspace");
     if (config.get_string("interpolation_type", "linear") != "linear")
       config.unsupported("interpolation_type", "linear");
     if (config.get_string("timestep_type", "discrete") != "discrete") config.unsupported("timestep_type", "discrete");
@@ -21,7 +20,6 @@ class EulerDiscreteScheduler final : public SigmaSchedulerBase {
     if (final_type != "zero" && final_type != "sigma_min") config.unsupported("final_sigmas_type", "zero or sigma_min");
     final_sigma_min_ = final_type == "sigma_min";
     if (config.get_bool("rescale_betas_zero_snr", false)) zero_snr_last_cumprod();
-    sigmas_ = sigmas_tensor({}, 0);  // until set_timesteps
   }
 
   void set_timesteps(int64_t num_inference_steps) override {

@@ -14,10 +14,7 @@ class HeunDiscreteScheduler final : public SigmaSchedulerBase {
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/true)),
         schedule_(read_sigma_schedule(config)),
         clip_sample_(config.get_bool("clip_sample", false)),
-        clip_sample_range_(config.get_double("clip_sample_range", 1.0)) {
-    read_spacing(config, "linspace");
-    sigmas_ = sigmas_tensor({}, 0);
-  }
+        clip_sample_range_(config.get_double("clip_sample_range", 1.0)) {}
 
   int64_t order() const override { return 2; }
 

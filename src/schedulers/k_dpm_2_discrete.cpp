@@ -14,10 +14,7 @@ class KDpm2Scheduler final : public SigmaSchedulerBase {
                            ancestral ? "KDPM2AncestralDiscreteScheduler" : "KDPM2DiscreteScheduler"),
         ancestral_(ancestral),
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/false)),
-        schedule_(read_sigma_schedule(config)) {
-    read_spacing(config, "linspace");
-    sigmas_ = sigmas_tensor({}, 0);
-  }
+        schedule_(read_sigma_schedule(config)) {}
 
   int64_t order() const override { return 2; }
 

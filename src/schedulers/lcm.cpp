@@ -7,10 +7,10 @@ namespace taiyi::schedulers {
 
 namespace {
 
-class LcmScheduler final : public SchedulerBase {
+class LcmScheduler final : public AlphasSchedulerBase {
  public:
   explicit LcmScheduler(const Config& config)
-      : SchedulerBase(config, make_betas_for(config, 0.00085, 0.012, "scaled_linear"), "LCMScheduler"),
+      : AlphasSchedulerBase(config, make_betas_for(config, 0.00085, 0.012, "scaled_linear"), "LCMScheduler"),
         original_inference_steps_(config.get_int("original_inference_steps", 50)),
         clipping_(config, /*default_clip=*/false),
         timestep_scaling_(config.get_double("timestep_scaling", 10.0)),
@@ -28,24 +28,18 @@ class LcmScheduler final : public SchedulerBase {
     const int64_t k = num_train_timesteps_ / original_steps;
     std::vector<int64_t> origin;  // range(1, original_steps + 1) * k - 1, reversed
     for (int64_t i = original_steps; i >= 1; --i) origin.push_back(i * k - 1);
-    int_timesteps_.clear();
+    std::vector<int64_t> timesteps;
     const double step = static_cast<double>(origin.size()) / static_cast<double>(num_inference_steps);
     for (int64_t i = 0; i < num_inference_steps; ++i)  // np.floor(np.linspace(0, len, n, endpoint=False))
-      int_timesteps_.push_back(origin[static_cast<size_t>(std::floor(static_cast<double>(i) * step))]);
-    timesteps_.assign(int_timesteps_.begin(), int_timesteps_.end());
-  }
-
-  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override {
-    check_index(index);
-    return add_noise_alphas(original, noise, int_timesteps_[static_cast<size_t>(index)]);
+      timesteps.push_back(origin[static_cast<size_t>(std::floor(static_cast<double>(i) * step))]);
+    set_integer_timesteps(std::move(timesteps));
   }
 
   Tensor step(const Tensor& model_output, int64_t index, const Tensor& sample,
               const std::vector<torch::Generator>& generators) override {
     check_step_inputs(model_output, sample, index);
-    const int64_t timestep = int_timesteps_[static_cast<size_t>(index)];
-    const int64_t prev_timestep =
-        index + 1 < static_cast<int64_t>(int_timesteps_.size()) ? int_timesteps_[static_cast<size_t>(index + 1)] : timestep;
+    const int64_t timestep = timestep_at(index);
+    const int64_t prev_timestep = index + 1 < static_cast<int64_t>(timesteps_.size()) ? timestep_at(index + 1) : timestep;
     const Tensor alpha_prod_t = alpha_prod(timestep);
     const Tensor alpha_prod_t_prev = alpha_prod_prev(prev_timestep);
     const Tensor beta_prod_t = at::rsub(alpha_prod_t, 1);
@@ -55,19 +49,8 @@ class LcmScheduler final : public SchedulerBase {
     const Tensor denominator = at::add(scaled_timestep.pow(2), 0.25);
     const Tensor c_skip = at::mul(at::reciprocal(denominator), 0.25);  // sigma_data ** 2 / (...)
     const Tensor c_out = at::div(scaled_timestep, denominator.pow(0.5));
-    Tensor predicted_original_sample;
-    switch (prediction_type_) {
-      case PredictionType::Epsilon:
-        predicted_original_sample = at::div(at::sub(sample, at::mul(beta_prod_t.sqrt(), model_output)), alpha_prod_t.sqrt());
-        break;
-      case PredictionType::Sample:
-        predicted_original_sample = model_output;
-        break;
-      case PredictionType::VPrediction:
-        predicted_original_sample = at::sub(at::mul(alpha_prod_t.sqrt(), sample), at::mul(beta_prod_t.sqrt(), model_output));
-        break;
-    }
-    predicted_original_sample = clipping_.apply(predicted_original_sample);
+    const Tensor predicted_original_sample =
+        clipping_.apply(predict_original(prediction_type_, model_output, sample, alpha_prod_t, beta_prod_t));
     const Tensor denoised = at::add(at::mul(c_out, predicted_original_sample), at::mul(c_skip, sample));
     if (index == num_inference_steps_ - 1) return denoised;
     const Tensor noise = randn_tensor(model_output.sizes(), denoised.scalar_type(), model_output.device(), generators);
@@ -79,7 +62,6 @@ class LcmScheduler final : public SchedulerBase {
   SampleClipping clipping_;
   double timestep_scaling_;
   PredictionType prediction_type_;
-  std::vector<int64_t> int_timesteps_;
 };
 
 }  // namespace

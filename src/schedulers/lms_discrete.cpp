@@ -52,10 +52,7 @@ class LmsDiscreteScheduler final : public SigmaSchedulerBase {
   explicit LmsDiscreteScheduler(const Config& config)
       : SigmaSchedulerBase(config, make_betas(config, config.get_int("num_train_timesteps", 1000)), "LMSDiscreteScheduler"),
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/true)),
-        schedule_(read_sigma_schedule(config)) {
-    read_spacing(config, "linspace");
-    sigmas_ = sigmas_tensor({}, 0);
-  }
+        schedule_(read_sigma_schedule(config)) {}
 
   void set_timesteps(int64_t num_inference_steps) override {
     check_num_inference_steps(num_inference_steps);

@@ -13,10 +13,10 @@ namespace {
 
 // ---- PNDM ----
 
-class PndmScheduler final : public SchedulerBase {
+class PndmScheduler final : public AlphasSchedulerBase {
  public:
   explicit PndmScheduler(const Config& config)
-      : SchedulerBase(config, make_betas(config, config.get_int("num_train_timesteps", 1000)), "PNDMScheduler"),
+      : AlphasSchedulerBase(config, make_betas(config, config.get_int("num_train_timesteps", 1000)), "PNDMScheduler"),
         skip_prk_steps_(config.get_bool("skip_prk_steps", false)),
         prediction_type_(read_prediction_type(config, /*sample_allowed=*/false)),
         spacing_(read_spacing(config)),
@@ -26,19 +26,13 @@ class PndmScheduler final : public SchedulerBase {
 
   std::string name() const override { return "PNDM"; }
 
-  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override {
-    check_index(index);
-    return add_noise_alphas(original, noise, int_timesteps_[static_cast<size_t>(index)]);
-  }
-
   void set_timesteps(int64_t num_inference_steps) override {
     check_num_inference_steps(num_inference_steps);
     num_inference_steps_ = num_inference_steps;
     const std::vector<int64_t> base =
         spaced_timesteps(spacing_, num_train_timesteps_, num_inference_steps, steps_offset_);
     prk_timesteps_.clear();
-    std::vector<int64_t>& ts = int_timesteps_;
-    ts.clear();
+    std::vector<int64_t> ts;
     if (skip_prk_steps_) {
       // PLMS: base[:-1], base[-2:-1], base[-1:], reversed: the second timestep runs twice.
       ts.assign(base.begin(), base.end() - 1);
@@ -64,7 +58,7 @@ class PndmScheduler final : public SchedulerBase {
       ts = prk_timesteps_;
       ts.insert(ts.end(), base.rbegin() + 3, base.rend());
     }
-    timesteps_.assign(ts.begin(), ts.end());
+    set_integer_timesteps(ts);
     check_timesteps_in_range();
     ets_.clear();
     counter_ = 0;
@@ -78,7 +72,7 @@ class PndmScheduler final : public SchedulerBase {
   Tensor step(const Tensor& model_output, int64_t index, const Tensor& sample,
               const std::vector<torch::Generator>& /*generators: PNDM is deterministic*/) override {
     check_step_inputs(model_output, sample, index);
-    const auto [t, prev_t] = step_timesteps(counter_, int_timesteps_[static_cast<size_t>(index)]);
+    const auto [t, prev_t] = step_timesteps(counter_, timestep_at(index));
     const Coefficients& c = coefficients({t, prev_t});
     Tensor prev_sample = in_prk_phase() ? step_prk(model_output, sample, c) : step_plms(model_output, sample, c);
     ++counter_;
@@ -197,7 +191,6 @@ class PndmScheduler final : public SchedulerBase {
   Spacing spacing_;
   int64_t steps_offset_;
 
-  std::vector<int64_t> int_timesteps_;
   std::vector<int64_t> prk_timesteps_;
   int64_t counter_ = 0;
   std::vector<Tensor> ets_;   // the last epsilons, oldest first (at most 4)

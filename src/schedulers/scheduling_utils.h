@@ -174,7 +174,11 @@ class SchedulerBase : public Scheduler {
     return at::add(at::mul(a.pow(0.5), original), at::mul(at::rsub(a, 1).pow(0.5), noise));
   }
 
-  // alphas_cumprod[prev_t] if prev_t >= 0 else final_alpha_cumprod (DDIM, PNDM, LCM).
+  // rescale_betas_zero_snr of the sigma and multistep samplers: alphas_cumprod[-1] = 2**-24 so that the
+  // last sigma stays finite.
+  void zero_snr_last_cumprod() { alphas_cumprod_[-1].fill_(std::ldexp(1.0, -24)); }
+
+  // alphas_cumprod[prev_t] if prev_t >= 0 else final_alpha_cumprod (DDIM, PNDM, LCM; DDPM's is 1).
   Tensor alpha_prod_prev(int64_t prev_t) const { return prev_t >= 0 ? alpha_prod(prev_t) : final_alpha_cumprod_; }
   void set_alpha_to_one(bool one) { final_alpha_cumprod_ = one ? scalar_f32(1.0) : alphas_cumprod_[0]; }
 
@@ -186,11 +190,55 @@ class SchedulerBase : public Scheduler {
   int64_t num_inference_steps_ = 0;
 };
 
+// The samplers on integer timesteps and alphas_cumprod (PNDM, DDIM, DDPM, LCM): their timesteps and
+// add_noise.
+class AlphasSchedulerBase : public SchedulerBase {
+ public:
+  using SchedulerBase::SchedulerBase;
+  Tensor add_noise(const Tensor& original, const Tensor& noise, int64_t index) const override {
+    check_index(index);
+    return add_noise_alphas(original, noise, timestep_at(index));
+  }
+
+ protected:
+  int64_t timestep_at(int64_t index) const { return int_timesteps_[static_cast<size_t>(index)]; }
+  void set_integer_timesteps(std::vector<int64_t> timesteps) {
+    int_timesteps_ = std::move(timesteps);
+    timesteps_.assign(int_timesteps_.begin(), int_timesteps_.end());
+  }
+  // The spaced timesteps in descending order (DDIM, DDPM), checked against num_train_timesteps.
+  void set_spaced_timesteps(Spacing spacing, int64_t num_inference_steps, int64_t steps_offset) {
+    std::vector<int64_t> timesteps = spaced_timesteps(spacing, num_train_timesteps_, num_inference_steps, steps_offset);
+    std::reverse(timesteps.begin(), timesteps.end());
+    set_integer_timesteps(std::move(timesteps));
+    check_timesteps_in_range();
+  }
+  // x0 from the model output (epsilon, sample or v) as DDPM and LCM compute it; `** 0.5` and `.sqrt()`
+  // are the same kernel.
+  static Tensor predict_original(PredictionType type, const Tensor& model_output, const Tensor& sample,
+                                 const Tensor& alpha_prod_t, const Tensor& beta_prod_t) {
+    switch (type) {
+      case PredictionType::Epsilon:
+        return at::div(at::sub(sample, at::mul(beta_prod_t.pow(0.5), model_output)), alpha_prod_t.pow(0.5));
+      case PredictionType::VPrediction:
+        return at::sub(at::mul(alpha_prod_t.pow(0.5), sample), at::mul(beta_prod_t.pow(0.5), model_output));
+      case PredictionType::Sample:
+        break;
+    }
+    return model_output;
+  }
+
+  std::vector<int64_t> int_timesteps_;
+};
+
 // The sigma-based samplers of k-diffusion's family (Euler, Euler a, Heun, DPM2, DPM2 a, LMS): their
 // sigmas, timesteps, scale_model_input and add_noise.
 class SigmaSchedulerBase : public SchedulerBase {
  public:
-  using SchedulerBase::SchedulerBase;
+  SigmaSchedulerBase(const Config& config, const Tensor& betas, const std::string& class_name)
+      : SchedulerBase(config, betas, class_name), sigmas_(sigmas_tensor({}, 0)) {
+    read_spacing(config, "linspace");  // an unknown timestep_spacing fails here, not at set_timesteps
+  }
   Tensor scale_model_input(const Tensor& sample, int64_t index) const override;
   Tensor init_noise_sigma() const override { return init_noise_sigma_; }
   Tensor sigmas() const override { return sigmas_; }
@@ -216,9 +264,6 @@ class SigmaSchedulerBase : public SchedulerBase {
   // pred_original_sample of the k-diffusion ports for sigma_input.
   static Tensor predict_original(PredictionType type, const Tensor& model_output, const Tensor& sample,
                                  const Tensor& sigma);
-  // rescale_betas_zero_snr: alphas_cumprod[-1] = 2**-24 so that the last sigma stays finite.
-  void zero_snr_last_cumprod() { alphas_cumprod_[-1].fill_(std::ldexp(1.0, -24)); }
-
   Tensor sigmas_;  // float32 CPU, one per timestep plus the final one
   Tensor init_noise_sigma_ = scalar_f32(1.0);
 };
