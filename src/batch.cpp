@@ -29,12 +29,12 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   if (!j.is_object()) throw Error(where + ": expected a JSON object with a \"prompt\"");
   static const char* known[] = {"prompt", "negative_prompt", "seed",     "steps",      "cfg_scale", "width",
                                 "height", "output",          "sampler",  "schedule",   "init_image", "strength",
-                                "mask"};
+                                "mask",   "clip_skip"};
   for (const auto& item : j.items()) {
     if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known))
       throw Error(where + ": unknown key \"" + item.key() +
                   "\" (expected prompt, negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, "
-                  "init_image, strength, mask)");
+                  "init_image, strength, mask, clip_skip)");
   }
   auto get_string = [&](const char* key) -> std::optional<std::string> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
@@ -66,6 +66,9 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   job.schedule = get_string("schedule");
   job.init_image = get_string("init_image");
   job.mask = get_string("mask");
+  job.clip_skip = get_int("clip_skip");
+  if (job.clip_skip && *job.clip_skip < 1)
+    throw Error(where + ": \"clip_skip\" " + j["clip_skip"].dump() + ": must be at least 1 (1: the last layer)");
   if (j.contains("strength") && !j["strength"].is_null()) {
     if (!j["strength"].is_number()) throw Error(where + ": \"strength\" must be a number, got " + j["strength"].dump());
     job.strength = j["strength"].get<double>();

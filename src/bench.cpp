@@ -23,9 +23,6 @@ using Json = nlohmann::json;
 
 namespace {
 
-// The prompt of every benchmark run: a CLIP prompt of a dozen tokens (BERT tokenizes it too).
-const char* kPrompt = "小桥流水人家，Van Gogh style";
-
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -57,6 +54,7 @@ void check_options(const BenchOptions& o) {
   if (o.steps < 1) throw Error("bench: --steps " + std::to_string(o.steps) + ": must be at least 1");
   if (o.warmup < 0) throw Error("bench: --warmup " + std::to_string(o.warmup) + ": must not be negative");
   if (o.repeat < 1) throw Error("bench: --repeat " + std::to_string(o.repeat) + ": must be at least 1");
+  if (o.prompts.empty()) throw Error("bench: --prompt needs at least one prompt");
 }
 
 std::string format(const char* pattern, double value) {
@@ -117,74 +115,107 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
 
     for (int64_t batch : o.batch_sizes) {
       for (int64_t resolution : o.resolutions) {
-        GenerationRequest request;
-        request.prompt = kPrompt;
-        request.steps = o.steps;
-        request.cfg_scale = o.cfg_scale;
-        request.seed = 0;
-        request.width = resolution;
-        request.height = resolution;
-        request.count = batch;
-        request = pipe.complete(request);  // fills the default size, Error for a bad one
-        const std::string label = precision_name + " batch " + std::to_string(batch) + " " +
-                                  std::to_string(request.width) + "x" + std::to_string(request.height);
+        // One request per prompt; the timed runs alternate between them, so a slow spell of the machine
+        // falls on every prompt alike.
+        std::vector<GenerationRequest> requests;
+        std::vector<std::string> labels;
+        for (const std::string& prompt : o.prompts) {
+          GenerationRequest request;
+          request.prompt = prompt;
+          request.steps = o.steps;
+          request.cfg_scale = o.cfg_scale;
+          request.seed = 0;
+          request.width = resolution;
+          request.height = resolution;
+          request.count = batch;
+          request = pipe.complete(request);  // fills the default size, Error for a bad one
+          pipe.validate(request);
+          requests.push_back(request);
+          std::string label = precision_name + " batch " + std::to_string(batch) + " " + std::to_string(request.width) +
+                              "x" + std::to_string(request.height);
+          if (o.prompts.size() > 1) label += " prompt " + std::to_string(requests.size());
+          labels.push_back(label);
+        }
 
         // The peak covers the weights (still allocated) and the largest generation of this configuration.
         reset_gpu_peak(device);
         for (int64_t i = 0; i < o.warmup; ++i) {
-          say("bench: " + label + ": warm-up " + std::to_string(i + 1) + "/" + std::to_string(o.warmup));
-          pipe.generate(request);
+          for (size_t k = 0; k < requests.size(); ++k) {
+            say("bench: " + labels[k] + ": warm-up " + std::to_string(i + 1) + "/" + std::to_string(o.warmup));
+            pipe.generate(requests[k]);
+          }
         }
-        const StageTimes before = pipe.times();
-        const double cpu_before = cpu_seconds();
-        std::vector<double> walls;
+        struct Totals {
+          StageTimes stages;
+          double cpu_s = 0;
+          std::vector<double> walls;
+        };
+        std::vector<Totals> totals(requests.size());
         for (int64_t i = 0; i < o.repeat; ++i) {
-          auto start = std::chrono::steady_clock::now();
-          pipe.generate(request);
-          walls.push_back(seconds_since(start));
-          say("bench: " + label + ": run " + std::to_string(i + 1) + "/" + std::to_string(o.repeat) + " " +
-              format("%.3f", walls.back()) + " s");
+          for (size_t k = 0; k < requests.size(); ++k) {
+            const StageTimes before = pipe.times();
+            const double cpu_before = cpu_seconds();
+            auto start = std::chrono::steady_clock::now();
+            pipe.generate(requests[k]);
+            totals[k].walls.push_back(seconds_since(start));
+            totals[k].cpu_s += cpu_seconds() - cpu_before;
+            const StageTimes& after = pipe.times();
+            totals[k].stages.encode += after.encode - before.encode;
+            totals[k].stages.denoise += after.denoise - before.denoise;
+            totals[k].stages.decode += after.decode - before.decode;
+            totals[k].stages.unet_calls += after.unet_calls - before.unet_calls;
+            say("bench: " + labels[k] + ": run " + std::to_string(i + 1) + "/" + std::to_string(o.repeat) + " " +
+                format("%.3f", totals[k].walls.back()) + " s");
+          }
         }
-        const StageTimes after = pipe.times();
-        const double runs = static_cast<double>(o.repeat);
-        const double run_cpu_s = (cpu_seconds() - cpu_before) / runs;
-        const int64_t unet_calls = after.unet_calls - before.unet_calls;
-        const double denoise_s = (after.denoise - before.denoise) / runs;
-        const double unet_step_s = unet_calls ? (after.denoise - before.denoise) / unet_calls : 0.0;
-        double wall_s = 0;
-        for (double w : walls) wall_s += w;
-        wall_s /= runs;
-        std::vector<double> sorted = walls;
-        std::sort(sorted.begin(), sorted.end());
         const auto [peak_allocated, peak_reserved] = gpu_peak_mb(device);
+        for (size_t k = 0; k < requests.size(); ++k) {
+          const GenerationRequest& request = requests[k];
+          const Totals& t = totals[k];
+          const double runs = static_cast<double>(o.repeat);
+          const int64_t unet_calls = t.stages.unet_calls;
+          const double unet_step_s = unet_calls ? t.stages.denoise / unet_calls : 0.0;
+          double wall_s = 0;
+          for (double w : t.walls) wall_s += w;
+          wall_s /= runs;
+          std::vector<double> sorted = t.walls;
+          std::sort(sorted.begin(), sorted.end());
+          const size_t n = sorted.size();
+          const double median = n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+          const int64_t chunks = pipe.context_chunks(request);
 
-        Json result = {{"precision", precision_name},
-                       {"batch_size", batch},
-                       {"width", request.width},
-                       {"height", request.height},
-                       {"steps", o.steps},
-                       {"unet_calls_per_run", unet_calls / o.repeat},
-                       {"load_s", load_s},
-                       {"encode_s", (after.encode - before.encode) / runs},
-                       {"denoise_s", denoise_s},
-                       {"unet_step_s", unet_step_s},
-                       {"it_per_s", unet_step_s > 0 ? 1.0 / unet_step_s : 0.0},
-                       {"decode_s", (after.decode - before.decode) / runs},
-                       {"run_s", wall_s},
-                       {"run_min_s", sorted.front()},
-                       {"run_max_s", sorted.back()},
-                       {"run_cpu_s", run_cpu_s},
-                       {"s_per_image", wall_s / batch},
-                       {"images_per_s", batch / wall_s},
-                       {"peak_rss_mb", peak_rss_mb()}};
-        if (device.is_cuda()) {  // absent on the CPU, where the RSS is the memory figure
-          result["peak_gpu_mb"] = peak_allocated;
-          result["peak_gpu_reserved_mb"] = peak_reserved;
-          result["load_peak_gpu_mb"] = load_peak_gpu_mb;
+          Json result = {{"precision", precision_name},
+                         {"batch_size", batch},
+                         {"width", request.width},
+                         {"height", request.height},
+                         {"steps", o.steps},
+                         {"prompt", request.prompt},
+                         {"prompt_chunks", chunks},
+                         {"context_tokens", chunks * static_cast<int64_t>(pipe.tokenizer().max_length())},
+                         {"unet_calls_per_run", unet_calls / o.repeat},
+                         {"load_s", load_s},
+                         {"encode_s", t.stages.encode / runs},
+                         {"denoise_s", t.stages.denoise / runs},
+                         {"unet_step_s", unet_step_s},
+                         {"it_per_s", unet_step_s > 0 ? 1.0 / unet_step_s : 0.0},
+                         {"decode_s", t.stages.decode / runs},
+                         {"run_s", wall_s},
+                         {"run_median_s", median},
+                         {"run_min_s", sorted.front()},
+                         {"run_max_s", sorted.back()},
+                         {"run_cpu_s", t.cpu_s / runs},
+                         {"s_per_image", wall_s / batch},
+                         {"images_per_s", batch / wall_s},
+                         {"peak_rss_mb", peak_rss_mb()}};
+          if (device.is_cuda()) {  // absent on the CPU, where the RSS is the memory figure
+            result["peak_gpu_mb"] = peak_allocated;
+            result["peak_gpu_reserved_mb"] = peak_reserved;
+            result["load_peak_gpu_mb"] = load_peak_gpu_mb;
+          }
+          say("bench: " + labels[k] + ": " + format("%.3f", wall_s) + " s per run, " +
+              format("%.2f", result["it_per_s"].get<double>()) + " it/s");
+          out["results"].push_back(result);
         }
-        say("bench: " + label + ": " + format("%.3f", wall_s) + " s per run, " + format("%.2f", result["it_per_s"].get<double>()) +
-            " it/s");
-        out["results"].push_back(result);
       }
     }
   }
@@ -199,7 +230,8 @@ std::string format_bench_table(const Json& bench) {
   };
   const std::vector<Column> columns = {
       {"precision", "precision", nullptr}, {"batch", "batch_size", "%.0f"},   {"size", "", nullptr},
-      {"steps", "steps", "%.0f"},          {"load s", "load_s", "%.2f"},      {"text s", "encode_s", "%.3f"},
+      {"steps", "steps", "%.0f"},          {"chunks", "prompt_chunks", "%.0f"}, {"load s", "load_s", "%.2f"},
+      {"text s", "encode_s", "%.3f"},
       {"step s", "unet_step_s", "%.4f"},   {"it/s", "it_per_s", "%.2f"},      {"decode s", "decode_s", "%.3f"},
       {"s/image", "s_per_image", "%.3f"},  {"images/s", "images_per_s", "%.3f"},
       {"GPU MB", "peak_gpu_mb", "%.0f"},   {"RSS MB", "peak_rss_mb", "%.0f"},

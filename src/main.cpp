@@ -21,6 +21,7 @@
 #include "taiyi/image.h"
 #include "taiyi/info.h"
 #include "taiyi/pipeline.h"
+#include "taiyi/prompt_parser.h"
 
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
@@ -37,7 +38,7 @@ struct Interrupted : std::exception {};
 
 struct GenerateArgs {
   std::string prompt, prompt_option, negative_prompt, prompts_file, output, model, shard, init_image, mask;
-  int64_t steps = 50, width = 0, height = 0, num_images = 1, batch_size = 1;
+  int64_t steps = 50, width = 0, height = 0, num_images = 1, batch_size = 1, clip_skip = 1;
   double cfg_scale = 7.5, strength = 0.75;
   std::optional<uint64_t> seed;
   taiyi::PipelineOptions pipeline;
@@ -74,6 +75,7 @@ std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Ima
           std::to_string(image.height) + ", Model: " + model;
   if (!r.init_image.empty()) text += ", Denoising strength: " + format_number(r.strength);
   if (!r.mask.empty()) text += ", Mask: " + quote_parameter(fs::path(r.mask).filename().string());
+  if (r.clip_skip > 1) text += ", Clip skip: " + std::to_string(r.clip_skip);
   return text;
 }
 
@@ -146,6 +148,8 @@ int run_generate(GenerateArgs& a) {
   if (a.cfg_scale < 0) throw taiyi::Error("--cfg-scale " + format_number(a.cfg_scale) + ": must not be negative");
   if (!(a.strength > 0 && a.strength <= 1))
     throw taiyi::Error("--strength " + format_number(a.strength) + ": must be greater than 0 and at most 1");
+  if (a.clip_skip < 1)
+    throw taiyi::Error("--clip-skip " + std::to_string(a.clip_skip) + ": must be at least 1 (1: the last layer, as the web UI counts)");
   if (!a.init_image.empty() && !from_file) taiyi::image_size(a.init_image);  // a bad file fails before the model loads
   if (!a.mask.empty() && !from_file) {
     if (a.init_image.empty()) throw taiyi::Error("--mask needs an init image to inpaint (-i FILE)");
@@ -195,6 +199,7 @@ int run_generate(GenerateArgs& a) {
     // A line's init_image is relative to the prompt file's folder; -i applies to lines without one.
     job.request.init_image = p.init_image ? (fs::path(a.prompts_file).parent_path() / *p.init_image).string() : a.init_image;
     job.request.strength = p.strength.value_or(a.strength);
+    job.request.clip_skip = p.clip_skip.value_or(a.clip_skip);
     job.request.mask = p.mask ? (fs::path(a.prompts_file).parent_path() / *p.mask).string() : a.mask;
     for (int64_t i = 0; i < a.num_images; ++i) {
       taiyi::NameFields fields{job.request.seed + static_cast<uint64_t>(i), i, p.line, index++};
@@ -254,16 +259,26 @@ int run_generate(GenerateArgs& a) {
       interrupted = true;
       break;
     }
-    // A batch: consecutive jobs that share steps, scale and size, up to --batch-size images.
+    // A batch: consecutive jobs that share steps, scale, size, sampler and context length (prompt
+    // chunks), up to --batch-size images. A prompt that cannot be tokenized runs alone (and fails alone).
+    auto context_chunks = [&](const taiyi::GenerationRequest& r) -> int64_t {
+      try {
+        return pipe.context_chunks(r);
+      } catch (const taiyi::Error&) {
+        return -1;
+      }
+    };
     std::vector<size_t> members{next};
     int64_t images = todo[next].request.count;
+    const int64_t first_chunks = a.batch_size > images ? context_chunks(todo[next].request) : 0;
     size_t scan = next + 1;
     while (scan < todo.size() && images + todo[scan].request.count <= a.batch_size) {
       const auto& f = todo[next].request;
       const auto& r = todo[scan].request;
       if (r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height ||
           r.sampler != f.sampler || r.schedule != f.schedule || r.init_image.empty() != f.init_image.empty() ||
-          r.strength != f.strength || r.mask.empty() != f.mask.empty())
+          r.strength != f.strength || r.mask.empty() != f.mask.empty() || first_chunks < 0 ||
+          context_chunks(r) != first_chunks)
         break;
       members.push_back(scan);
       images += r.count;
@@ -301,6 +316,7 @@ int run_generate(GenerateArgs& a) {
                          {"init_image", r.init_image.empty() ? Json() : Json(r.init_image)},
                          {"strength", r.init_image.empty() ? Json() : Json(r.strength)},
                          {"mask", r.mask.empty() ? Json() : Json(r.mask)},
+                         {"clip_skip", r.clip_skip},
                          {"model", model_name},        {"line", job.line},
                          {"device", pipe.device().str()}, {"precision", precision_name}, {"tf32", tf32_used},
                          {"vae_precision", taiyi::precision_name(pipe.vae_dtype())}};
@@ -358,27 +374,53 @@ void add_model_option(CLI::App* app, std::string& model) {
                                            default_model() + ")");
 }
 
+// The chunks the model sees (include/taiyi/prompt_parser.h): per chunk why it ended, per token its
+// id, string and weight.
 int run_tokenize(const std::string& model, const std::string& prompt, bool json) {
   taiyi::ModelFolder folder = taiyi::ModelFolder::open(model);
   auto tokenizer = taiyi::load_tokenizer(folder);
-  taiyi::Encoding e = tokenizer->encode(prompt);
+  const taiyi::TokenizedPrompt t = taiyi::tokenize_prompt(*tokenizer, prompt);
+  const size_t chunk_length = tokenizer->max_length() - 2;
   if (json) {
-    std::cout << Json{{"tokenizer", tokenizer->kind()}, {"max_length", tokenizer->max_length()}, {"ids", e.ids},
-                      {"tokens", e.tokens}, {"content_tokens", e.content_tokens}, {"kept_tokens", e.kept_tokens},
-                      {"truncated", e.truncated()}}
+    Json chunks = Json::array();
+    for (const taiyi::PromptChunk& c : t.chunks)
+      chunks.push_back({{"content_tokens", c.content_tokens}, {"cut", taiyi::chunk_cut_name(c.cut)}, {"ids", c.ids},
+                        {"tokens", c.tokens}, {"weights", c.weights}});
+    std::cout << Json{{"tokenizer", tokenizer->kind()}, {"max_length", tokenizer->max_length()},
+                      {"chunk_length", chunk_length}, {"content_tokens", t.content_tokens}, {"weighted", t.weighted},
+                      {"context_tokens", t.chunks.size() * tokenizer->max_length()}, {"chunks", chunks}}
                      .dump()
               << "\n";
-  } else {
-    std::cout << tokenizer->kind() << ": " << e.content_tokens << " token(s) of " << tokenizer->max_length() - 2 << "\n";
-    for (size_t i = 0; i < e.ids.size(); ++i) {
-      if (i > e.kept_tokens + 1) break;  // padding: shown once
-      std::cout << i << "\t" << e.ids[i] << "\t" << e.tokens[i] << "\n";
-    }
-    if (e.ids.size() > e.kept_tokens + 2) std::cout << "... padded to " << e.ids.size() << "\n";
+    return 0;
   }
-  if (e.truncated())
-    std::cerr << "taiyi: warning: prompt truncated: " << e.content_tokens << " tokens, the model sees the first "
-              << e.kept_tokens << "\n";
+  std::cout << tokenizer->kind() << ": " << t.content_tokens << " token(s) in " << t.chunks.size() << " chunk(s) of "
+            << chunk_length << "\n";
+  auto cut_reason = [](taiyi::ChunkCut cut) -> std::string {
+    switch (cut) {
+      case taiyi::ChunkCut::End: return "the prompt's end";
+      case taiyi::ChunkCut::Break: return "BREAK";
+      case taiyi::ChunkCut::Comma: return "full, cut after its last comma";
+      case taiyi::ChunkCut::Full: return "full (no comma in its last 20 tokens)";
+    }
+    return "";
+  };
+  for (size_t k = 0; k < t.chunks.size(); ++k) {
+    const taiyi::PromptChunk& c = t.chunks[k];
+    std::cout << "chunk " << k + 1 << ": " << c.content_tokens << " token(s), ended by " << cut_reason(c.cut) << "\n";
+    const size_t shown = c.content_tokens + 2;  // specials and content; the padding once
+    for (size_t i = 0; i < c.ids.size() && i <= shown; ++i) {
+      if (i == shown) {
+        std::cout << "... padded to " << c.ids.size() << "\n";
+        break;
+      }
+      std::cout << i << "\t" << c.ids[i] << "\t" << c.tokens[i];
+      if (c.weights[i] != 1.0) std::cout << "\t" << format_number(c.weights[i]);
+      std::cout << "\n";
+    }
+  }
+  if (t.chunks.size() > 1)
+    std::cerr << "taiyi: note: " << t.chunks.size() << " chunks: the UNet attends to " << t.chunks.size() * tokenizer->max_length()
+              << " context tokens (nothing is lost)\n";
   return 0;
 }
 
@@ -406,6 +448,9 @@ int main(int argc, char** argv) {
   app.add_option("--strength", a.strength, "img2img: how much of the schedule reworks the image, 0 < S <= 1")
       ->capture_default_str();
   app.add_option("--mask", a.mask, "inpainting: the mask image, white = repaint (needs -i)");
+  app.add_option("--clip-skip", a.clip_skip,
+                 "stop the CLIP text encoder N-1 layers early, as the web UI counts (1: last layer; 2: penultimate)")
+      ->capture_default_str();
   app.add_option("--steps", a.steps, "denoising steps")->capture_default_str();
   app.add_option("-g,--cfg-scale", a.cfg_scale, "classifier-free guidance scale (<= 1: off)")->capture_default_str();
   app.add_option("-s,--seed", a.seed, "seed (default: random, printed and recorded); image i uses seed+i");
@@ -445,7 +490,7 @@ int main(int argc, char** argv) {
 
   std::string tok_model = default_model(), tok_prompt;
   bool tok_json = false;
-  CLI::App* tokenize = app.add_subcommand("tokenize", "print the token ids the model sees for a prompt");
+  CLI::App* tokenize = app.add_subcommand("tokenize", "print the chunks, token ids and weights the model sees for a prompt");
   add_model_option(tokenize, tok_model);
   tokenize->add_option("prompt", tok_prompt, "the prompt")->required();
   tokenize->add_flag("--json", tok_json, "JSON output");
@@ -469,6 +514,9 @@ int main(int argc, char** argv) {
   bench->add_option("--batch-size", bench_options.batch_sizes, "batch sizes (a list)")->delimiter(',');
   bench->add_option("--resolution", bench_options.resolutions, "square sizes in pixels (a list)")->delimiter(',');
   bench->add_option("--steps", bench_options.steps, "denoising steps")->capture_default_str();
+  bench->add_option("--prompt", bench_options.prompts,
+                    "a prompt to time (repeat the option for several: the runs alternate between them)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   bench->add_option("--sampler", bench_options.sampler, "sampler (as for generation; default: the folder's)");
   bench->add_option("--schedule", bench_options.schedule, "default, karras, exponential or beta");
   bench->add_option("--scheduler", bench_options.scheduler, "pndm or ddim (older form of --sampler)");

@@ -1,12 +1,14 @@
 // Port of diffusers' StableDiffusionPipeline.__call__ (text-to-image); see include/taiyi/pipeline.h.
 #include "taiyi/pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
 
 #include "taiyi/error.h"
 #include "taiyi/image.h"
+#include "taiyi/prompt_parser.h"
 #include "taiyi/safetensors.h"
 
 namespace taiyi {
@@ -196,6 +198,23 @@ void Pipeline::validate(const GenerationRequest& r) const {
     throw Error((folder_.root() / "unet" / "config.json").string() + ": in_channels " +
                 std::to_string(unet_->in_channels()) + ": expected " + std::to_string(vae_->latent_channels()) +
                 " or, for inpainting, " + std::to_string(2 * vae_->latent_channels() + 1));
+  if (r.clip_skip < 1 || r.clip_skip > text_encoder_->num_layers() + 1)
+    throw Error("clip skip " + std::to_string(r.clip_skip) + ": must be between 1 (the last layer) and " +
+                std::to_string(text_encoder_->num_layers() + 1) + " (this text encoder has " +
+                std::to_string(text_encoder_->num_layers()) + " layers)");
+  if (r.clip_skip > 1 && !text_encoder_->supports_clip_skip())
+    throw Error("clip skip " + std::to_string(r.clip_skip) + ": needs a CLIP text encoder; " + folder_.root().string() +
+                " has " + folder_.class_name("text_encoder"));
+  context_chunks(r);  // a prompt's syntax error or excess length is an Error naming it
+}
+
+int64_t Pipeline::prompt_chunks(const std::string& prompt) const {
+  return static_cast<int64_t>(tokenize_prompt(*tokenizer_, prompt).chunks.size());
+}
+
+int64_t Pipeline::context_chunks(const GenerationRequest& r) const {
+  const int64_t chunks = prompt_chunks(r.prompt);
+  return r.cfg_scale > 1.0 ? std::max(chunks, prompt_chunks(r.negative_prompt)) : chunks;
 }
 
 void Pipeline::say(const std::string& notice) const {
@@ -214,20 +233,41 @@ void Pipeline::load_component(torch::nn::Module& module, const std::string& comp
   }
 }
 
-torch::Tensor Pipeline::encode_prompt(const std::string& prompt) {
-  Encoding encoding = tokenizer_->encode(prompt);
-  auto ids = torch::tensor(encoding.ids, torch::kLong).unsqueeze(0).to(device_);
-  if (text_encoder_fp32_) return text_encoder_fp32_->forward(ids).to(dtype_);
-  torch::Tensor hidden = text_encoder_->forward(ids);
-  // fp16 safety: an overflow inside the encoder shows as Inf/NaN in its output (one sync per prompt,
+torch::Tensor Pipeline::encode_ids(const std::vector<int64_t>& chunk_ids, int64_t skip) {
+  auto ids = torch::tensor(chunk_ids, torch::kLong).unsqueeze(0).to(device_);
+  if (text_encoder_fp32_) return text_encoder_fp32_->forward(ids, skip).to(dtype_);
+  torch::Tensor hidden = text_encoder_->forward(ids, skip);
+  // fp16 safety: an overflow inside the encoder shows as Inf/NaN in its output (one sync per chunk,
   // outside the denoising loop). The encoder then runs in fp32 from here on.
   if (dtype_ != torch::kFloat && !torch::isfinite(hidden).all().item<bool>()) {
     say("the " + precision_name(dtype_) + " text encoder overflowed (NaN/Inf); encoding in fp32 from now on");
     text_encoder_fp32_ = make_text_encoder(folder_);
     load_component(*text_encoder_fp32_, "text_encoder", torch::kFloat, text_encoder_fp32_->ignored_checkpoint_keys());
-    hidden = text_encoder_fp32_->forward(ids).to(dtype_);
+    hidden = text_encoder_fp32_->forward(ids, skip).to(dtype_);
   }
   return hidden;
+}
+
+// The web UI's FrozenCLIPEmbedderWithCustomWords (sd_hijack_clip.py): each chunk encoded on its own;
+// a chunk with weights is multiplied token by token and rescaled to its unweighted mean (in fp32, as
+// the web UI's float32 multipliers promote it); the chunks concatenated along the sequence.
+torch::Tensor Pipeline::encode_prompt(const std::string& prompt, int64_t clip_skip) {
+  const TokenizedPrompt tokenized = tokenize_prompt(*tokenizer_, prompt);
+  std::vector<torch::Tensor> chunks;
+  for (const PromptChunk& chunk : tokenized.chunks) {
+    torch::Tensor z = encode_ids(chunk.ids, clip_skip - 1);
+    if (std::any_of(chunk.weights.begin(), chunk.weights.end(), [](double w) { return w != 1.0; })) {
+      std::vector<float> weights(chunk.weights.begin(), chunk.weights.end());
+      torch::Tensor multipliers = torch::tensor(weights).to(device_).reshape({1, -1, 1});
+      torch::Tensor z32 = z.to(torch::kFloat);
+      torch::Tensor original_mean = z32.mean();
+      z32 = z32 * multipliers;
+      torch::Tensor new_mean = z32.mean();
+      z = (z32 * (original_mean / new_mean)).to(dtype_);
+    }
+    chunks.push_back(z);
+  }
+  return chunks.size() == 1 ? chunks.front() : torch::cat(chunks, 1);
 }
 
 torch::Tensor Pipeline::initial_latents(const GenerationRequest& r, std::vector<torch::Generator>* generators) const {
@@ -458,18 +498,32 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   const bool guidance = first.cfg_scale > 1.0;
 
   auto start = std::chrono::steady_clock::now();
-  std::map<std::string, torch::Tensor> encoded;  // the same (negative) prompt is encoded once
-  auto encode = [&](const std::string& text) {
-    auto it = encoded.find(text);
-    if (it == encoded.end()) it = encoded.emplace(text, encode_prompt(text)).first;
+  std::map<std::pair<std::string, int64_t>, torch::Tensor> encoded;  // the same (negative) prompt is encoded once
+  auto encode = [&](const std::string& text, int64_t clip_skip) {
+    auto key = std::make_pair(text, clip_skip);
+    auto it = encoded.find(key);
+    if (it == encoded.end()) it = encoded.emplace(key, encode_prompt(text, clip_skip)).first;
     return it->second;
+  };
+  // The shorter of prompt and negative prompt is padded with empty chunks (the encoding of "") to
+  // the longer's length, as the web UI pads them (pad_cond).
+  auto padded = [&](const torch::Tensor& embedding, int64_t length, int64_t clip_skip) {
+    if (embedding.size(1) == length) return embedding;
+    torch::Tensor empty = encode("", clip_skip);
+    const int64_t repeats = (length - embedding.size(1)) / empty.size(1);
+    return torch::cat({embedding, empty.repeat({1, repeats, 1})}, 1);
   };
   std::vector<torch::Tensor> conditional, unconditional;
   for (const GenerationRequest& r : batch) {
-    torch::Tensor c = encode(r.prompt);
+    torch::Tensor c = encode(r.prompt, r.clip_skip);
+    torch::Tensor u = guidance ? encode(r.negative_prompt, r.clip_skip) : c;
+    const int64_t length = std::max(c.size(1), u.size(1));
+    if (!conditional.empty() && conditional.front().size(1) != length)
+      throw Error("generate_batch: requests in one batch must have prompts of the same chunk count");
+    c = padded(c, length, r.clip_skip);
     conditional.push_back(c.expand({r.count, c.size(1), c.size(2)}));
     if (guidance) {
-      torch::Tensor u = encode(r.negative_prompt);
+      u = padded(u, length, r.clip_skip);
       unconditional.push_back(u.expand({r.count, u.size(1), u.size(2)}));
     }
   }

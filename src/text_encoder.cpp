@@ -191,9 +191,11 @@ struct ClipTextTransformerImpl : torch::nn::Module {
     encoder = register_module("encoder", ClipEncoder(layers));
     final_layer_norm = register_module("final_layer_norm", LayerNorm(options.hidden, options.eps));
   }
-  torch::Tensor forward(const torch::Tensor& input_ids) {
+  // hidden_states[-(skip + 1)] through final_layer_norm: the first num_layers - skip layers.
+  torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) {
     torch::Tensor x = embeddings(input_ids);  // [B, L, hidden]
-    for (const auto& layer : *encoder->layers) x = layer->as<ClipEncoderLayer>()->forward(x);
+    const int64_t layers = options.num_layers - skip;
+    for (int64_t i = 0; i < layers; ++i) x = encoder->layers[static_cast<size_t>(i)]->as<ClipEncoderLayer>()->forward(x);
     return final_layer_norm(x);
   }
   ClipTextEmbeddings embeddings{nullptr};
@@ -208,11 +210,17 @@ struct ClipTextModelImpl : TextEncoderImpl {
     reject_attention_mask(config);
     text_model = register_module("text_model", ClipTextTransformer(config));
   }
-  torch::Tensor forward(const torch::Tensor& input_ids) override {
+  torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) override {
     const EncoderOptions& o = text_model->options;
     check_input_ids(input_ids, o.vocab_size, o.max_positions, "CLIPTextModel");
-    return text_model(input_ids);
+    if (skip < 0 || skip > o.num_layers)
+      throw Error("CLIPTextModel: clip skip " + std::to_string(skip + 1) + " (the web UI's numbering) is out of range: " +
+                  "this text encoder has " + std::to_string(o.num_layers) + " layers, so 1 to " +
+                  std::to_string(o.num_layers + 1));
+    return text_model->forward(input_ids, skip);
   }
+  int64_t num_layers() const override { return text_model->options.num_layers; }
+  bool supports_clip_skip() const override { return true; }
   std::vector<std::string> ignored_checkpoint_keys() const override {
     return {"text_model.embeddings.position_ids"};  // persistent in transformers < 4.31
   }
@@ -337,7 +345,9 @@ struct BertModelImpl : TextEncoderImpl {
     for (int64_t i = 0; i < options.num_layers; ++i) layers->push_back(BertLayer(options));
     encoder = register_module("encoder", BertEncoder(layers));
   }
-  torch::Tensor forward(const torch::Tensor& input_ids) override {
+  torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) override {
+    if (skip != 0)
+      throw Error("BertModel: clip skip needs a CLIP text encoder (BERT has no final layer norm to apply)");
     check_input_ids(input_ids, options.vocab_size, options.max_positions, "BertModel");
     torch::Tensor x = embeddings(input_ids);  // [B, L, hidden]
     for (const auto& layer : *encoder->layer) x = layer->as<BertLayer>()->forward(x);
@@ -346,6 +356,8 @@ struct BertModelImpl : TextEncoderImpl {
   std::vector<std::string> ignored_checkpoint_keys() const override {
     return {"pooler.", "embeddings.position_ids", "embeddings.token_type_ids"};
   }
+  int64_t num_layers() const override { return options.num_layers; }
+  bool supports_clip_skip() const override { return false; }
   BertEmbeddings embeddings{nullptr};
   BertEncoder encoder{nullptr};
   EncoderOptions options;

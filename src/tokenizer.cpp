@@ -956,11 +956,7 @@ void require_file(const fs::path& path, const std::string& what) {
 class SlowTokenizer : public Tokenizer {
  public:
   Encoding encode(const std::string& utf8_text) const override {
-    std::vector<int64_t> content;
-    for (const Piece& piece : settings_.added.split(decode_utf8(utf8_text), lower_case_outside_specials_)) {
-      if (piece.added_id) content.push_back(*piece.added_id);
-      else tokenize_piece(piece.text, content);
-    }
+    std::vector<int64_t> content = tokenize(utf8_text).ids;
     Encoding encoding;
     encoding.content_tokens = content.size();
     // truncation=True ("longest_first") keeps max_length - 2 content ids.
@@ -968,25 +964,54 @@ class SlowTokenizer : public Tokenizer {
     if (settings_.truncate_left) content.erase(content.begin(), content.end() - static_cast<ptrdiff_t>(keep));
     else content.resize(keep);
     encoding.kept_tokens = keep;
+    encoding.ids = wrap(content, nullptr);
+    encoding.tokens.reserve(encoding.ids.size());
+    for (int64_t id : encoding.ids) encoding.tokens.push_back(id_to_token(id));
+    return encoding;
+  }
+
+  TextTokens tokenize(const std::string& utf8_text) const override {
+    TextTokens tokens;
+    for (const Piece& piece : settings_.added.split(decode_utf8(utf8_text), lower_case_outside_specials_)) {
+      if (piece.added_id) {
+        tokens.ids.push_back(*piece.added_id);
+        tokens.commas.push_back(false);
+      } else {
+        tokenize_piece(piece.text, tokens.ids, &tokens.commas);
+      }
+    }
+    return tokens;
+  }
+
+  std::vector<int64_t> wrap(const std::vector<int64_t>& content, std::vector<double>* weights) const override {
+    if (content.size() > settings_.max_length - 2)
+      throw Error("wrap: " + std::to_string(content.size()) + " content tokens, at most " +
+                  std::to_string(settings_.max_length - 2) + " fit");
     std::vector<int64_t> ids;
     ids.reserve(settings_.max_length);
     ids.push_back(first_id_);
     ids.insert(ids.end(), content.begin(), content.end());
     ids.push_back(last_id_);
-    size_t padding = settings_.max_length - ids.size();
+    const size_t padding = settings_.max_length - ids.size();
     if (settings_.pad_left) ids.insert(ids.begin(), padding, pad_id_);
     else ids.insert(ids.end(), padding, pad_id_);
-    encoding.tokens.reserve(ids.size());
-    for (int64_t id : ids) encoding.tokens.push_back(id_to_token(id));
-    encoding.ids = std::move(ids);
-    return encoding;
+    if (weights) {
+      weights->resize(content.size(), 1.0);
+      weights->insert(weights->begin(), 1.0);
+      weights->push_back(1.0);
+      weights->insert(settings_.pad_left ? weights->begin() : weights->end(), padding, 1.0);
+    }
+    return ids;
   }
+
+  std::string token(int64_t id) const override { return id_to_token(id); }
 
   size_t max_length() const override { return settings_.max_length; }
 
  protected:
-  // _tokenize followed by convert_tokens_to_ids, for a piece that is not an added token.
-  virtual void tokenize_piece(const std::u32string& piece, std::vector<int64_t>& ids) const = 0;
+  // _tokenize followed by convert_tokens_to_ids, for a piece that is not an added token; appends to
+  // `commas` (kept as long as ids) whether each id ends a comma.
+  virtual void tokenize_piece(const std::u32string& piece, std::vector<int64_t>& ids, std::vector<bool>* commas) const = 0;
   virtual std::string vocab_token(int64_t id) const = 0;
 
   // convert_ids_to_tokens: the added-token content, else the vocabulary's string.
@@ -1065,6 +1090,7 @@ class ClipTokenizer final : public SlowTokenizer {
     symbol_ids_.resize(symbols_.size());
     for (size_t i = 0; i < symbols_.size(); ++i) symbol_ids_[i] = token_to_id(symbols_[i]);
     for (const char* special : {"<|startoftext|>", "<|endoftext|>"}) cached_specials_[special] = token_to_id(special);
+    if (auto it = vocab_.find(",</w>"); it != vocab_.end()) comma_id_ = it->second;
   }
 
   std::string kind() const override { return "CLIPTokenizer"; }
@@ -1147,7 +1173,7 @@ class ClipTokenizer final : public SlowTokenizer {
     return it == vocab_by_id_.end() ? std::string() : it->second;
   }
 
-  void tokenize_piece(const std::u32string& piece, std::vector<int64_t>& ids) const override {
+  void tokenize_piece(const std::u32string& piece, std::vector<int64_t>& ids, std::vector<bool>* commas) const override {
     // Without ftfy: " ".join(BasicTokenizer(strip_accents=False, do_split_on_punc=False).tokenize(text)).
     std::u32string text = join_with_spaces(basic_.tokenize(piece, nullptr));
     // re.findall(pattern, text) with the pattern
@@ -1178,7 +1204,15 @@ class ClipTokenizer final : public SlowTokenizer {
         ++pos;
         continue;
       }
+      const size_t first = ids.size();
       bpe(encode_utf8(text.substr(pos, length)), ids);
+      if (commas) {
+        // The web UI's comma is the token ",</w>"; a word ending in a full-width comma or an ideographic
+        // comma (several byte-level tokens) counts as one too, at its last token.
+        for (size_t i = first; i < ids.size(); ++i) commas->push_back(comma_id_ && ids[i] == *comma_id_);
+        const char32_t last = text[pos + length - 1];
+        if (ids.size() > first && (last == U'\uFF0C' || last == U'\u3001')) commas->back() = true;
+      }
       pos += length;
     }
   }
@@ -1247,6 +1281,7 @@ class ClipTokenizer final : public SlowTokenizer {
   std::unordered_map<uint64_t, Merge> merges_;
   std::array<int32_t, 256> byte_symbol_{}, byte_symbol_end_{};
   std::unordered_map<std::string, int64_t> cached_specials_;
+  std::optional<int64_t> comma_id_;  // ",</w>"
   BasicTokenizer basic_{/*do_lower_case=*/true, {}, /*tokenize_chinese_chars=*/true,
                         /*strip_accents=*/false, /*do_split_on_punc=*/false};
 };
@@ -1300,6 +1335,8 @@ class BertTokenizer final : public SlowTokenizer {
     first_id_ = special_id("cls_token", vocab_, unk_id_);
     last_id_ = special_id("sep_token", vocab_, unk_id_);
     pad_id_ = special_id("pad_token", vocab_, unk_id_);
+    for (const char* comma : {",", "\uFF0C", "\u3001"})
+      if (auto it = vocab_.find(comma); it != vocab_.end()) comma_ids_.insert(it->second);
   }
 
   std::string kind() const override { return "BertTokenizer"; }
@@ -1318,15 +1355,19 @@ class BertTokenizer final : public SlowTokenizer {
     throw Error((dir_ / "vocab.txt").string() + ": token '" + token + "' and the unk_token are not in the vocabulary");
   }
 
-  void tokenize_piece(const std::u32string& piece, std::vector<int64_t>& ids) const override {
+  void tokenize_piece(const std::u32string& piece, std::vector<int64_t>& ids, std::vector<bool>* commas) const override {
+    const size_t first = ids.size();
     if (!do_basic_tokenize_) {
       wordpiece(piece, ids);
-      return;
+    } else {
+      for (const std::u32string& token : basic_.tokenize(piece, &special_never_split_)) {
+        if (basic_.never_split.count(token)) ids.push_back(token_to_id(encode_utf8(token)));
+        else wordpiece(token, ids);
+      }
     }
-    for (const std::u32string& token : basic_.tokenize(piece, &special_never_split_)) {
-      if (basic_.never_split.count(token)) ids.push_back(token_to_id(encode_utf8(token)));
-      else wordpiece(token, ids);
-    }
+    // Punctuation is split off into tokens of its own: ",", "，" and "、" are commas.
+    if (commas)
+      for (size_t i = first; i < ids.size(); ++i) commas->push_back(comma_ids_.count(ids[i]) > 0);
   }
 
   // WordpieceTokenizer.tokenize: greedy longest match, "##" on continuations; a word over 100
@@ -1378,9 +1419,17 @@ class BertTokenizer final : public SlowTokenizer {
   bool do_basic_tokenize_ = true;
   BasicTokenizer basic_;
   std::unordered_set<std::u32string> special_never_split_;
+  std::unordered_set<int64_t> comma_ids_;
 };
 
 }  // namespace
+
+namespace unicode {
+std::u32string from_utf8(const std::string& text) { return decode_utf8(text); }
+std::string to_utf8(const std::u32string& text) { return encode_utf8(text); }
+bool is_space(char32_t c) { return is_python_space(c); }
+bool is_word(char32_t c) { return c == U'_' || has(c, kRegexLetter) || has(c, kRegexNumber); }
+}  // namespace unicode
 
 std::unique_ptr<Tokenizer> load_clip_tokenizer(const fs::path& dir) { return std::make_unique<ClipTokenizer>(dir); }
 

@@ -149,18 +149,63 @@ TEST(Cli, BadInputGetsClearErrors) {
   fs::remove_all(dir);
 }
 
-TEST(Cli, TokenizeJson) {
+TEST(Cli, TokenizeShowsChunksAndWeights) {
   auto r = run_taiyi({"tokenize", "--model", model(), "--json", "小桥流水人家"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
-  EXPECT_EQ(j["ids"].size(), 77u);
-  EXPECT_EQ(j["ids"][0], 49406);
-  EXPECT_EQ(j["truncated"], false);
-  std::string long_prompt;
-  for (int i = 0; i < 100; ++i) long_prompt += "cat ";
-  auto t = run_taiyi({"tokenize", "--model", model(), long_prompt});
-  EXPECT_EQ(t.exit_code, 0);
-  EXPECT_NE(t.err.find("truncated"), std::string::npos) << t.err;
+  ASSERT_EQ(j["chunks"].size(), 1u);
+  EXPECT_EQ(j["chunks"][0]["ids"].size(), 77u);
+  EXPECT_EQ(j["chunks"][0]["ids"][0], 49406);
+  EXPECT_EQ(j["chunks"][0]["cut"], "end");
+  EXPECT_EQ(j["weighted"], false);
+  EXPECT_EQ(j["context_tokens"], 77);
+  // The 99-token prompt: two chunks, the first cut after a full-width comma; nothing truncated.
+  const std::string long_prompt = "一只穿着宇航服的哈士奇在月球上行走，背景是地球，高清，细节丰富，电影灯光，8k";
+  auto t = run_taiyi({"tokenize", "--model", model(), "--json", long_prompt});
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  auto lj = nlohmann::json::parse(t.out);
+  EXPECT_EQ(lj["content_tokens"], 99);
+  ASSERT_EQ(lj["chunks"].size(), 2u);
+  EXPECT_EQ(lj["chunks"][0]["cut"], "comma");
+  EXPECT_EQ(lj["context_tokens"], 154);
+  auto text = run_taiyi({"tokenize", "--model", model(), "(猫:1.5) BREAK 狗"});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("2 chunk(s) of 75"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("ended by BREAK"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("\t1.5\n"), std::string::npos) << text.out;
+  EXPECT_NE(text.err.find("2 chunks"), std::string::npos) << text.err;
+  EXPECT_EQ(text.err.find("truncated"), std::string::npos) << text.err;
+  expect_failure({"tokenize", "--model", model(), "(猫:1.2.3)"}, "not a number");
+}
+
+// --clip-skip: recorded as the web UI records it; a prompt file with long and short prompts batches
+// them apart (their context lengths differ) and each image equals the one made alone.
+TEST(Cli, ClipSkipAndLongPromptsInBatches) {
+  fs::path dir = taiyi::test::temp_dir("cli-prompts");
+  auto r = run_taiyi(fast({"(山水:1.2), 古画", "--seed", "5", "-o", (dir / "a.png").string(), "--clip-skip", "2", "--json"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(parameters_of(dir / "a.png"),
+            "(山水:1.2), 古画\nSteps: 3, Sampler: PLMS, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-clip, Clip skip: 2");
+  EXPECT_EQ(nlohmann::json::parse(r.out)["clip_skip"], 2);
+  expect_failure(fast({"x", "--clip-skip", "0", "-o", (dir / "b.png").string()}), "--clip-skip 0");
+  expect_failure(fast({"x", "--clip-skip", "9", "-o", (dir / "b.png").string()}), "clip skip 9");
+
+  const std::string long_prompt = "一只穿着宇航服的哈士奇在月球上行走，背景是地球，高清，细节丰富，电影灯光，8k";
+  fs::path prompts = dir / "p.jsonl";
+  std::ofstream(prompts) << "{\"prompt\": \"小桥\"}\n{\"prompt\": \"" << long_prompt << "\"}\n"
+                         << "{\"prompt\": \"流水\", \"clip_skip\": 2}\n{\"prompt\": \"(bad:1.2.3)\"}\n"
+                         << "{\"prompt\": \"x\", \"clip_skip\": 0}\n";
+  auto batch = run_taiyi(fast({"--prompts", prompts.string(), "-o", (dir / "{line}.png").string(), "--seed", "7",
+                               "--batch-size", "4"}));
+  EXPECT_EQ(batch.exit_code, 1) << batch.err;  // lines 4 and 5 fail, alone
+  EXPECT_NE(batch.err.find("line 4: prompt: the weight in '(bad:1.2.3)' is not a number"), std::string::npos) << batch.err;
+  EXPECT_NE(batch.err.find("\"clip_skip\" 0"), std::string::npos) << batch.err;
+  for (int line : {1, 2, 3}) EXPECT_TRUE(fs::exists(dir / (std::to_string(line) + ".png"))) << line;
+  EXPECT_NE(parameters_of(dir / "3.png").find("Clip skip: 2"), std::string::npos);
+  auto alone = run_taiyi(fast({long_prompt, "--seed", "8", "-o", (dir / "alone.png").string()}));
+  ASSERT_EQ(alone.exit_code, 0) << alone.err;
+  EXPECT_EQ(taiyi::read_image((dir / "alone.png").string(), 3).pixels, taiyi::read_image((dir / "2.png").string(), 3).pixels);
+  fs::remove_all(dir);
 }
 
 // --sampler / --schedule, their record in the PNG and the JSON, and a prompt-file line choosing its own.

@@ -45,6 +45,10 @@ std::vector<taiyi::Image> run_pipeline_case(const nlohmann::json& c, taiyi::Pipe
   options.schedule = c.value("schedule", "");
   options.eta = c["eta"].get<double>();
   auto pipe = taiyi::Pipeline::load(fixture(c["model"].get<std::string>()), options);
+  return pipe.generate(request_of_case(c));
+}
+
+taiyi::GenerationRequest request_of_case(const nlohmann::json& c) {
   taiyi::GenerationRequest r;
   r.prompt = c["prompt"];
   r.negative_prompt = c["negative_prompt"];
@@ -54,7 +58,8 @@ std::vector<taiyi::Image> run_pipeline_case(const nlohmann::json& c, taiyi::Pipe
   r.width = c["width"];
   r.height = c["height"];
   r.count = c["count"];
-  return pipe.generate(r);
+  r.clip_skip = c.value("clip_skip", 1);
+  return r;
 }
 
 torch::Tensor image_tensor(const std::vector<taiyi::Image>& images) {

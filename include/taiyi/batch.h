@@ -24,6 +24,7 @@ struct PromptJob {
   std::optional<std::string> sampler, schedule;  // --sampler / --schedule for this line
   std::optional<std::string> init_image, mask;   // relative to the prompt file's folder
   std::optional<double> strength;
+  std::optional<int64_t> clip_skip;              // --clip-skip for this line
 };
 
 struct PromptLineError {
@@ -40,7 +41,7 @@ struct PromptFile {
 // Plain text: a prompt a line; blank lines and lines starting with '#' skipped. JSONL (the file ends
 // in .jsonl, or every prompt line starts with '{'): per line an object with "prompt" and optionally
 // negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, init_image,
-// strength, mask. Error when the file is unreadable.
+// strength, mask, clip_skip. Error when the file is unreadable.
 PromptFile read_prompt_file(const std::filesystem::path& path);
 
 struct Shard {

@@ -24,6 +24,9 @@ struct BenchOptions {
   std::vector<int64_t> batch_sizes = {1};
   std::vector<int64_t> resolutions = {0};  // square sizes in pixels; 0: the model's default
   int64_t steps = 20;
+  // The prompts, each timed in turn (runs alternate between them): the default is a CLIP prompt of a
+  // dozen tokens; a long one measures what more chunks cost.
+  std::vector<std::string> prompts = {"小桥流水人家，Van Gogh style"};
   std::string sampler;                     // a --sampler name; "" : `scheduler`, else the folder's
   std::string schedule;                    // --schedule
   std::string scheduler;                   // "" (folder's), pndm, ddim (the older option)
@@ -35,9 +38,10 @@ struct BenchOptions {
   bool channels_last = false;
 };
 
-// Runs the grid; returns {"device": ..., "results": [ {precision, batch_size, width, height, steps,
+// Runs the grid (precision x batch size x resolution x prompt); returns {"device": ..., "results": [
+// {precision, batch_size, width, height, steps, prompt, prompt_chunks, context_tokens,
 // load_s, encode_s, unet_step_s (per UNet call: Heun and DPM2 make two per step), it_per_s (UNet calls per second), decode_s, s_per_image, images_per_s, peak_gpu_mb, peak_rss_mb}, ...]}.
-// Also per result: denoise_s, run_s (mean wall time of a timed run), run_min_s, run_max_s,
+// Also per result: denoise_s, run_s (mean wall time of a timed run), run_median_s, run_min_s, run_max_s,
 // run_cpu_s (the process's user + system CPU time per run), unet_calls_per_run, and on CUDA
 // peak_gpu_reserved_mb and load_peak_gpu_mb. peak_gpu_mb is absent on the CPU.
 // `log` receives progress lines.

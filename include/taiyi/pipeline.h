@@ -75,6 +75,9 @@ struct GenerationRequest {
   // init_image). Read as grayscale, resized like the image, binarised at 0.5. 4-channel UNets blend the
   // kept region back after every step; 9-channel (inpainting) UNets get mask and masked image latents.
   std::string mask;
+  // Clip skip in the web UI's numbering: 1 the last layer, N the hidden state N-1 layers before it through
+  // the final layer norm (diffusers' clip_skip = N-1), for prompt, negative prompt and padding alike.
+  int64_t clip_skip = 1;
 };
 
 // The sampler a request runs with, resolved.
@@ -116,14 +119,21 @@ class Pipeline {
   void validate(const GenerationRequest& request) const;
   std::vector<Image> generate(const GenerationRequest& request, const ProgressCallback& progress = {});
   // Several requests in one UNet batch (the CLI's --batch-size over a prompt file): they must share
-  // steps, cfg_scale, width, height, sampler and strength, and be all text-to-image or all img2img
-  // (Error otherwise). Images come back in request order.
+  // steps, cfg_scale, width, height, sampler, strength and context_chunks, and be all text-to-image or
+  // all img2img (Error otherwise). Images come back in request order.
   std::vector<Image> generate_batch(const std::vector<GenerationRequest>& requests,
                                     const ProgressCallback& progress = {});
   bool inpainting_unet() const;  // unet in_channels == 9
 
   // Building blocks, exposed for tests and benchmarks.
-  torch::Tensor encode_prompt(const std::string& prompt);                       // [1, L, D]
+  // The prompt as the web UI encodes it (include/taiyi/prompt_parser.h): emphasis, chunks of
+  // max_length - 2 tokens, BREAK; [1, chunks * max_length, D]. Without syntax and within one chunk,
+  // diffusers' encode_prompt exactly.
+  torch::Tensor encode_prompt(const std::string& prompt, int64_t clip_skip = 1);
+  int64_t prompt_chunks(const std::string& prompt) const;  // chunks of a prompt (tokenizes only)
+  // A request's context length in chunks: its prompt's, or with guidance the longer of prompt and
+  // negative prompt (the shorter is padded). Requests batched together must agree on it.
+  int64_t context_chunks(const GenerationRequest& request) const;
   // [count, C, h, w] of unit noise; `generators` receives each image's CPU generator, advanced past
   // the draw (the samplers' noise continues from it, as in diffusers). Scale by the scheduler's
   // init_noise_sigma for text-to-image.
@@ -171,6 +181,7 @@ class Pipeline {
   Pipeline() = default;
   static Pipeline load(const std::filesystem::path& folder, const PipelineOptions& options, bool random_weights);
   void say(const std::string& notice) const;
+  torch::Tensor encode_ids(const std::vector<int64_t>& chunk_ids, int64_t skip);  // [1, L, D], with the fp32 fallback
   void load_component(torch::nn::Module& module, const std::string& component, torch::Dtype dtype,
                       const std::vector<std::string>& ignored_keys = {}) const;
   struct Inpainting {

@@ -12,7 +12,13 @@ namespace taiyi {
 
 // The interface the pipeline sees: token ids [B, L] (int64) -> last_hidden_state [B, L, hidden].
 struct TextEncoderImpl : torch::nn::Module {
-  virtual torch::Tensor forward(const torch::Tensor& input_ids) = 0;
+  torch::Tensor forward(const torch::Tensor& input_ids) { return forward(input_ids, 0); }
+  // Clip skip (diffusers' clip_skip = skip, the web UI's "Clip skip" = skip + 1): CLIP's hidden state
+  // `skip` layers before the last, through the final layer norm. 0: last_hidden_state. Error for BERT
+  // (it has no final layer norm; diffusers fails there too) and for skip >= num_layers() + 1.
+  virtual torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) = 0;
+  virtual int64_t num_layers() const = 0;
+  virtual bool supports_clip_skip() const = 0;
   // Keys present in transformers' checkpoints that this module does not hold (e.g. position_ids
   // buffers, BERT's pooler): load_weights ignores them.
   virtual std::vector<std::string> ignored_checkpoint_keys() const = 0;

@@ -26,11 +26,24 @@ struct Encoding {
   bool truncated() const { return kept_tokens < content_tokens; }
 };
 
+// A text's content tokens: no specials, no padding, no truncation (the web UI tokenizes each prompt
+// fragment this way, with add_special_tokens=False, truncation=False).
+struct TextTokens {
+  std::vector<int64_t> ids;
+  std::vector<bool> commas;  // per id: it ends a comma ("," and, for the chunking rule, "，" and "、")
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
   // tokenizer(text, padding="max_length", max_length=model_max_length, truncation=True).
   virtual Encoding encode(const std::string& utf8_text) const = 0;
+  virtual TextTokens tokenize(const std::string& utf8_text) const = 0;
+  // max_length ids from at most max_length - 2 content ids, laid out as encode() lays them out
+  // (specials, padding on the tokenizer's side). `weights`, when given, holds one weight per content id
+  // and comes back aligned with the ids, 1 for the specials and the padding.
+  virtual std::vector<int64_t> wrap(const std::vector<int64_t>& content, std::vector<double>* weights = nullptr) const = 0;
+  virtual std::string token(int64_t id) const = 0;  // convert_ids_to_tokens
   virtual size_t max_length() const = 0;  // model_max_length from tokenizer_config.json
   virtual std::string kind() const = 0;   // "CLIPTokenizer" or "BertTokenizer"
 };
@@ -42,5 +55,13 @@ std::unique_ptr<Tokenizer> load_clip_tokenizer(const std::filesystem::path& dir)
 std::unique_ptr<Tokenizer> load_bert_tokenizer(const std::filesystem::path& dir);
 // The tokenizer named in model_index.json.
 std::unique_ptr<Tokenizer> load_tokenizer(const ModelFolder& folder);
+
+// Characters as Python sees them (the tables of tools/gen_unicode_tables.py), for the prompt parser.
+namespace unicode {
+std::u32string from_utf8(const std::string& text);  // invalid bytes become U+FFFD
+std::string to_utf8(const std::u32string& text);
+bool is_space(char32_t c);  // str.isspace(), re's \s
+bool is_word(char32_t c);   // re's \w: letters, numbers and '_'
+}  // namespace unicode
 
 }  // namespace taiyi
