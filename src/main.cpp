@@ -384,7 +384,8 @@ int run_tokenize(const std::string& model, const std::string& prompt, bool json)
   if (json) {
     Json chunks = Json::array();
     for (const taiyi::PromptChunk& c : t.chunks)
-      chunks.push_back({{"content_tokens", c.content_tokens}, {"cut", taiyi::chunk_cut_name(c.cut)}, {"ids", c.ids},
+      chunks.push_back({{"content_tokens", c.content_tokens}, {"cut", taiyi::chunk_cut_name(c.cut)},
+                        {"text", tokenizer->decode(c.content)}, {"ids", c.ids},
                         {"tokens", c.tokens}, {"weights", c.weights}});
     std::cout << Json{{"tokenizer", tokenizer->kind()}, {"max_length", tokenizer->max_length()},
                       {"chunk_length", chunk_length}, {"content_tokens", t.content_tokens}, {"weighted", t.weighted},
@@ -406,7 +407,8 @@ int run_tokenize(const std::string& model, const std::string& prompt, bool json)
   };
   for (size_t k = 0; k < t.chunks.size(); ++k) {
     const taiyi::PromptChunk& c = t.chunks[k];
-    std::cout << "chunk " << k + 1 << ": " << c.content_tokens << " token(s), ended by " << cut_reason(c.cut) << "\n";
+    std::cout << "chunk " << k + 1 << ": " << c.content_tokens << " token(s), ended by " << cut_reason(c.cut) << ": \""
+              << tokenizer->decode(c.content) << "\"\n";
     const size_t shown = c.content_tokens + 2;  // specials and content; the padding once
     for (size_t i = 0; i < c.ids.size() && i <= shown; ++i) {
       if (i == shown) {

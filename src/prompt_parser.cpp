@@ -204,6 +204,7 @@ TokenizedPrompt tokenize_prompt(const Tokenizer& tokenizer, const std::string& p
       throw Error(message.str());
     }
     PromptChunk chunk;
+    chunk.content = tokens;
     chunk.content_tokens = tokens.size();
     chunk.weights = weights;
     chunk.ids = tokenizer.wrap(tokens, &chunk.weights);

@@ -1095,6 +1095,34 @@ class ClipTokenizer final : public SlowTokenizer {
 
   std::string kind() const override { return "CLIPTokenizer"; }
 
+  // convert_tokens_to_string: the tokens' byte characters back to bytes, "</w>" a space (specials kept).
+  std::string decode(const std::vector<int64_t>& ids) const override {
+    static const std::unordered_map<char32_t, char> byte_of = [] {
+      std::unordered_map<char32_t, char> table;
+      const std::array<char32_t, 256> chars = bytes_to_unicode();
+      for (size_t b = 0; b < 256; ++b) table[chars[b]] = static_cast<char>(b);
+      return table;
+    }();
+    std::string bytes;
+    for (int64_t id : ids) {
+      const std::string token = id_to_token(id);
+      if (settings_.added.decoder.count(id)) {
+        bytes += token;
+        continue;
+      }
+      std::u32string chars = decode_utf8(token);
+      const bool word_end = chars.size() >= 4 && chars.compare(chars.size() - 4, 4, U"</w>") == 0;
+      if (word_end) chars.resize(chars.size() - 4);
+      for (char32_t c : chars) {
+        auto it = byte_of.find(c);
+        if (it != byte_of.end()) bytes += it->second;
+      }
+      if (word_end) bytes += ' ';
+    }
+    while (!bytes.empty() && bytes.back() == ' ') bytes.pop_back();
+    return encode_utf8(decode_utf8(bytes));  // a cut-off character becomes U+FFFD
+  }
+
  private:
   void load_vocab(const fs::path& path) {
     Json json = read_json_file(path);
@@ -1340,6 +1368,17 @@ class BertTokenizer final : public SlowTokenizer {
   }
 
   std::string kind() const override { return "BertTokenizer"; }
+
+  // convert_tokens_to_string: " ".join(tokens).replace(" ##", "").strip().
+  std::string decode(const std::vector<int64_t>& ids) const override {
+    std::string text;
+    for (int64_t id : ids) {
+      const std::string token = id_to_token(id);
+      if (token.rfind("##", 0) == 0 && !text.empty()) text += token.substr(2);
+      else text += (text.empty() ? "" : " ") + token;
+    }
+    return text;
+  }
 
  private:
   std::string vocab_token(int64_t id) const override {

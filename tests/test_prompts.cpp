@@ -227,3 +227,25 @@ TEST(PromptParity, BatchesMustShareTheChunkCount) {
   a.cfg_scale = 1.0;
   EXPECT_EQ(pipe.context_chunks(a), 1);
 }
+
+// The real configs with random weights (make_fixtures.py --full): long, weighted and clip-skipped
+// prompts through the full-size CLIP and BERT encoders, against the harness.
+TEST(FullSizePrompts, EmbeddingsMatchTheHarness) {
+  const nlohmann::json cases = read_json("ref/prompt_full_cases.json");
+  ASSERT_EQ(cases.size(), 3u);
+  const fs::path ref = taiyi::test::fixture("ref/prompts_full.safetensors");
+  c10::InferenceMode inference;
+  for (const std::string model : {"full-clip", "full-bert"}) {
+    taiyi::Pipeline pipe = taiyi::Pipeline::load(taiyi::test::fixture(model), {});
+    for (const auto& c : cases) {
+      if (c["model"] != model) continue;
+      const std::string name = c["name"];
+      EXPECT_EQ(pipe.prompt_chunks(c["prompt"]), c["chunks"].get<int64_t>()) << name;
+      const torch::Tensor got = pipe.encode_prompt(c["prompt"], c["clip_skip"]);
+      const torch::Tensor want = taiyi::test::reference_tensor(ref, name + ".prompt_embeds");
+      std::printf("%s: %lld chunks, max abs diff %g\n", name.c_str(), static_cast<long long>(c["chunks"].get<int64_t>()),
+                  taiyi::test::max_abs_diff(got, want));
+      taiyi::test::expect_close(name, got, want, 1e-5);
+    }
+  }
+}

@@ -44,6 +44,9 @@ class Tokenizer {
   // and comes back aligned with the ids, 1 for the specials and the padding.
   virtual std::vector<int64_t> wrap(const std::vector<int64_t>& content, std::vector<double>* weights = nullptr) const = 0;
   virtual std::string token(int64_t id) const = 0;  // convert_ids_to_tokens
+  // convert_tokens_to_string of the ids' tokens: readable text (CLIP's byte-level tokens joined back
+  // into characters, BERT's "##" pieces into words).
+  virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
   virtual size_t max_length() const = 0;  // model_max_length from tokenizer_config.json
   virtual std::string kind() const = 0;   // "CLIPTokenizer" or "BertTokenizer"
 };

@@ -21,6 +21,8 @@ ref/prompt_parser_cases.json   [{"prompt", "fragments": [[text, weight, is_break
 ref/prompt_chunk_cases.json    [{"model", "prompt", "chunks": [{"ids", "weights", "cut"}]}]
 ref/prompt_cases.json, ref/prompts.safetensors   end-to-end cases: "<case>.prompt_embeds",
                                "<case>.negative_prompt_embeds" [1, L*k, D] and "<case>.images" [N, H, W, 3]
+ref/prompt_full_cases.json, ref/prompts_full.safetensors   FULL_CASES on full-clip / full-bert (--full only):
+                               "<case>.prompt_embeds"
 """
 import json
 import re
@@ -203,6 +205,13 @@ CASES = [
     case("clip_skip3_weighted_long", "tiny-clip", "(" + LONG_EN + ":0.9)", "(lowres:1.2)", clip_skip=3, seed=21),
 ]
 
+# The real configs (random weights): the text encoders only.
+FULL_CASES = [
+    dict(name="full_clip_long_weighted", model="full-clip", prompt="(" + LONG_ZH + ":1.2), [" + LONG_EN + "]", clip_skip=1),
+    dict(name="full_clip_skip2_long", model="full-clip", prompt=LONG_EN + " BREAK ((夕阳))", clip_skip=2),
+    dict(name="full_bert_long_weighted", model="full-bert", prompt="(江南水乡:1.3)，" * 110 + "[烟雨]", clip_skip=1),
+]
+
 PARSER_PROMPTS = [
     # The web UI's documented examples (parse_prompt_attention's doctests).
     "normal text", "an (important) word", "(unbalanced", "\\(literal\\]", "(unnecessary)(parens)",
@@ -285,3 +294,24 @@ def make(out: Path, full: bool):
         tensors.update(run(out, c))
     save_file(tensors, ref / "prompts.safetensors")
     (ref / "prompt_cases.json").write_text(json.dumps(CASES, ensure_ascii=False, indent=1), "utf-8")
+    if full:
+        make_full(out)
+
+
+def make_full(out: Path):
+    from types import SimpleNamespace
+
+    from transformers import BertModel, BertTokenizer, CLIPTextModel, CLIPTokenizer
+
+    tensors = {}
+    for c in FULL_CASES:
+        clip = c["model"] == "full-clip"
+        folder = out / c["model"]
+        encoder = (CLIPTextModel if clip else BertModel).from_pretrained(folder, subfolder="text_encoder").eval()
+        tokenizer = (CLIPTokenizer if clip else BertTokenizer).from_pretrained(folder, subfolder="tokenizer")
+        with torch.inference_mode():
+            z = embed(SimpleNamespace(tokenizer=tokenizer, text_encoder=encoder), c["prompt"], c["clip_skip"])
+        c["chunks"] = len(chunks_of(tokenizer, c["prompt"]))
+        tensors[f"{c['name']}.prompt_embeds"] = z.contiguous()
+    save_file(tensors, out / "ref" / "prompts_full.safetensors")
+    (out / "ref" / "prompt_full_cases.json").write_text(json.dumps(FULL_CASES, ensure_ascii=False, indent=1), "utf-8")
