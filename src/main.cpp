@@ -381,12 +381,17 @@ int run_tokenize(const std::string& model, const std::string& prompt, bool json)
   auto tokenizer = taiyi::load_tokenizer(folder);
   const taiyi::TokenizedPrompt t = taiyi::tokenize_prompt(*tokenizer, prompt);
   const size_t chunk_length = tokenizer->max_length() - 2;
+  auto token_strings = [&](const taiyi::PromptChunk& c) {
+    std::vector<std::string> tokens;
+    for (int64_t id : c.ids) tokens.push_back(tokenizer->token(id));
+    return tokens;
+  };
   if (json) {
     Json chunks = Json::array();
     for (const taiyi::PromptChunk& c : t.chunks)
       chunks.push_back({{"content_tokens", c.content_tokens}, {"cut", taiyi::chunk_cut_name(c.cut)},
                         {"text", tokenizer->decode(c.content)}, {"ids", c.ids},
-                        {"tokens", c.tokens}, {"weights", c.weights}});
+                        {"tokens", token_strings(c)}, {"weights", c.weights}});
     std::cout << Json{{"tokenizer", tokenizer->kind()}, {"max_length", tokenizer->max_length()},
                       {"chunk_length", chunk_length}, {"content_tokens", t.content_tokens}, {"weighted", t.weighted},
                       {"context_tokens", t.chunks.size() * tokenizer->max_length()}, {"chunks", chunks}}
@@ -401,12 +406,14 @@ int run_tokenize(const std::string& model, const std::string& prompt, bool json)
       case taiyi::ChunkCut::End: return "the prompt's end";
       case taiyi::ChunkCut::Break: return "BREAK";
       case taiyi::ChunkCut::Comma: return "full, cut after its last comma";
-      case taiyi::ChunkCut::Full: return "full (no comma in its last 20 tokens)";
+      case taiyi::ChunkCut::Full:
+        return "full (no comma in its last " + std::to_string(taiyi::PromptChunkOptions{}.comma_backtrack) + " tokens)";
     }
     return "";
   };
   for (size_t k = 0; k < t.chunks.size(); ++k) {
     const taiyi::PromptChunk& c = t.chunks[k];
+    const std::vector<std::string> tokens = token_strings(c);
     std::cout << "chunk " << k + 1 << ": " << c.content_tokens << " token(s), ended by " << cut_reason(c.cut) << ": \""
               << tokenizer->decode(c.content) << "\"\n";
     const size_t shown = c.content_tokens + 2;  // specials and content; the padding once
@@ -415,7 +422,7 @@ int run_tokenize(const std::string& model, const std::string& prompt, bool json)
         std::cout << "... padded to " << c.ids.size() << "\n";
         break;
       }
-      std::cout << i << "\t" << c.ids[i] << "\t" << c.tokens[i];
+      std::cout << i << "\t" << c.ids[i] << "\t" << tokens[i];
       if (c.weights[i] != 1.0) std::cout << "\t" << format_number(c.weights[i]);
       std::cout << "\n";
     }

@@ -209,7 +209,6 @@ TokenizedPrompt tokenize_prompt(const Tokenizer& tokenizer, const std::string& p
     chunk.weights = weights;
     chunk.ids = tokenizer.wrap(tokens, &chunk.weights);
     chunk.cut = cut;
-    for (int64_t id : chunk.ids) chunk.tokens.push_back(tokenizer.token(id));
     out.content_tokens += tokens.size();
     out.chunks.push_back(std::move(chunk));
     tokens.clear();

@@ -46,7 +46,6 @@ const char* chunk_cut_name(ChunkCut cut);  // "end", "BREAK", "comma", "full"
 struct PromptChunk {
   std::vector<int64_t> ids;      // tokenizer.max_length() ids: specials, content, padding
   std::vector<double> weights;   // per id; 1 for the specials and the padding
-  std::vector<std::string> tokens;  // per id, the token's string
   std::vector<int64_t> content;  // the content ids alone
   size_t content_tokens = 0;
   ChunkCut cut = ChunkCut::End;
