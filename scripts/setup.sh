@@ -3,8 +3,9 @@
 #   - Debian packages: compilers, CMake, ccache and the C++ libraries (CLI11, nlohmann_json, stb);
 #   - a Python virtualenv outside the checkout (default ~/.cache/taiyi/venv, override with TAIYI_VENV)
 #     holding pinned torch (its bundled libtorch is what CMake links), diffusers, transformers, safetensors,
-#     numpy, scipy (diffusers' LMSDiscreteScheduler needs it) and Pillow (the img2img references): the
-#     converter and the reference fixtures run in it; the taiyi binary never does.
+#     numpy, scipy (diffusers' LMSDiscreteScheduler needs it), Pillow (the img2img references) and peft
+#     (diffusers' load_lora_weights needs it; 0.18 works with these pins):
+#     the converter and the reference fixtures run in it; the taiyi binary never does.
 # Prints nothing but progress; re-running it when everything is present takes about a second.
 set -euo pipefail
 
@@ -13,7 +14,8 @@ TAIYI_VENV=${TAIYI_VENV:-$HOME/.cache/taiyi/venv}
 # transformers 4.57 keeps the slow CLIPTokenizer/BertTokenizer that diffusers' pipeline loads
 # (transformers 5 replaced them); diffusers 0.37.1 is the newest release that accepts it.
 PY_PINS=(torch==2.11.0 diffusers==0.37.1 transformers==4.57.3 safetensors==0.7.0 numpy==2.3.5
-         huggingface-hub==0.36.0 accelerate==1.12.0 scipy==1.16.3 pillow==13.0.0)
+         huggingface-hub==0.36.0 accelerate==1.12.0 scipy==1.16.3 pillow==13.0.0
+         peft==0.18.0)
 APT_PKGS=(build-essential cmake ninja-build ccache pkg-config python3-venv python3-pip
           libcli11-dev nlohmann-json3-dev libstb-dev libgtest-dev)
 
