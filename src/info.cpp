@@ -15,6 +15,7 @@
 
 #include "taiyi/config.h"
 #include "taiyi/error.h"
+#include "taiyi/lora_weights.h"
 #include "taiyi/safetensors.h"
 #include "taiyi/scheduler.h"
 #include "taiyi/text_encoder.h"
@@ -339,6 +340,68 @@ std::string format_model_report(const Json& report) {
     out << "\nproblems:\n";
     for (const Json& p : problems) out << "  - " << p.get<std::string>() << "\n";
   }
+  return out.str();
+}
+
+}  // namespace taiyi
+
+namespace taiyi {
+
+Json inspect_lora(const fs::path& root, const fs::path& lora_path) {
+  ModelFolder folder = ModelFolder::open(root);
+  auto text_encoder = make_text_encoder(folder);
+  UNet2DConditionModel unet(folder.config("unet"));
+  std::vector<LoraTarget> targets = lora_targets("text_encoder", *text_encoder);
+  for (LoraTarget& t : lora_targets("unet", unet.module())) targets.push_back(std::move(t));
+  LoraFile lora = read_lora(lora_path, targets, /*strict=*/false);
+  Json report = {{"file", lora_path.string()}, {"model", root.string()}, {"layout", to_string(lora.plan.layout)},
+                 {"hash", lora_short_hash(lora_path)}, {"tensors", lora.file->tensors().size()}};
+  Json modules = Json::array();
+  std::map<std::string, int64_t> per_component;
+  for (const LoraPatch& p : lora.plan.patches) {
+    std::string kind = p.weight_shape.size() == 2 ? "linear"
+                       : "conv " + std::to_string(p.weight_shape[2]) + "x" + std::to_string(p.weight_shape[3]);
+    modules.push_back({{"component", p.component}, {"module", p.module}, {"kind", kind}, {"rank", p.rank},
+                       {"alpha", p.alpha}, {"shape", p.weight_shape}});
+    ++per_component[p.component];
+  }
+  report["modules"] = modules;
+  report["per_component"] = per_component;
+  report["unplaced"] = lora.plan.unplaced;
+  report["mis_shaped"] = lora.plan.mis_shaped;
+  Json metadata = Json::object();
+  for (const auto& [key, value] : lora.file->metadata())
+    if (key.rfind("ss_", 0) == 0 && value.size() < 200) metadata[key] = value;
+  report["metadata"] = metadata;
+  report["usable"] = lora.plan.ok() && !lora.plan.patches.empty();
+  return report;
+}
+
+std::string format_lora_report(const Json& report) {
+  std::ostringstream out;
+  out << "LoRA file: " << report.value("file", "") << "\n";
+  out << "model:     " << report.value("model", "") << "\n";
+  out << "layout:    " << report.value("layout", "") << ", " << report.value("tensors", 0) << " tensors, hash "
+      << report.value("hash", "") << "\n";
+  const Json& modules = report["modules"];
+  out << "patches:   " << modules.size() << " module(s)";
+  for (const auto& [component, count] : report["per_component"].items()) out << ", " << component << " " << count.get<int64_t>();
+  out << "\n";
+  for (const Json& m : modules) {
+    char alpha[32];
+    std::snprintf(alpha, sizeof alpha, "%g", m["alpha"].get<double>());
+    out << "  " << m["component"].get<std::string>() << " " << m["module"].get<std::string>() << "  ("
+        << m["kind"].get<std::string>() << ", rank " << m["rank"].get<int64_t>() << ", alpha " << alpha << ")\n";
+  }
+  for (const char* kind : {"unplaced", "mis_shaped"}) {
+    const Json& list = report[kind];
+    if (list.empty()) continue;
+    out << (std::string(kind) == "unplaced" ? "keys that name no module of this model: "
+                                            : "mis-shaped: ")
+        << list.size() << "\n";
+    for (const Json& k : list) out << "  " << k.get<std::string>() << "\n";
+  }
+  out << "usable:    " << (report.value("usable", false) ? "yes" : "NO") << "\n";
   return out.str();
 }
 

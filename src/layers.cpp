@@ -56,6 +56,10 @@ EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t dim) {
 
 torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) { return torch::embedding(weight_, ids); }
 
+void EmbeddingImpl::append_rows(const torch::Tensor& rows) {
+  weight_.set_data(torch::cat({weight_, rows.to(weight_.device(), weight_.scalar_type())}));
+}
+
 Activation activation_from_config(const Config& config, const std::string& key, const std::string& fallback) {
   std::string name = config.get_string(key, fallback);
   for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));

@@ -4,8 +4,10 @@
 //   taiyi tokenize --model DIR "prompt"        taiyi info --model DIR        taiyi bench --model DIR
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +22,8 @@
 #include "taiyi/error.h"
 #include "taiyi/image.h"
 #include "taiyi/info.h"
+#include "taiyi/lora.h"
+#include "taiyi/lora_weights.h"
 #include "taiyi/pipeline.h"
 #include "taiyi/prompt_parser.h"
 
@@ -42,6 +46,7 @@ struct GenerateArgs {
   double cfg_scale = 7.5, strength = 0.75;
   std::optional<uint64_t> seed;
   taiyi::PipelineOptions pipeline;
+  std::vector<std::string> loras;  // --lora FILE[:SCALE]
   bool overwrite = false, resume = false, json = false, quiet = false, sidecar = false;
 };
 
@@ -49,6 +54,11 @@ std::string default_model() {
   if (const char* env = std::getenv("TAIYI_MODEL"); env && *env) return env;
   const char* home = std::getenv("HOME");
   return (fs::path(home ? home : ".") / ".cache/taiyi/models/Taiyi-Stable-Diffusion-1B-Chinese-EN-v0.1").string();
+}
+
+std::string cache_folder(const std::string& name) {
+  const char* home = std::getenv("HOME");
+  return (fs::path(home ? home : ".") / ".cache/taiyi" / name).string();
 }
 
 std::string format_number(double v) {
@@ -64,10 +74,12 @@ std::string quote_parameter(const std::string& value) {
 }
 
 // The AUTOMATIC1111 "parameters" text, which web UIs parse back into their settings.
-std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Image& image,
-                             const taiyi::SamplerSetting& sampler, const std::string& model) {
-  std::string text = r.prompt + "\n";
-  if (!r.negative_prompt.empty()) text += "Negative prompt: " + r.negative_prompt + "\n";
+// `written` is the request as given (prompts with their <lora:...> tags), `r` the completed one.
+std::string a1111_parameters(const taiyi::GenerationRequest& written, const taiyi::GenerationRequest& r,
+                             const taiyi::Image& image, const taiyi::SamplerSetting& sampler, const std::string& model,
+                             const std::function<std::string(const std::string&)>& lora_hash) {
+  std::string text = written.prompt + "\n";
+  if (!written.negative_prompt.empty()) text += "Negative prompt: " + written.negative_prompt + "\n";
   text += "Steps: " + std::to_string(r.steps) + ", Sampler: " + sampler.web_ui_name +
           (sampler.schedule_type.empty() ? "" : ", Schedule type: " + sampler.schedule_type) +
           ", CFG scale: " + format_number(r.cfg_scale) +
@@ -76,7 +88,61 @@ std::string a1111_parameters(const taiyi::GenerationRequest& r, const taiyi::Ima
   if (!r.init_image.empty()) text += ", Denoising strength: " + format_number(r.strength);
   if (!r.mask.empty()) text += ", Mask: " + quote_parameter(fs::path(r.mask).filename().string());
   if (r.clip_skip > 1) text += ", Clip skip: " + std::to_string(r.clip_skip);
+  // extra_networks_lora.py: {mentioned name without ':' ',' : shorthash}, a dict (a repeated name keeps
+  // its first place), joined with ", ".
+  std::vector<std::pair<std::string, std::string>> hashes;
+  for (const taiyi::LoraSelection& lora : r.loras) {
+    std::string name;
+    for (char c : lora.name)
+      if (c != ':' && c != ',') name += c;
+    const std::string hash = lora_hash(lora.file);
+    auto it = std::find_if(hashes.begin(), hashes.end(), [&](const auto& h) { return h.first == name; });
+    if (it != hashes.end()) it->second = hash;
+    else hashes.emplace_back(name, hash);
+  }
+  if (!hashes.empty()) {
+    std::string joined;
+    for (const auto& [name, hash] : hashes) joined += (joined.empty() ? "" : ", ") + name + ": " + hash;
+    text += ", Lora hashes: " + quote_parameter(joined);
+  }
   return text;
+}
+
+// --lora FILE[:SCALE]: the multiplier of both text encoder and UNet (1 when absent).
+taiyi::LoraSelection parse_lora_option(const std::string& value) {
+  taiyi::LoraSelection lora;
+  lora.file = value;
+  const size_t colon = value.rfind(':');
+  if (colon != std::string::npos && colon + 1 < value.size()) {
+    const std::string scale = value.substr(colon + 1);
+    char* end = nullptr;
+    const double v = std::strtod(scale.c_str(), &end);
+    if (end == scale.c_str() + scale.size() && std::isfinite(v)) {
+      lora.file = value.substr(0, colon);
+      lora.te_multiplier = lora.unet_multiplier = v;
+    } else if (!fs::exists(value)) {
+      throw taiyi::Error("--lora " + value + ": scale '" + scale + "' is not a number (--lora FILE[:SCALE])");
+    }
+  }
+  if (!fs::is_regular_file(lora.file)) throw taiyi::Error("--lora " + lora.file + ": file not found");
+  lora.name = fs::path(lora.file).stem().string();
+  return lora;
+}
+
+// Which LoRA set a request asks for, as text (its --lora options and its prompts' tags, unresolved);
+// "" plus a unique suffix when the tags do not parse, so that the line runs (and fails) alone.
+std::string lora_set_key(const taiyi::GenerationRequest& r, size_t unique) {
+  std::string key;
+  for (const auto& lora : r.loras)
+    key += lora.file + "\x1f" + format_number(lora.te_multiplier) + "\x1f" + format_number(lora.unet_multiplier) + "\x1e";
+  try {
+    for (const std::string* text : {&r.prompt, &r.negative_prompt})
+      for (const auto& tag : taiyi::parse_extra_networks(*text).loras)
+        key += "<" + tag.name + "\x1f" + format_number(tag.te_multiplier) + "\x1f" + format_number(tag.unet_multiplier) + "\x1e";
+  } catch (const taiyi::Error&) {
+    return "\x1d" + std::to_string(unique);
+  }
+  return key;
 }
 
 // What changes the numbers, in the web UI's "Key: value" form (values with commas quoted, as it
@@ -121,6 +187,14 @@ class ProgressBar {
   std::chrono::steady_clock::time_point first_;
 };
 
+Json lora_records(const taiyi::GenerationRequest& r, const std::function<std::string(const std::string&)>& lora_hash) {
+  Json list = Json::array();
+  for (const auto& lora : r.loras)
+    list.push_back({{"name", lora.name}, {"file", lora.file}, {"te", lora.te_multiplier}, {"unet", lora.unet_multiplier},
+                    {"hash", lora_hash(lora.file)}});
+  return list;
+}
+
 struct Job {
   taiyi::GenerationRequest request;
   int64_t line = 0;  // 0: the command-line prompt
@@ -163,6 +237,8 @@ int run_generate(GenerateArgs& a) {
   taiyi::Shard shard = a.shard.empty() ? taiyi::Shard{} : taiyi::parse_shard(a.shard);
   if (!a.shard.empty() && !from_file) throw taiyi::Error("--shard splits a prompt file: use it with --prompts");
 
+  std::vector<taiyi::LoraSelection> loras;
+  for (const std::string& value : a.loras) loras.push_back(parse_lora_option(value));
   const uint64_t base_seed = a.seed ? *a.seed : std::random_device{}() % 4294967295ull;
   std::vector<Job> jobs;
   std::vector<std::string> failures;  // "line N: message"
@@ -201,6 +277,7 @@ int run_generate(GenerateArgs& a) {
     job.request.strength = p.strength.value_or(a.strength);
     job.request.clip_skip = p.clip_skip.value_or(a.clip_skip);
     job.request.mask = p.mask ? (fs::path(a.prompts_file).parent_path() / *p.mask).string() : a.mask;
+    job.request.loras = loras;
     for (int64_t i = 0; i < a.num_images; ++i) {
       taiyi::NameFields fields{job.request.seed + static_cast<uint64_t>(i), i, p.line, index++};
       std::string out = p.output ? (a.num_images == 1 ? *p.output : taiyi::output_template(*p.output, false, a.num_images))
@@ -232,6 +309,26 @@ int run_generate(GenerateArgs& a) {
     todo.push_back(std::move(job));
   }
   if (!todo.empty()) check_output_folder(todo.front().outputs.front());
+  // Lines grouped by LoRA set, in the order each set first appears (a stable sort), so that each set
+  // is merged once: merging and un-merging cost a pass over the touched weights.
+  {
+    std::map<std::string, size_t> first_seen;
+    std::vector<std::pair<size_t, size_t>> order;  // (set rank, position)
+    for (size_t i = 0; i < todo.size(); ++i) {
+      auto it = first_seen.emplace(lora_set_key(todo[i].request, i), first_seen.size()).first;
+      order.emplace_back(it->second, i);
+    }
+    std::stable_sort(order.begin(), order.end());
+    std::vector<Job> grouped;
+    for (const auto& [rank, i] : order) grouped.push_back(std::move(todo[i]));
+    todo = std::move(grouped);
+  }
+  std::map<std::string, std::string> lora_hashes;  // file -> short hash, computed once
+  auto lora_hash = [&](const std::string& file) {
+    auto it = lora_hashes.find(file);
+    if (it == lora_hashes.end()) it = lora_hashes.emplace(file, taiyi::lora_short_hash(file)).first;
+    return it->second;
+  };
 
   const bool progress_enabled = !a.quiet && isatty(STDERR_FILENO);
   if (!a.quiet)
@@ -278,7 +375,7 @@ int run_generate(GenerateArgs& a) {
       if (r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height ||
           r.sampler != f.sampler || r.schedule != f.schedule || r.init_image.empty() != f.init_image.empty() ||
           r.strength != f.strength || r.mask.empty() != f.mask.empty() || first_chunks < 0 ||
-          context_chunks(r) != first_chunks)
+          context_chunks(r) != first_chunks || lora_set_key(r, scan) != lora_set_key(f, next))
         break;
       members.push_back(scan);
       images += r.count;
@@ -302,7 +399,7 @@ int run_generate(GenerateArgs& a) {
         const taiyi::SamplerSetting sampler = pipe.sampler_setting(r);
         for (size_t i = 0; i < job.outputs.size(); ++i, ++k) {
           const taiyi::Image& image = results[k];
-          std::string params = a1111_parameters(r, image, sampler, model_name);
+          std::string params = a1111_parameters(job.request, r, image, sampler, model_name, lora_hash);
           // The numerics in force change results: say so wherever the settings are recorded.
           params += numerics_parameters(pipe);
           fs::path out = job.outputs[i];
@@ -317,6 +414,7 @@ int run_generate(GenerateArgs& a) {
                          {"strength", r.init_image.empty() ? Json() : Json(r.strength)},
                          {"mask", r.mask.empty() ? Json() : Json(r.mask)},
                          {"clip_skip", r.clip_skip},
+                         {"loras", lora_records(r, lora_hash)},
                          {"model", model_name},        {"line", job.line},
                          {"device", pipe.device().str()}, {"precision", precision_name}, {"tf32", tf32_used},
                          {"vae_precision", taiyi::precision_name(pipe.vae_dtype())}};
@@ -460,6 +558,19 @@ int main(int argc, char** argv) {
   app.add_option("--clip-skip", a.clip_skip,
                  "stop the CLIP text encoder N-1 layers early, as the web UI counts (1: last layer; 2: penultimate)")
       ->capture_default_str();
+  a.pipeline.lora_dir = cache_folder("loras");
+  a.pipeline.embeddings_dir = cache_folder("embeddings");
+  app.add_option("--lora", a.loras, "merge a LoRA file (kohya or diffusers layout), SCALE default 1; repeat to stack")
+      ->type_name("FILE[:SCALE]")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--lora-dir", a.pipeline.lora_dir, "where a prompt's <lora:NAME:WEIGHT> finds NAME.safetensors")
+      ->capture_default_str();
+  app.add_option("--embedding", a.pipeline.embedding_files,
+                 "a textual-inversion file (web UI emb_params or diffusers learned_embeds .safetensors); repeatable")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--embeddings-dir", a.pipeline.embeddings_dir,
+                 "textual-inversion files used when their name (file stem) appears in a prompt")
+      ->capture_default_str();
   app.add_option("--steps", a.steps, "denoising steps")->capture_default_str();
   app.add_option("-g,--cfg-scale", a.cfg_scale, "classifier-free guidance scale (<= 1: off)")->capture_default_str();
   app.add_option("-s,--seed", a.seed, "seed (default: random, printed and recorded); image i uses seed+i");
@@ -507,7 +618,9 @@ int main(int argc, char** argv) {
   std::string info_model = default_model();
   bool info_json = false;
   CLI::App* info = app.add_subcommand("info", "what taiyi sees in a model folder, and every problem found");
+  std::string info_lora;
   add_model_option(info, info_model);
+  info->add_option("--lora", info_lora, "list what this LoRA file would patch in the model, and every key it cannot place");
   info->add_flag("--json", info_json, "JSON output");
 
   taiyi::BenchOptions bench_options;
@@ -543,6 +656,12 @@ int main(int argc, char** argv) {
   }
   try {
     if (*tokenize) return run_tokenize(tok_model, tok_prompt, tok_json);
+    if (*info && !info_lora.empty()) {
+      Json report = taiyi::inspect_lora(info_model, info_lora);
+      if (info_json) std::cout << report.dump(2) << "\n";
+      else std::cout << taiyi::format_lora_report(report);
+      return report.value("usable", false) ? 0 : 1;
+    }
     if (*info) {
       Json report = taiyi::inspect_model(info_model);
       if (info_json) std::cout << report.dump(2) << "\n";

@@ -158,6 +158,11 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
     for (auto& param : p.vae_->module().parameters())
       if (param.dim() == 4) param.set_data(param.contiguous(torch::MemoryFormat::ChannelsLast));
   }
+  p.lora_targets_ = taiyi::lora_targets("text_encoder", *p.text_encoder_);
+  for (LoraTarget& t : taiyi::lora_targets("unet", p.unet_->module())) p.lora_targets_.push_back(std::move(t));
+  for (const std::string& file : options.embedding_files) p.add_embedding(read_embedding(file));
+  for (const fs::path& file : embedding_files(options.embeddings_dir))
+    p.embedding_folder_.emplace(file.stem().string(), file);
   synchronize(p.device_);
   p.times_.load = seconds_since(start);
   return p;
@@ -241,8 +246,17 @@ torch::Tensor Pipeline::encode_ids(const std::vector<int64_t>& chunk_ids, int64_
   // outside the denoising loop). The encoder then runs in fp32 from here on.
   if (dtype_ != torch::kFloat && !torch::isfinite(hidden).all().item<bool>()) {
     say("the " + precision_name(dtype_) + " text encoder overflowed (NaN/Inf); encoding in fp32 from now on");
-    text_encoder_fp32_ = make_text_encoder(folder_);
-    load_component(*text_encoder_fp32_, "text_encoder", torch::kFloat, text_encoder_fp32_->ignored_checkpoint_keys());
+    auto copy = make_text_encoder(folder_);
+    load_component(*copy, "text_encoder", torch::kFloat, copy->ignored_checkpoint_keys());
+    {
+      // The copy gets what the model's encoder has: textual-inversion rows and merged LoRAs.
+      c10::InferenceMode normal_tensors(false);
+      torch::NoGradGuard no_grad;
+      for (const TextualInversion& ti : embeddings_) copy->token_embedding().append_rows(ti.vectors);
+      for (const auto& [key, updates] : lora_updates_)
+        if (key.rfind("text_encoder|", 0) == 0) merge_lora_weight(*copy, key.substr(13), updates, key + "|fp32");
+    }
+    text_encoder_fp32_ = copy;
     hidden = text_encoder_fp32_->forward(ids, skip).to(dtype_);
   }
   return hidden;
@@ -462,6 +476,14 @@ std::vector<Image> Pipeline::to_images(const torch::Tensor& images01, uint64_t f
 
 GenerationRequest Pipeline::complete(const GenerationRequest& request) const {
   GenerationRequest r = request;
+  // The web UI's extra networks: <lora:...> tags leave the text before anything parses it.
+  for (std::string* text : {&r.prompt, &r.negative_prompt}) {
+    ExtraNetworks networks = parse_extra_networks(*text);
+    *text = networks.text;
+    for (const LoraTag& tag : networks.loras)
+      r.loras.push_back(LoraSelection{find_lora(tag.name).string(), tag.name, tag.te_multiplier, tag.unet_multiplier});
+    activate_embeddings(*text);
+  }
   if (!r.init_image.empty() && (r.width == 0 || r.height == 0)) {
     // VaeImageProcessor.get_default_height_width: the image's size rounded down to the VAE's multiple.
     const auto [w, h] = image_size(r.init_image);
@@ -491,9 +513,11 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   for (const GenerationRequest& r : batch) {
     if (r.steps != first.steps || r.cfg_scale != first.cfg_scale || r.width != first.width || r.height != first.height ||
         sampler_setting(r).key() != sampler_setting(first).key() || r.init_image.empty() != first.init_image.empty() ||
-        (!r.init_image.empty() && r.strength != first.strength) || r.mask.empty() != first.mask.empty())
-      throw Error("generate_batch: requests in one batch must share steps, cfg scale, size, sampler and strength");
+        (!r.init_image.empty() && r.strength != first.strength) || r.mask.empty() != first.mask.empty() ||
+        r.loras != first.loras)
+      throw Error("generate_batch: requests in one batch must share steps, cfg scale, size, sampler, strength and LoRAs");
   }
+  apply_loras(first.loras);
   c10::InferenceMode inference;
   const bool guidance = first.cfg_scale > 1.0;
 
@@ -599,6 +623,178 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   }
   times_.decode += seconds_since(start);
   return images;
+}
+
+}  // namespace taiyi
+
+namespace taiyi {
+
+// --- LoRA -------------------------------------------------------------------------------------
+
+fs::path Pipeline::find_lora(const std::string& name) const {
+  if (options_.lora_dir.empty()) throw Error("<lora:" + name + ">: no LoRA folder (--lora-dir)");
+  const fs::path dir = options_.lora_dir;
+  const fs::path direct = dir / (name + ".safetensors");
+  std::error_code ec;
+  if (fs::is_regular_file(direct, ec)) return direct;
+  // The web UI finds a LoRA by file stem anywhere below its folder; the first in path order wins.
+  std::vector<fs::path> found;
+  if (fs::is_directory(dir, ec)) {
+    for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->path().extension() == ".safetensors" && it->path().stem() == name && it->is_regular_file(ec))
+        found.push_back(it->path());
+    }
+  }
+  if (found.empty())
+    throw Error("<lora:" + name + ">: no " + name + ".safetensors in " + dir.string() + " (--lora-dir)");
+  std::sort(found.begin(), found.end());
+  return found.front();
+}
+
+std::vector<std::pair<torch::nn::Module*, std::string>> Pipeline::lora_copies(const std::string& component) {
+  if (component == "unet") return {{&unet_->module(), ""}};
+  std::vector<std::pair<torch::nn::Module*, std::string>> copies = {{text_encoder_.get(), ""}};
+  if (text_encoder_fp32_ && text_encoder_fp32_ != text_encoder_) copies.push_back({text_encoder_fp32_.get(), "|fp32"});
+  return copies;
+}
+
+torch::Tensor Pipeline::in_model_layout(torch::Tensor weight) const {
+  if (options_.channels_last && device_.is_cuda() && weight.dim() == 4)
+    return weight.contiguous(torch::MemoryFormat::ChannelsLast);
+  return weight;
+}
+
+void Pipeline::merge_lora_weight(torch::nn::Module& module, const std::string& param,
+                                 const std::vector<LoraUpdate>& updates, const std::string& original_key) {
+  auto parameters = module.named_parameters();  // the dict's tensors share the module's
+  torch::Tensor* weight = parameters.find(param);
+  if (!weight) throw Error("LoRA: the model has no parameter " + param);
+  if (random_weights_ && !lora_originals_.count(original_key)) lora_originals_[original_key] = weight->clone();
+  // peft's merge: W += delta per adapter in order, here always in fp32, then cast once.
+  torch::Tensor merged = weight->to(torch::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  for (const LoraUpdate& u : updates) merged += lora_delta(*u.file, u.patch, u.scale, device_);
+  weight->set_data(in_model_layout(merged.to(weight->scalar_type())));
+}
+
+void Pipeline::restore_lora_weights() {
+  std::map<std::string, std::vector<std::shared_ptr<SafetensorsFile>>> files;  // by component, opened once
+  for (const auto& [key, updates] : lora_updates_) {
+    const size_t bar = key.find('|');
+    const std::string component = key.substr(0, bar), param = key.substr(bar + 1);
+    for (auto [module, suffix] : lora_copies(component)) {
+      auto parameters = module->named_parameters();
+      torch::Tensor* weight = parameters.find(param);
+      if (!weight) continue;
+      if (random_weights_) {
+        auto original = lora_originals_.find(key + suffix);
+        if (original == lora_originals_.end()) continue;  // a copy made after the merge holds its own
+        weight->set_data(original->second);
+        lora_originals_.erase(original);
+        continue;
+      }
+      if (!files.count(component))
+        for (const fs::path& path : folder_.weight_files(component))
+          files[component].push_back(std::make_shared<SafetensorsFile>(path));
+      bool restored = false;
+      for (const auto& file : files[component]) {
+        if (!file->find(param)) continue;
+        weight->set_data(in_model_layout(load_tensor(*file, param, weight->scalar_type(), device_)));
+        restored = true;
+        break;
+      }
+      if (!restored) throw Error(folder_.root().string() + ": " + component + " weight " + param + " is no longer in its files");
+    }
+  }
+  lora_updates_.clear();
+  active_loras_.clear();
+}
+
+void Pipeline::apply_loras(const std::vector<LoraSelection>& loras) {
+  if (loras == active_loras_) return;
+  const auto start = std::chrono::steady_clock::now();
+  // Weights are replaced (set_data), never written in place: normal tensors, no autograd.
+  c10::InferenceMode normal_tensors(false);
+  torch::NoGradGuard no_grad;
+  std::vector<std::shared_ptr<LoraFile>> files;
+  for (const LoraSelection& selection : loras)
+    files.push_back(std::make_shared<LoraFile>(read_lora(selection.file, lora_targets_)));
+  restore_lora_weights();
+  std::vector<std::pair<std::string, std::vector<LoraUpdate>>> updates;
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < loras.size(); ++i) {
+    for (const LoraPatch& patch : files[i]->plan.patches) {
+      const double multiplier = patch.component == "unet" ? loras[i].unet_multiplier : loras[i].te_multiplier;
+      if (multiplier == 0) continue;  // exactly the model without it (not W + 0 * delta, which can flip -0)
+      const std::string key = patch.component + "|" + patch.module + ".weight";
+      auto [it, fresh] = index.emplace(key, updates.size());
+      if (fresh) updates.push_back({key, {}});
+      // peft's set_scale: scaling = scale * lora_alpha / r.
+      updates[it->second].second.push_back(
+          LoraUpdate{files[i], patch, multiplier * patch.alpha / static_cast<double>(patch.rank)});
+    }
+  }
+  try {
+    for (const auto& [key, list] : updates) {
+      const size_t bar = key.find('|');
+      for (auto [module, suffix] : lora_copies(key.substr(0, bar)))
+        merge_lora_weight(*module, key.substr(bar + 1), list, key + suffix);
+      lora_updates_.push_back({key, list});
+    }
+  } catch (...) {
+    restore_lora_weights();
+    throw;
+  }
+  active_loras_ = loras;
+  synchronize(device_);
+  times_.lora += seconds_since(start);
+  ++times_.lora_merges;
+}
+
+int64_t Pipeline::lora_kept_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& [key, tensor] : lora_originals_) bytes += tensor.numel() * tensor.element_size();
+  return bytes;
+}
+
+// --- Textual inversion --------------------------------------------------------------------------
+
+void Pipeline::add_embedding(const TextualInversion& embedding) const {
+  for (const TextualInversion& loaded : embeddings_)
+    if (loaded.name == embedding.name) return;
+  c10::InferenceMode normal_tensors(false);
+  torch::NoGradGuard no_grad;
+  nn::EmbeddingImpl& table = text_encoder_->token_embedding();
+  const int64_t rows = table.weight().size(0), dim = table.weight().size(1);
+  if (embedding.vectors.size(1) != dim)
+    throw Error(embedding.file + ": embedding '" + embedding.name + "' has vectors of " +
+                std::to_string(embedding.vectors.size(1)) + " values; this text encoder's tokens have " +
+                std::to_string(dim) + " (an embedding for another model?)");
+  if (static_cast<int64_t>(tokenizer_->vocab_size()) != rows)
+    throw Error(embedding.file + ": textual inversion needs the tokenizer's " + std::to_string(tokenizer_->vocab_size()) +
+                " tokens to match the text encoder's " + std::to_string(rows) + " token rows (" +
+                folder_.root().string() + ")");
+  std::vector<int64_t> ids = tokenizer_->add_embedding_tokens(embedding.name, static_cast<size_t>(embedding.vectors.size(0)));
+  table.append_rows(embedding.vectors);
+  if (text_encoder_fp32_ && text_encoder_fp32_ != text_encoder_) text_encoder_fp32_->token_embedding().append_rows(embedding.vectors);
+  embeddings_.push_back(embedding);
+}
+
+std::vector<std::string> Pipeline::embedding_names() const {
+  std::vector<std::string> names;
+  for (const TextualInversion& ti : embeddings_) names.push_back(ti.name);
+  return names;
+}
+
+void Pipeline::activate_embeddings(const std::string& text) const {
+  for (auto it = embedding_folder_.begin(); it != embedding_folder_.end();) {
+    if (text.find(it->first) != std::string::npos) {
+      add_embedding(read_embedding(it->second, it->first));  // an Error leaves it to fail again next time
+      it = embedding_folder_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 }  // namespace taiyi

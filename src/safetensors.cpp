@@ -310,26 +310,29 @@ void load_weights(torch::nn::Module& module, const std::vector<fs::path>& files,
       target.set_data(target.to(options.device, target.is_floating_point() ? options.dtype : target.scalar_type()));
       continue;
     }
-    torch::Tensor source = it->second.first->tensor(name);
     const torch::Dtype dtype = target.is_floating_point() ? options.dtype : target.scalar_type();
-    // On the CPU, a tensor stored in the compute dtype is used in place from the mapping, as diffusers'
-    // safetensors loading does: no anonymous copy to fault in and fill (4 GB for the fp32 model), and the
-    // pages stay shared with the page cache. Only when its data is aligned for the dtype.
-    if (options.device.is_cpu() && source.scalar_type() == dtype &&
-        reinterpret_cast<uintptr_t>(source.data_ptr()) % source.element_size() == 0) {
-      target.set_data(source);
-      continue;
-    }
-    // One tensor at a time: convert on the CPU when that shrinks the transfer, else on the device.
-    torch::Tensor converted;
-    if (options.device.is_cpu() || static_cast<int64_t>(c10::elementSize(dtype)) < source.element_size())
-      converted = source.to(dtype).to(options.device);
-    else
-      converted = source.to(options.device).to(dtype);
-    if (converted.data_ptr() == source.data_ptr()) converted = converted.clone();  // never alias the mapping
-    target.set_data(converted);
-    release_pages(source);
+    target.set_data(load_tensor(*it->second.first, name, dtype, options.device));
   }
+}
+
+torch::Tensor load_tensor(const SafetensorsFile& file, const std::string& name, torch::Dtype dtype, torch::Device device) {
+  torch::Tensor source = file.tensor(name);
+  // On the CPU, a tensor stored in the compute dtype is used in place from the mapping, as diffusers'
+  // safetensors loading does: no anonymous copy to fault in and fill (4 GB for the fp32 model), and the
+  // pages stay shared with the page cache. Only when its data is aligned for the dtype. The mapping is
+  // private: writes to such a tensor copy the pages they touch, never the file.
+  if (device.is_cpu() && source.scalar_type() == dtype &&
+      reinterpret_cast<uintptr_t>(source.data_ptr()) % source.element_size() == 0)
+    return source;
+  // One tensor at a time: convert on the CPU when that shrinks the transfer, else on the device.
+  torch::Tensor converted;
+  if (device.is_cpu() || static_cast<int64_t>(c10::elementSize(dtype)) < source.element_size())
+    converted = source.to(dtype).to(device);
+  else
+    converted = source.to(device).to(dtype);
+  if (converted.data_ptr() == source.data_ptr()) converted = converted.clone();  // never alias the mapping
+  release_pages(source);
+  return converted;
 }
 
 }  // namespace taiyi

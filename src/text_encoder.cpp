@@ -212,7 +212,7 @@ struct ClipTextModelImpl : TextEncoderImpl {
   }
   torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) override {
     const EncoderOptions& o = text_model->options;
-    check_input_ids(input_ids, o.vocab_size, o.max_positions, "CLIPTextModel");
+    check_input_ids(input_ids, token_embedding().weight().size(0), o.max_positions, "CLIPTextModel");
     if (skip < 0 || skip > o.num_layers)
       throw Error("CLIPTextModel: clip skip " + std::to_string(skip + 1) + " (the web UI's numbering) is out of range: " +
                   "this text encoder has " + std::to_string(o.num_layers) + " layers, so 1 to " +
@@ -220,6 +220,7 @@ struct ClipTextModelImpl : TextEncoderImpl {
     return text_model->forward(input_ids, skip);
   }
   int64_t num_layers() const override { return text_model->options.num_layers; }
+  nn::EmbeddingImpl& token_embedding() override { return *text_model->embeddings->token_embedding; }
   bool supports_clip_skip() const override { return true; }
   std::vector<std::string> ignored_checkpoint_keys() const override {
     return {"text_model.embeddings.position_ids"};  // persistent in transformers < 4.31
@@ -348,7 +349,7 @@ struct BertModelImpl : TextEncoderImpl {
   torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) override {
     if (skip != 0)
       throw Error("BertModel: clip skip needs a CLIP text encoder (BERT has no final layer norm to apply)");
-    check_input_ids(input_ids, options.vocab_size, options.max_positions, "BertModel");
+    check_input_ids(input_ids, token_embedding().weight().size(0), options.max_positions, "BertModel");
     torch::Tensor x = embeddings(input_ids);  // [B, L, hidden]
     for (const auto& layer : *encoder->layer) x = layer->as<BertLayer>()->forward(x);
     return x;
@@ -358,6 +359,7 @@ struct BertModelImpl : TextEncoderImpl {
   }
   int64_t num_layers() const override { return options.num_layers; }
   bool supports_clip_skip() const override { return false; }
+  nn::EmbeddingImpl& token_embedding() override { return *embeddings->word_embeddings; }
   BertEmbeddings embeddings{nullptr};
   BertEncoder encoder{nullptr};
   EncoderOptions options;

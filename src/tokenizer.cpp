@@ -974,8 +974,14 @@ class SlowTokenizer : public Tokenizer {
     TextTokens tokens;
     for (const Piece& piece : settings_.added.split(decode_utf8(utf8_text), lower_case_outside_specials_)) {
       if (piece.added_id) {
-        tokens.ids.push_back(*piece.added_id);
-        tokens.commas.push_back(false);
+        auto expansion = expansions_.find(*piece.added_id);
+        if (expansion == expansions_.end()) {
+          tokens.ids.push_back(*piece.added_id);
+          tokens.commas.push_back(false);
+        } else {
+          tokens.ids.insert(tokens.ids.end(), expansion->second.begin(), expansion->second.end());
+          tokens.commas.insert(tokens.commas.end(), expansion->second.size(), false);
+        }
       } else {
         tokenize_piece(piece.text, tokens.ids, &tokens.commas);
       }
@@ -1008,7 +1014,44 @@ class SlowTokenizer : public Tokenizer {
 
   size_t max_length() const override { return settings_.max_length; }
 
+  size_t vocab_size() const override {
+    size_t count = vocab_count();
+    for (const auto& [content, id] : settings_.added.encoder)
+      if (!vocab_lookup(encode_utf8(content))) ++count;
+    return count;
+  }
+
+  std::vector<int64_t> add_embedding_tokens(const std::string& name, size_t vectors) override {
+    std::vector<std::u32string> contents;
+    for (size_t i = 0; i < vectors; ++i) {
+      std::u32string content = decode_utf8(i == 0 ? name : name + "_" + std::to_string(i));
+      if (lower_case_outside_specials_) content = python_lower(content);
+      const std::string utf8 = encode_utf8(content);
+      if (content.empty() || vocab_lookup(utf8) || settings_.added.find(content))
+        throw Error("textual inversion: token '" + utf8 + "' is already in the tokenizer's vocabulary (" +
+                    dir_.string() + "); rename the embedding");
+      contents.push_back(std::move(content));
+    }
+    const int64_t first = static_cast<int64_t>(vocab_size());
+    std::vector<int64_t> ids;
+    for (size_t i = 0; i < contents.size(); ++i) {
+      const int64_t id = first + static_cast<int64_t>(i);
+      AddedToken token;
+      token.content = contents[i];
+      settings_.added.decoder[id] = token;
+      settings_.added.encoder[token.content] = id;
+      settings_.added.encoder_utf8[encode_utf8(token.content)] = id;
+      settings_.added.trie.add(token.content);
+      ids.push_back(id);
+    }
+    if (ids.size() > 1) expansions_[ids.front()] = ids;
+    return ids;
+  }
+
  protected:
+  // The model vocabulary (without added tokens): a token's id, and the number of entries.
+  virtual std::optional<int64_t> vocab_lookup(const std::string& token) const = 0;
+  virtual size_t vocab_count() const = 0;
   // _tokenize followed by convert_tokens_to_ids, for a piece that is not an added token; appends to
   // `commas` (kept as long as ids) whether each id ends a comma.
   virtual void tokenize_piece(const std::u32string& piece, std::vector<int64_t>& ids, std::vector<bool>* commas) const = 0;
@@ -1039,6 +1082,7 @@ class SlowTokenizer : public Tokenizer {
   TokenizerSettings settings_;
   bool lower_case_outside_specials_ = false;
   int64_t first_id_ = 0, last_id_ = 0, pad_id_ = 0;
+  std::unordered_map<int64_t, std::vector<int64_t>> expansions_;  // a multi-vector embedding's first id -> all
 };
 
 // =============================================================================================
@@ -1195,6 +1239,13 @@ class ClipTokenizer final : public SlowTokenizer {
     if (unk_id_) return *unk_id_;
     throw Error((dir_ / "vocab.json").string() + ": token '" + token + "' and the unk_token are not in the vocabulary");
   }
+
+  std::optional<int64_t> vocab_lookup(const std::string& token) const override {
+    auto it = vocab_.find(token);
+    if (it == vocab_.end()) return std::nullopt;
+    return it->second;
+  }
+  size_t vocab_count() const override { return vocab_.size(); }
 
   std::string vocab_token(int64_t id) const override {
     auto it = vocab_by_id_.find(id);
@@ -1381,6 +1432,13 @@ class BertTokenizer final : public SlowTokenizer {
   }
 
  private:
+  std::optional<int64_t> vocab_lookup(const std::string& token) const override {
+    auto it = vocab_.find(token);
+    if (it == vocab_.end()) return std::nullopt;
+    return it->second;
+  }
+  size_t vocab_count() const override { return vocab_.size(); }
+
   std::string vocab_token(int64_t id) const override {
     auto it = vocab_by_id_.find(id);
     return it == vocab_by_id_.end() ? unk_token_ : it->second;

@@ -17,4 +17,10 @@ nlohmann::json inspect_model(const std::filesystem::path& folder);
 // The report as human-readable text.
 std::string format_model_report(const nlohmann::json& report);
 
+// `taiyi info --lora FILE`: what a LoRA file would patch in the model folder's UNet and text encoder
+// (modules built from the configs, no weights read): layout, per module its rank, alpha and kind, the
+// short hash, and every key it cannot place or shape; report["usable"] false when any.
+nlohmann::json inspect_lora(const std::filesystem::path& folder, const std::filesystem::path& lora);
+std::string format_lora_report(const nlohmann::json& report);
+
 }  // namespace taiyi

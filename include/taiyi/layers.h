@@ -75,6 +75,8 @@ class EmbeddingImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& ids);
   // The table itself: the text encoders add rows 0..L-1 for positions 0..L-1 without a lookup.
   const torch::Tensor& weight() const { return weight_; }
+  // Rows appended at the end (textual inversion's new tokens), in the table's dtype and device.
+  void append_rows(const torch::Tensor& rows);
 
  private:
   torch::Tensor weight_;

@@ -25,6 +25,8 @@
 
 #include "taiyi/config.h"
 #include "taiyi/device.h"
+#include "taiyi/embeddings.h"
+#include "taiyi/lora_weights.h"
 #include "taiyi/scheduler.h"
 #include "taiyi/text_encoder.h"
 #include "taiyi/tokenizer.h"
@@ -51,6 +53,13 @@ struct PipelineOptions {
   Tf32Mode tf32 = Tf32Mode::kDefault;  // fp32 rounding on CUDA; the default is PyTorch's (and diffusers')
   bool cudnn_benchmark = false;    // cuDNN autotuning (CUDA)
   bool channels_last = false;      // UNet/VAE in channels_last memory format (CUDA)
+  // LoRA: a prompt's <lora:NAME:...> tag names NAME.safetensors in this folder (or below it), as the
+  // web UI's models/Lora. Empty: tags are an Error.
+  std::string lora_dir;
+  // Textual inversion: files loaded at once (--embedding), and a folder whose *.safetensors files load
+  // when their stem appears in a prompt (the web UI's embeddings folder).
+  std::vector<std::string> embedding_files;
+  std::string embeddings_dir;
   // Receives one-off notices (an fp32 fallback); the CLI prints them.
   std::function<void(const std::string&)> notice;
 };
@@ -78,6 +87,9 @@ struct GenerationRequest {
   // Clip skip in the web UI's numbering: 1 the last layer, N the hidden state N-1 layers before it through
   // the final layer norm (diffusers' clip_skip = N-1), for prompt, negative prompt and padding alike.
   int64_t clip_skip = 1;
+  // LoRAs merged for this request (--lora). complete() takes the prompts' <lora:...> tags out of the
+  // text and appends them here, resolved in PipelineOptions::lora_dir.
+  std::vector<LoraSelection> loras;
 };
 
 // The sampler a request runs with, resolved.
@@ -102,6 +114,8 @@ struct Image {
 
 struct StageTimes {  // seconds, accumulated over generate() calls
   double load = 0, encode = 0, denoise = 0, decode = 0;
+  double lora = 0;        // merging and un-merging LoRAs
+  int64_t lora_merges = 0;
   int64_t unet_calls = 0;
 };
 
@@ -124,6 +138,25 @@ class Pipeline {
   std::vector<Image> generate_batch(const std::vector<GenerationRequest>& requests,
                                     const ProgressCallback& progress = {});
   bool inpainting_unet() const;  // unet in_channels == 9
+
+  // LoRA (include/taiyi/lora_weights.h): merges a set into the weights, W += multiplier * alpha / rank *
+  // up @ down in fp32 per weight, cast to the model dtype; several stack in order. The set merged before
+  // is taken out first by restoring the touched weights' originals, bit for bit: re-read from the
+  // model's weight files (nothing kept in memory), or for random weights from copies kept of them.
+  // Nothing happens when the set is the one merged. generate_batch calls it with its requests' set.
+  // Every file is read and checked before anything changes; an Error leaves no LoRA merged.
+  void apply_loras(const std::vector<LoraSelection>& loras);
+  const std::vector<LoraSelection>& active_loras() const { return active_loras_; }
+  int64_t lora_kept_bytes() const;  // memory held to restore the originals (0 for weight files)
+  // The targets LoRA files are placed on: every Linear / Conv2d weight of the text encoder and UNet.
+  const std::vector<LoraTarget>& lora_targets() const { return lora_targets_; }
+  // The file a <lora:NAME> tag means (PipelineOptions::lora_dir), Error when there is none.
+  std::filesystem::path find_lora(const std::string& name) const;
+  // Textual inversion (include/taiyi/embeddings.h): the embedding's tokens added to the tokenizer and
+  // its vectors as their rows of the token table, as diffusers' load_textual_inversion. Error when its
+  // width is not the table's or a token clashes. Loading one twice is a no-op.
+  void add_embedding(const TextualInversion& embedding) const;
+  std::vector<std::string> embedding_names() const;  // those loaded
 
   // Building blocks, exposed for tests and benchmarks.
   // The prompt as the web UI encodes it (include/taiyi/prompt_parser.h): emphasis, chunks of
@@ -163,6 +196,8 @@ class Pipeline {
   static std::vector<Image> to_images(const torch::Tensor& images01, uint64_t first_seed);
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }
+  UNet2DConditionModel& unet() { return *unet_; }
+  TextEncoderImpl& text_encoder() { return *text_encoder_; }
   // The scheduler of the pipeline's default sampler (PipelineOptions).
   Scheduler& scheduler() { return scheduler_for(sampler_setting(GenerationRequest{})); }
   const ModelFolder& folder() const { return folder_; }
@@ -193,6 +228,19 @@ class Pipeline {
   torch::Tensor unit_noise(at::IntArrayRef shape, const std::vector<torch::Generator>& generators) const;
   // _encode_vae_image: latent_dist.sample of [N, 3, H, W] images, image i from generators[i], scaled.
   torch::Tensor encode_image_latents(const torch::Tensor& images, std::vector<torch::Generator>& generators);
+  // Loads the embeddings folder's files whose stems appear in `text`.
+  void activate_embeddings(const std::string& text) const;
+  // A LoRA update of one weight: its patch and scale multiplier * alpha / rank.
+  struct LoraUpdate {
+    std::shared_ptr<LoraFile> file;
+    LoraPatch patch;
+    double scale = 0;
+  };
+  void merge_lora_weight(torch::nn::Module& module, const std::string& param, const std::vector<LoraUpdate>& updates,
+                         const std::string& original_key);
+  void restore_lora_weights();
+  std::vector<std::pair<torch::nn::Module*, std::string>> lora_copies(const std::string& component);  // (module, key suffix)
+  torch::Tensor in_model_layout(torch::Tensor weight) const;  // channels_last where the model keeps it
   ModelFolder folder_;
   PipelineOptions options_;
   torch::Device device_ = torch::kCPU;
@@ -207,6 +255,12 @@ class Pipeline {
   Numerics numerics_;
   Config scheduler_file_config_;  // scheduler/scheduler_config.json
   std::map<std::string, std::shared_ptr<Scheduler>> schedulers_;  // by SamplerSetting::key()
+  std::vector<LoraTarget> lora_targets_;
+  std::vector<LoraSelection> active_loras_;
+  std::vector<std::pair<std::string, std::vector<LoraUpdate>>> lora_updates_;  // "component|param" -> updates, merged now
+  std::map<std::string, torch::Tensor> lora_originals_;  // random weights only: "component|param|copy" -> original
+  mutable std::vector<TextualInversion> embeddings_;      // loaded, in order (their rows follow the table's)
+  mutable std::map<std::string, std::filesystem::path> embedding_folder_;  // stem -> file, not loaded yet
   StageTimes times_;
 };
 

@@ -103,4 +103,8 @@ WeightMismatch check_weights(torch::nn::Module& module, const std::vector<const 
 void load_weights(torch::nn::Module& module, const std::vector<std::filesystem::path>& files,
                   const LoadOptions& options = {});
 
+// One tensor of a file as load_weights converts it to dtype on device (on the CPU, a view of the mapping
+// when the file already holds that dtype): reloading a parameter this way restores it bit for bit.
+torch::Tensor load_tensor(const SafetensorsFile& file, const std::string& name, torch::Dtype dtype, torch::Device device);
+
 }  // namespace taiyi

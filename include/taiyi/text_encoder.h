@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "taiyi/config.h"
+#include "taiyi/layers.h"
 
 namespace taiyi {
 
@@ -22,6 +23,8 @@ struct TextEncoderImpl : torch::nn::Module {
   // Keys present in transformers' checkpoints that this module does not hold (e.g. position_ids
   // buffers, BERT's pooler): load_weights ignores them.
   virtual std::vector<std::string> ignored_checkpoint_keys() const = 0;
+  // The token table (textual inversion appends rows; ids are checked against its size).
+  virtual nn::EmbeddingImpl& token_embedding() = 0;
 };
 
 // Pre-LayerNorm transformer, causal mask, quick_gelu (or gelu per hidden_act), final LayerNorm.

@@ -48,6 +48,13 @@ class Tokenizer {
   // into characters, BERT's "##" pieces into words).
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
   virtual size_t max_length() const = 0;  // model_max_length from tokenizer_config.json
+  // len(tokenizer): the vocabulary's tokens plus the added ones (ids of new tokens start here).
+  virtual size_t vocab_size() const = 0;
+  // diffusers' load_textual_inversion: tokens NAME, NAME_1, ..., NAME_{vectors-1} added as
+  // tokenizer.add_tokens adds them (non-special, normalized; lower-cased for do_lower_case tokenizers),
+  // ids from vocab_size(); NAME in a text then stands for all of them (maybe_convert_prompt). Error when
+  // one of them is a token already. Returns the new ids.
+  virtual std::vector<int64_t> add_embedding_tokens(const std::string& name, size_t vectors) = 0;
   virtual std::string kind() const = 0;   // "CLIPTokenizer" or "BertTokenizer"
 };
 

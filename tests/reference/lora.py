@@ -5,6 +5,7 @@ rank), loaded back with load_lora_weights and fused with fuse_lora(lora_scale=s)
 in the web UI's (emb_params) and diffusers' (learned_embeds) layouts, loaded with load_textual_inversion.
 
 loras/<name>.safetensors               the LoRA and embedding files (see LORAS, EMBEDDINGS)
+ref/lora_hashes.json                   the web UI's short hash of each LoRA file (its "Lora hashes")
 ref/lora_cases.json                    the cases: model, loras [[file, scale], ...], prompt, settings
 ref/lora.safetensors                   "<case>.images" [N, H, W, 3] byte values as float32;
                                        "<case>.<component>.<param>": the first HEAD values of every fused
@@ -18,6 +19,7 @@ linear and 1x1 projection of the full-size UNet, and ref/lora_full.safetensors w
 weights ("<param>.head": the first 4096 values) for the full-size parity test.
 """
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -191,6 +193,13 @@ def make(out: Path, full: bool):
         if model not in pipes:
             pipes[model] = load_pipeline(out, model, "")
         files[name] = save_lora(out, pipes[model], name, spec)
+    # The web UI's short hash of each file (networks.py, addnet_hash_safetensors), for "Lora hashes".
+    hashes = {}
+    for name, path in files.items():
+        data = path.read_bytes()
+        header = int.from_bytes(data[:8], "little")
+        hashes[name] = hashlib.sha256(data[8 + header:]).hexdigest()[:12]
+    (out / "ref" / "lora_hashes.json").write_text(json.dumps(hashes, indent=1))
     for c in CASES:
         pipe = load_pipeline(out, c["model"], c["sampler"])
         before = {component: {k: v.clone() for k, v in getattr(pipe, component).state_dict().items()}

@@ -1,0 +1,289 @@
+// LoRA key placement (kohya and PEFT layouts) and the web UI's <lora:...> tags. Plain C++.
+#include "taiyi/lora.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
+#include "taiyi/error.h"
+#include "taiyi/tokenizer.h"
+
+namespace taiyi {
+
+namespace {
+
+using Json = nlohmann::json;
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+
+std::string underscored(std::string path) {
+  std::replace(path.begin(), path.end(), '.', '_');
+  return path;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+// A key split into the module it names and which part of the update it is.
+enum class Part { Down, Up, Alpha };
+struct KeyParts {
+  std::string component, module;  // module as written (kohya: underscored)
+  Part part;
+};
+
+// kohya: <prefix><underscored module>.{lora_down.weight, lora_up.weight, alpha}.
+std::optional<KeyParts> kohya_parts(const std::string& key) {
+  static const std::pair<const char*, const char*> kPrefixes[] = {
+      {"lora_unet_", "unet"}, {"lora_te_", "text_encoder"}, {"lora_te1_", "text_encoder"}};
+  static const std::pair<const char*, Part> kSuffixes[] = {
+      {".lora_down.weight", Part::Down}, {".lora_up.weight", Part::Up}, {".alpha", Part::Alpha}};
+  for (const auto& [prefix, component] : kPrefixes) {
+    if (!starts_with(key, prefix)) continue;
+    for (const auto& [suffix, part] : kSuffixes) {
+      if (!ends_with(key, suffix)) continue;
+      std::string module = key.substr(std::string(prefix).size(),
+                                      key.size() - std::string(prefix).size() - std::string(suffix).size());
+      if (module.empty() || module.find('.') != std::string::npos) return std::nullopt;
+      return KeyParts{component, module, part};
+    }
+  }
+  return std::nullopt;
+}
+
+// PEFT / diffusers: <component>.<module>.{lora_A.weight, lora_B.weight} (or diffusers' older
+// .lora.down.weight / .lora.up.weight, and network alphas <component>.<module>.alpha).
+std::optional<KeyParts> peft_parts(const std::string& key) {
+  static const char* kComponents[] = {"unet", "text_encoder"};
+  static const std::pair<const char*, Part> kSuffixes[] = {
+      {".lora_A.weight", Part::Down}, {".lora_B.weight", Part::Up}, {".lora.down.weight", Part::Down},
+      {".lora.up.weight", Part::Up},  {".alpha", Part::Alpha}};
+  for (const char* component : kComponents) {
+    const std::string prefix = std::string(component) + ".";
+    if (!starts_with(key, prefix)) continue;
+    for (const auto& [suffix, part] : kSuffixes) {
+      if (!ends_with(key, suffix)) continue;
+      std::string module = key.substr(prefix.size(), key.size() - prefix.size() - std::string(suffix).size());
+      if (module.empty()) return std::nullopt;
+      return KeyParts{component, module, part};
+    }
+  }
+  return std::nullopt;
+}
+
+// PEFT's alpha for a module from lora_adapter_metadata: alpha_pattern entries match a module whose
+// path ends with the key at a dot boundary (peft's re.match(rf"(.*\.)?{key}$")), else lora_alpha.
+std::optional<double> metadata_alpha(const Json& adapter, const std::string& component, const std::string& module) {
+  if (!adapter.is_object()) return std::nullopt;
+  auto pattern = adapter.find(component + ".alpha_pattern");
+  if (pattern != adapter.end() && pattern->is_object()) {
+    for (const auto& item : pattern->items()) {
+      const std::string& k = item.key();
+      if ((module == k || ends_with(module, "." + k)) && item.value().is_number()) return item.value().get<double>();
+    }
+  }
+  auto alpha = adapter.find(component + ".lora_alpha");
+  if (alpha != adapter.end() && alpha->is_number()) return alpha->get<double>();
+  return std::nullopt;
+}
+
+}  // namespace
+
+const char* to_string(LoraLayout layout) { return layout == LoraLayout::Kohya ? "kohya" : "diffusers (PEFT)"; }
+
+std::string LoraPlan::message(const std::string& file) const {
+  auto listed = [](const std::vector<std::string>& items) {
+    std::string text;
+    const size_t shown = std::min<size_t>(items.size(), 8);
+    for (size_t i = 0; i < shown; ++i) text += (i ? ", " : "") + items[i];
+    if (items.size() > shown) text += ", ... (" + std::to_string(items.size() - shown) + " more)";
+    return text;
+  };
+  std::string text = file + ": not a LoRA for this model";
+  if (!unplaced.empty()) {
+    text += "; " + std::to_string(unplaced.size()) + " key(s) name no module of its UNet or text encoder: " + listed(unplaced);
+    const bool other_architecture = std::any_of(unplaced.begin(), unplaced.end(), [](const std::string& k) {
+      return starts_with(k, "lora_te2_") || starts_with(k, "text_encoder_2.") || starts_with(k, "lora_transformer_") ||
+             starts_with(k, "transformer.") || starts_with(k, "lora_unet_input_blocks_") ||
+             starts_with(k, "lora_unet_middle_block_") || starts_with(k, "lora_unet_output_blocks_");
+    });
+    if (other_architecture)
+      text += " (keys of another architecture or naming: SDXL's second text encoder, a DiT, or the original "
+              "LDM block names)";
+  }
+  if (!mis_shaped.empty()) text += "; " + std::to_string(mis_shaped.size()) + " mis-shaped: " + listed(mis_shaped);
+  return text;
+}
+
+LoraPlan plan_lora(const std::vector<LoraTensor>& tensors, const std::map<std::string, double>& alphas,
+                   const std::map<std::string, std::string>& metadata, const std::vector<LoraTarget>& targets) {
+  LoraPlan plan;
+  // The layout: any kohya-prefixed key makes it kohya (a file mixing both is reported key by key).
+  plan.layout = std::any_of(tensors.begin(), tensors.end(),
+                            [](const LoraTensor& t) { return starts_with(t.name, "lora_"); })
+                    ? LoraLayout::Kohya
+                    : LoraLayout::Peft;
+  std::unordered_map<std::string, const LoraTarget*> by_name;  // "component|module as the layout writes it"
+  for (const LoraTarget& target : targets) {
+    const std::string module = plan.layout == LoraLayout::Kohya ? underscored(target.module) : target.module;
+    by_name.emplace(target.component + "|" + module, &target);
+  }
+  Json adapter;
+  if (auto it = metadata.find("lora_adapter_metadata"); it != metadata.end()) {
+    adapter = Json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+    if (adapter.is_discarded()) adapter = Json();
+  }
+
+  struct Pending {
+    const LoraTarget* target = nullptr;
+    const LoraTensor* down = nullptr;
+    const LoraTensor* up = nullptr;
+    std::optional<double> alpha;
+    size_t order = 0;
+  };
+  std::map<const LoraTarget*, Pending> pending;
+  size_t order = 0;
+  for (const LoraTensor& tensor : tensors) {
+    auto parts = plan.layout == LoraLayout::Kohya ? kohya_parts(tensor.name) : peft_parts(tensor.name);
+    auto found = parts ? by_name.find(parts->component + "|" + parts->module) : by_name.end();
+    if (found == by_name.end()) {
+      plan.unplaced.push_back(tensor.name);
+      continue;
+    }
+    Pending& p = pending[found->second];
+    p.target = found->second;
+    if (parts->part == Part::Down) {
+      p.down = &tensor;
+      p.order = order++;
+    } else if (parts->part == Part::Up) {
+      p.up = &tensor;
+    } else {
+      auto value = alphas.find(tensor.name);
+      if (!tensor.shape.empty() && !(tensor.shape.size() == 1 && tensor.shape[0] == 1)) {
+        plan.mis_shaped.push_back(tensor.name + ": alpha of shape " + shape_text(tensor.shape) + ", expected a scalar");
+      } else if (value == alphas.end() || !std::isfinite(value->second)) {
+        plan.mis_shaped.push_back(tensor.name + ": alpha is not a finite number");
+      } else {
+        p.alpha = value->second;
+      }
+    }
+  }
+  std::vector<Pending> ordered;
+  for (auto& [target, p] : pending) ordered.push_back(p);
+  std::sort(ordered.begin(), ordered.end(), [](const Pending& a, const Pending& b) { return a.order < b.order; });
+  for (const Pending& p : ordered) {
+    const LoraTarget& t = *p.target;
+    const std::string where = t.component + " " + t.module;
+    if (!p.down || !p.up) {
+      plan.mis_shaped.push_back(where + ": " + (p.down ? "lora_down / lora_A" : "lora_up / lora_B") +
+                                " given without its other half");
+      continue;
+    }
+    // Linear [out, in]: down [r, in], up [out, r]. Conv2d [out, in, kh, kw]: down [r, in, kh, kw],
+    // up [out, r, 1, 1]; a 1x1 conv also takes linear-shaped halves (and a linear 1x1-shaped ones).
+    const auto& w = t.weight_shape;
+    const auto& d = p.down->shape;
+    const auto& u = p.up->shape;
+    const bool conv = w.size() == 4;
+    const bool pointwise = !conv || (w[2] == 1 && w[3] == 1);
+    auto is = [](const std::vector<int64_t>& s, std::vector<int64_t> expected) { return s == expected; };
+    const int64_t rank = d.empty() ? 0 : d[0];
+    bool down_ok = false, up_ok = false;
+    if (rank > 0 && w.size() >= 2) {
+      down_ok = (conv && is(d, {rank, w[1], w[2], w[3]})) || (pointwise && (is(d, {rank, w[1]}) || is(d, {rank, w[1], 1, 1})));
+      up_ok = is(u, {w[0], rank}) || is(u, {w[0], rank, 1, 1});
+    }
+    if (!down_ok || !up_ok) {
+      plan.mis_shaped.push_back(where + " " + shape_text(w) + ": down " + shape_text(d) + ", up " + shape_text(u) +
+                                (u.size() >= 2 && rank > 0 && u[1] != rank
+                                     ? " (ranks differ: down " + std::to_string(rank) + ", up " + std::to_string(u[1]) + ")"
+                                     : ""));
+      continue;
+    }
+    LoraPatch patch;
+    patch.component = t.component;
+    patch.module = t.module;
+    patch.weight_shape = w;
+    patch.down_key = p.down->name;
+    patch.up_key = p.up->name;
+    patch.rank = rank;
+    patch.alpha = p.alpha ? *p.alpha : metadata_alpha(adapter, t.component, t.module).value_or(static_cast<double>(rank));
+    plan.patches.push_back(std::move(patch));
+  }
+  return plan;
+}
+
+ExtraNetworks parse_extra_networks(const std::string& prompt) {
+  // The web UI's re_extra_net, r"<(\w+):([^>]+)>", applied left to right; matched tags are removed.
+  ExtraNetworks result;
+  const std::u32string text = unicode::from_utf8(prompt);
+  std::u32string kept;
+  size_t i = 0;
+  while (i < text.size()) {
+    if (text[i] == U'<') {
+      size_t j = i + 1;
+      while (j < text.size() && unicode::is_word(text[j])) ++j;
+      if (j > i + 1 && j < text.size() && text[j] == U':') {
+        size_t k = j + 1;
+        while (k < text.size() && text[k] != U'>') ++k;
+        if (k < text.size() && k > j + 1) {
+          const std::string kind = unicode::to_utf8(text.substr(i + 1, j - i - 1));
+          const std::string args = unicode::to_utf8(text.substr(j + 1, k - j - 1));
+          const std::string tag = unicode::to_utf8(text.substr(i, k - i + 1));
+          if (kind != "lora" && kind != "lyco")
+            throw Error("prompt tag " + tag + ": unknown extra network '" + kind + "' (taiyi applies lora and lyco)");
+          std::vector<std::string> positional;
+          std::map<std::string, std::string> named;
+          size_t start = 0;
+          while (true) {
+            size_t colon = args.find(':', start);
+            std::string item = args.substr(start, colon == std::string::npos ? std::string::npos : colon - start);
+            size_t eq = item.find('=');
+            if (eq != std::string::npos && item.find('=', eq + 1) == std::string::npos)
+              named[item.substr(0, eq)] = item.substr(eq + 1);
+            else
+              positional.push_back(item);
+            if (colon == std::string::npos) break;
+            start = colon + 1;
+          }
+          auto number = [&](const std::string& value) {
+            // Python's float(): surrounding whitespace allowed, nothing else.
+            size_t b = value.find_first_not_of(" \t\n\r\f\v"), e = value.find_last_not_of(" \t\n\r\f\v");
+            const std::string trimmed = b == std::string::npos ? "" : value.substr(b, e - b + 1);
+            char* end = nullptr;
+            errno = 0;
+            double v = trimmed.empty() ? 0 : std::strtod(trimmed.c_str(), &end);
+            if (trimmed.empty() || end != trimmed.c_str() + trimmed.size() || !std::isfinite(v))
+              throw Error("prompt tag " + tag + ": multiplier '" + value + "' is not a number");
+            return v;
+          };
+          if (positional.empty() || positional[0].empty()) throw Error("prompt tag " + tag + ": no LoRA name");
+          LoraTag lora;
+          lora.name = positional[0];
+          lora.te_multiplier = positional.size() > 1 ? number(positional[1]) : 1.0;
+          if (named.count("te")) lora.te_multiplier = number(named["te"]);
+          lora.unet_multiplier = positional.size() > 2 ? number(positional[2]) : lora.te_multiplier;
+          if (named.count("unet")) lora.unet_multiplier = number(named["unet"]);
+          result.loras.push_back(lora);
+          i = k + 1;
+          continue;
+        }
+      }
+    }
+    kept += text[i++];
+  }
+  // Untouched prompts stay byte for byte (to_utf8 would replace invalid bytes).
+  result.text = result.loras.empty() ? prompt : unicode::to_utf8(kept);
+  return result;
+}
+
+}  // namespace taiyi
