@@ -13,8 +13,8 @@ namespace fs = std::filesystem;
 TextualInversion read_embedding(const fs::path& path, const std::string& name) {
   if (!fs::is_regular_file(path)) throw Error(path.string() + ": embedding file not found");
   if (path.extension() != ".safetensors")
-    throw Error(path.string() + ": embeddings are read from .safetensors; convert .pt / .bin files with "
-                "tools/convert.py embedding " + path.string());
+    throw Error(path.string() + ": embeddings are read from .safetensors (taiyi never unpickles); convert it with "
+                "tools/convert.py --embedding " + path.string() + " " + path.stem().string() + ".safetensors");
   SafetensorsFile file(path);
   const auto& tensors = file.tensors();
   TextualInversion ti;

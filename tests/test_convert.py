@@ -393,6 +393,32 @@ class ConvertTest(unittest.TestCase):
         parent.mkdir(parents=True)
         return parent / "out"
 
+    def test_embedding_pickles_become_safetensors(self):
+        from safetensors.torch import load_file
+        vectors = torch.randn(3, 32, generator=torch.Generator().manual_seed(4))
+        # As the web UI's textual_inversion.py saves one (a dict of tensors, strings and ints).
+        webui = self.tmp / "webui-embedding.pt"
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": "style",
+                    "step": 1000, "sd_checkpoint": "a1b2c3", "sd_checkpoint_name": "taiyi"}, webui)
+        out = self.tmp / "my-style.safetensors"
+        result = run_convert(webui, out, "--embedding")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        written = load_file(out)
+        self.assertEqual(list(written), ["emb_params"])
+        self.assertTrue(torch.equal(written["emb_params"], vectors))
+        diffusers_bin = self.tmp / "learned_embeds.bin"
+        torch.save({"<cat-toy>": vectors[0]}, diffusers_bin)
+        out = self.tmp / "cat-toy.safetensors"
+        self.assertEqual(run_convert(diffusers_bin, out, "--embedding").returncode, 0)
+        self.assertTrue(torch.equal(load_file(out)["<cat-toy>"], vectors[0]))
+        # Not an embedding: one line, nothing written.
+        bad = self.tmp / "two.bin"
+        torch.save({"a": vectors, "b": vectors}, bad)
+        result = run_convert(bad, self.tmp / "two.safetensors", "--embedding")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("not a textual-inversion embedding", result.stderr)
+        self.assertFalse((self.tmp / "two.safetensors").exists())
+
     def test_wrong_input_path(self):
         out = self.failure_out("wrong-path")
         self.assert_fails([self.tmp / "no-such-model"], out, self.tmp / "no-such-model", "does not exist")

@@ -3,8 +3,10 @@
 // 1/255, the maximum reported), scale 0 and un-merging bit for bit, prompt tags, bad files; the web
 // UI's short hash; textual-inversion embeddings against load_textual_inversion.
 #include <fstream>
+#include <sstream>
 
 #include "taiyi/embeddings.h"
+#include "taiyi/image.h"
 #include "taiyi/lora.h"
 #include "taiyi/lora_weights.h"
 #include "taiyi/pipeline.h"
@@ -390,6 +392,86 @@ TEST(TextualInversion, BadEmbeddingsAreErrors) {
   // "cat" is a token of CLIP's vocabulary (diffusers refuses it the same way).
   expect_error_naming([&] { pipe.add_embedding(taiyi::read_embedding(dir / "cat.safetensors")); },
                       {"'cat'", "already in the tokenizer's vocabulary"});
+}
+
+}  // namespace
+
+// --- the command line ----------------------------------------------------------------------------
+
+namespace {
+
+std::vector<std::string> cli(const std::vector<std::string>& args) {
+  std::vector<std::string> all{"--steps", "3", "-W", "64", "-H", "64", "--device", "cpu", "-q",
+                               "--model", fixture("tiny-clip").string(), "--lora-dir", fixture("loras").string(),
+                               "--embeddings-dir", taiyi::test::temp_dir("no-embeddings").string()};
+  all.insert(all.end(), args.begin(), args.end());
+  return all;
+}
+
+std::string parameters_of(const fs::path& png) {
+  for (const auto& [key, value] : taiyi::read_png_text(png))
+    if (key == "parameters") return value;
+  return "";
+}
+
+std::vector<uint8_t> pixels_of(const fs::path& png) { return taiyi::read_image(png, 3).pixels; }
+
+TEST(LoraCli, PromptFileGroupsLoraSetsAndRecordsHashes) {
+  const fs::path dir = taiyi::test::temp_dir("lora-cli");
+  const Json hashes = read_json(fixture("ref/lora_hashes.json"));
+  std::ofstream(dir / "p.txt") << "a cat <lora:kohya_clip:0.8>\na dog\na cat <lora:kohya_clip:0.8>\n"
+                                  "a bird <lora:peft_clip:1> <lora:kohya_clip_attn:0.5>\na dog <lora:missing:1>\n";
+  auto r = taiyi::test::run_taiyi(cli({"--prompts", (dir / "p.txt").string(), "-o", (dir / "out").string() + "/",
+                                       "--seed", "5", "--json"}));
+  EXPECT_EQ(r.exit_code, 1) << r.err;  // line 5's LoRA does not exist; the others are written
+  EXPECT_NE(r.err.find("line 5"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("missing.safetensors"), std::string::npos) << r.err;
+  // Grouped by set in order of first appearance: lines 1 and 3, then 2, then 4.
+  std::vector<int64_t> order;
+  std::istringstream records(r.out);
+  for (std::string line; std::getline(records, line);) order.push_back(Json::parse(line)["line"]);
+  EXPECT_EQ(order, (std::vector<int64_t>{1, 3, 2, 4}));
+  EXPECT_EQ(parameters_of(dir / "out/00001-0.png"),
+            "a cat <lora:kohya_clip:0.8>\nSteps: 3, Sampler: PLMS, CFG scale: 7.5, Seed: 5, Size: 64x64, Model: tiny-clip, "
+            "Lora hashes: \"kohya_clip: " + hashes["kohya_clip"].get<std::string>() + "\"");
+  EXPECT_EQ(parameters_of(dir / "out/00002-0.png").find("Lora hashes"), std::string::npos);
+  EXPECT_NE(parameters_of(dir / "out/00004-0.png")
+                .find("Lora hashes: \"peft_clip: " + hashes["peft_clip"].get<std::string>() +
+                      ", kohya_clip_attn: " + hashes["kohya_clip_attn"].get<std::string>() + "\""),
+            std::string::npos);
+  // Each image equals a run of its line alone: merging, un-merging and re-merging leave no drift.
+  for (const auto& [line, prompt] : std::vector<std::pair<int, std::string>>{
+           {3, "a cat <lora:kohya_clip:0.8>"}, {2, "a dog"}, {4, "a bird <lora:peft_clip:1> <lora:kohya_clip_attn:0.5>"}}) {
+    const fs::path single = dir / ("single-" + std::to_string(line) + ".png");
+    auto s = taiyi::test::run_taiyi(cli({prompt, "--seed", std::to_string(5 + line - 1), "-o", single.string()}));
+    ASSERT_EQ(s.exit_code, 0) << s.err;
+    char name[32];
+    std::snprintf(name, sizeof name, "out/%05d-0.png", line);
+    EXPECT_EQ(pixels_of(single), pixels_of(dir / name)) << "line " << line;
+  }
+  // --lora FILE:SCALE is the same as the tag.
+  const fs::path option = dir / "option.png";
+  auto o = taiyi::test::run_taiyi(cli({"a cat", "--seed", "5", "-o", option.string(), "--lora",
+                                       fixture("loras/kohya_clip.safetensors").string() + ":0.8"}));
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(pixels_of(option), pixels_of(dir / "out/00001-0.png"));
+}
+
+TEST(LoraCli, InfoListsWhatALoraPatchesAndWhatItCannotPlace) {
+  auto r = taiyi::test::run_taiyi({"info", "--model", fixture("tiny-clip").string(), "--lora",
+                                   fixture("loras/kohya_clip.safetensors").string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  for (const char* needle : {"layout:    kohya", "text_encoder text_model.encoder.layers.0.self_attn.q_proj  (linear, rank 4, alpha 2)",
+                             "unet down_blocks.0.resnets.0.conv1  (conv 3x3, rank 4, alpha 2)", "usable:    yes"})
+    EXPECT_NE(r.out.find(needle), std::string::npos) << r.out << "\nlacks: " << needle;
+  const fs::path dir = taiyi::test::temp_dir("lora-info");
+  write_safetensors(dir / "sdxl.safetensors",
+                    {{"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight", {4, 1280}},
+                     {"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight", {1280, 4}}});
+  auto bad = taiyi::test::run_taiyi({"info", "--model", fixture("tiny-clip").string(), "--lora", (dir / "sdxl.safetensors").string()});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.out.find("keys that name no module of this model: 2"), std::string::npos) << bad.out;
+  EXPECT_NE(bad.out.find("lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"), std::string::npos);
 }
 
 }  // namespace

@@ -3,6 +3,12 @@
 
     convert.py SOURCE OUT [--dtype fp16|fp32|keep] [--force]
     convert.py MODEL.ckpt OUT --config-dir DIFFUSERS_FOLDER [--text-encoder clip|bert] [--extract-ema]
+    convert.py EMBEDDING.pt OUT.safetensors --embedding
+
+--embedding converts a textual-inversion file that taiyi does not unpickle (.pt / .bin) into one it reads:
+the web UI's .pt ({"string_to_param": {"*": vectors}, "name": ...}) becomes {"emb_params": vectors}, whose
+token is OUT's file stem as in the web UI; diffusers' learned_embeds.bin ({token: vectors}) keeps its
+token. The pickle is read with torch's weights-only unpickler (nothing in it runs).
 
 SOURCE is either
   - a diffusers folder (model_index.json; .bin or .safetensors weights, sharded or not, any dtype),
@@ -776,6 +782,8 @@ def parse_args(argv):
                          "extract_ema); default: the non-EMA weights, as diffusers' from_single_file")
     ap.add_argument("--keep-safety-checker", action="store_true",
                     help="also convert safety_checker/ and copy feature_extractor/ (taiyi does not use them)")
+    ap.add_argument("--embedding", action="store_true",
+                    help="SOURCE is a textual-inversion .pt/.bin file, OUT the .safetensors file to write")
     ap.add_argument("--force", action="store_true",
                     help="replace an existing non-empty output folder (it must hold a model_index.json)")
     return ap.parse_args(argv)
@@ -833,7 +841,46 @@ def check_free_space(folder, needed):
                            f"{human_bytes(free)} free")
 
 
+def convert_embedding(args):
+    """A textual-inversion pickle to safetensors (see the module docstring)."""
+    src, out = args.source, args.out
+    if not src.is_file():
+        raise ConvertError(f"input {src} does not exist")
+    if out.suffix != ".safetensors":
+        raise ConvertError(f"--embedding: the output {out} must be a .safetensors file")
+    if out.exists() and not args.force:
+        raise ConvertError(f"output {out} exists (--force replaces it)")
+    import_libraries()
+    if src.suffix == ".safetensors":
+        raise ConvertError(f"{src} is already a safetensors file: taiyi reads it as it is")
+    state = torch_load_lazily(src, set())
+    if "string_to_param" in state:  # the web UI's textual_inversion.py save format
+        params = state["string_to_param"]
+        if not isinstance(params, dict) or "*" not in params or not torch.is_tensor(params["*"]):
+            raise ConvertError(f"{src}: 'string_to_param' holds no '*' tensor")
+        tensors = {"emb_params": params["*"]}
+    elif "emb_params" in state and torch.is_tensor(state["emb_params"]):
+        tensors = {"emb_params": state["emb_params"]}
+    else:
+        found = {k: v for k, v in state.items() if torch.is_tensor(v)}
+        if len(found) != 1:
+            raise ConvertError(f"{src}: not a textual-inversion embedding (expected 'string_to_param' or one "
+                               f"{{token: vectors}} tensor, found {len(found)} tensors)")
+        tensors = found
+    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}
+    for name, t in tensors.items():
+        if t.dim() not in (1, 2) or t.numel() == 0:
+            raise ConvertError(f"{src}: '{name}' has shape {tuple(t.shape)}; an embedding is [dim] or [vectors, dim]")
+    tmp = out.with_name(out.name + ".tmp")
+    entries = [(k, torch.float32, tuple(v.shape), (lambda v=v: v)) for k, v in tensors.items()]
+    write_safetensors(tmp, entries, {"format": "pt", "source": src.name})
+    os.replace(tmp, out)
+    log(f"wrote {out} ({', '.join(f'{k} {list(v.shape)}' for k, v in tensors.items())})")
+
+
 def convert(args):
+    if args.embedding:
+        return convert_embedding(args)
     timer = Timer()
     memory.peak = 0
     single_file = check_paths(args)
