@@ -444,6 +444,9 @@ int run_generate(GenerateArgs& a) {
     std::fprintf(stderr, "taiyi: %lld image(s) written; load %.2fs, text %.2fs, denoise %.2fs (%lld UNet calls, %.3fs each), decode %.2fs\n",
                  static_cast<long long>(written), t.load, t.encode, t.denoise, static_cast<long long>(t.unet_calls),
                  t.unet_calls ? t.denoise / t.unet_calls : 0.0, t.decode);
+    if (t.lora_merges)
+      std::fprintf(stderr, "taiyi: LoRA sets merged %lld time(s), %.2fs in all (un-merging included), %.1f MB kept for un-merging\n",
+                   static_cast<long long>(t.lora_merges), t.lora, static_cast<double>(pipe.lora_kept_bytes()) / 1e6);
   }
   if (interrupted) {
     std::cerr << "taiyi: interrupted; " << written << " image(s) written, nothing partial left. Re-run with --resume to go on.\n";

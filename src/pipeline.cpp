@@ -665,6 +665,15 @@ torch::Tensor Pipeline::in_model_layout(torch::Tensor weight) const {
   return weight;
 }
 
+// New values for a weight, in place where it can be: on the CPU the weights are private mappings of
+// the files, and writing them replaces the touched pages by private ones of the same size, so the
+// resident memory does not grow (a fresh tensor would add the weight's size while the mapping stays).
+// Inference tensors (an fp32 text-encoder copy made under InferenceMode) take new storage instead.
+void Pipeline::replace_weight(torch::Tensor& weight, const torch::Tensor& values) const {
+  if (!weight.is_inference()) weight.copy_(values);
+  else weight.set_data(in_model_layout(values.to(weight.scalar_type())));
+}
+
 void Pipeline::merge_lora_weight(torch::nn::Module& module, const std::string& param,
                                  const std::vector<LoraUpdate>& updates, const std::string& original_key) {
   auto parameters = module.named_parameters();  // the dict's tensors share the module's
@@ -674,7 +683,7 @@ void Pipeline::merge_lora_weight(torch::nn::Module& module, const std::string& p
   // peft's merge: W += delta per adapter in order, here always in fp32, then cast once.
   torch::Tensor merged = weight->to(torch::kFloat, /*non_blocking=*/false, /*copy=*/true);
   for (const LoraUpdate& u : updates) merged += lora_delta(*u.file, u.patch, u.scale, device_);
-  weight->set_data(in_model_layout(merged.to(weight->scalar_type())));
+  replace_weight(*weight, merged.to(weight->scalar_type()));
 }
 
 void Pipeline::restore_lora_weights() {
@@ -689,7 +698,7 @@ void Pipeline::restore_lora_weights() {
       if (random_weights_) {
         auto original = lora_originals_.find(key + suffix);
         if (original == lora_originals_.end()) continue;  // a copy made after the merge holds its own
-        weight->set_data(original->second);
+        replace_weight(*weight, original->second);
         lora_originals_.erase(original);
         continue;
       }
@@ -699,7 +708,8 @@ void Pipeline::restore_lora_weights() {
       bool restored = false;
       for (const auto& file : files[component]) {
         if (!file->find(param)) continue;
-        weight->set_data(in_model_layout(load_tensor(*file, param, weight->scalar_type(), device_)));
+        replace_weight(*weight, load_tensor(*file, param, weight->scalar_type(), device_));
+        release_pages(file->tensor(param));  // the fresh mapping's pages, read once
         restored = true;
         break;
       }
@@ -713,7 +723,7 @@ void Pipeline::restore_lora_weights() {
 void Pipeline::apply_loras(const std::vector<LoraSelection>& loras) {
   if (loras == active_loras_) return;
   const auto start = std::chrono::steady_clock::now();
-  // Weights are replaced (set_data), never written in place: normal tensors, no autograd.
+  // Normal tensors, no autograd: the weights are written in place (replace_weight).
   c10::InferenceMode normal_tensors(false);
   torch::NoGradGuard no_grad;
   std::vector<std::shared_ptr<LoraFile>> files;

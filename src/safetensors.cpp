@@ -199,7 +199,7 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
 
 // Gives the page cache back once a tensor is copied, so that peak RSS stays near the size of the
 // converted model rather than the model plus the mapped file.
-static void release_pages(const torch::Tensor& view) {
+void release_pages(const torch::Tensor& view) {
   const long page = sysconf(_SC_PAGESIZE);
   auto begin = reinterpret_cast<uintptr_t>(view.data_ptr());
   auto end = begin + view.nbytes();

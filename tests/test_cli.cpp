@@ -23,11 +23,7 @@ std::vector<std::string> fast(const std::vector<std::string>& args) {
   return all;
 }
 
-std::string parameters_of(const fs::path& png) {
-  for (const auto& [key, value] : taiyi::read_png_text(png))
-    if (key == "parameters") return value;
-  return "";
-}
+std::string parameters_of(const fs::path& png) { return taiyi::test::png_parameters(png); }
 
 void expect_failure(const std::vector<std::string>& args, const std::string& needle) {
   auto r = run_taiyi(args);

@@ -408,11 +408,7 @@ std::vector<std::string> cli(const std::vector<std::string>& args) {
   return all;
 }
 
-std::string parameters_of(const fs::path& png) {
-  for (const auto& [key, value] : taiyi::read_png_text(png))
-    if (key == "parameters") return value;
-  return "";
-}
+std::string parameters_of(const fs::path& png) { return taiyi::test::png_parameters(png); }
 
 std::vector<uint8_t> pixels_of(const fs::path& png) { return taiyi::read_image(png, 3).pixels; }
 
@@ -475,3 +471,35 @@ TEST(LoraCli, InfoListsWhatALoraPatchesAndWhatItCannotPlace) {
 }
 
 }  // namespace
+
+// The real UNet config with random weights (make_fixtures.py --full): a rank-32 kohya LoRA of every
+// attention, feed-forward and projection weight, merged as diffusers' fuse_lora(lora_scale=0.9) does,
+// then un-merged back to the weight files' values.
+TEST(FullSizeLora, Rank32MergeMatchesDiffusersAndUnmerges) {
+  const fs::path golden = fixture("ref/lora_full.safetensors");
+  taiyi::SafetensorsFile reference(golden);
+  taiyi::Pipeline pipe = taiyi::Pipeline::load(fixture("full-clip"), {});
+  taiyi::SafetensorsFile unet_file(fixture("full-clip/unet/diffusion_pytorch_model.safetensors"));
+  pipe.apply_loras({taiyi::LoraSelection{fixture("loras/full-rank32.safetensors").string(), "full-rank32", 0.9, 0.9}});
+  auto parameters = pipe.unet().module().named_parameters();
+  size_t compared = 0;
+  double worst = 0;
+  for (const auto& info : reference.tensors()) {
+    const std::string name = info.name.substr(0, info.name.size() - 5);  // less ".head"
+    const torch::Tensor* weight = parameters.find(name);
+    ASSERT_NE(weight, nullptr) << name;
+    const torch::Tensor expected = reference_tensor(golden, info.name);
+    worst = std::max(worst, taiyi::test::max_abs_diff(weight->flatten().slice(0, 0, expected.numel()), expected));
+    ++compared;
+  }
+  std::cout << "full-size rank-32 LoRA: " << compared << " UNet weights merged, max |taiyi - diffusers| " << worst << "\n";
+  EXPECT_GT(compared, 100u);
+  EXPECT_LE(worst, 1e-6);
+  pipe.apply_loras({});
+  size_t unequal = 0;
+  for (const auto& info : reference.tensors()) {
+    const std::string name = info.name.substr(0, info.name.size() - 5);
+    unequal += !torch::equal(*parameters.find(name), unet_file.tensor(name));
+  }
+  EXPECT_EQ(unequal, 0u);
+}

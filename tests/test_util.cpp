@@ -8,6 +8,7 @@
 #include <random>
 #include <sstream>
 
+#include "taiyi/image.h"
 #include "taiyi/safetensors.h"
 
 namespace taiyi::test {
@@ -148,6 +149,12 @@ fs::path temp_dir(const std::string& name) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
+}
+
+std::string png_parameters(const std::filesystem::path& png) {
+  for (const auto& [key, value] : taiyi::read_png_text(png))
+    if (key == "parameters") return value;
+  return "";
 }
 
 }  // namespace taiyi::test

@@ -64,6 +64,9 @@ struct CommandResult {
 };
 CommandResult run_taiyi(const std::vector<std::string>& args);
 
+// The "parameters" text of a PNG written by taiyi ("" when it has none).
+std::string png_parameters(const std::filesystem::path& png);
+
 // A fresh empty temporary folder for one test.
 std::filesystem::path temp_dir(const std::string& name);
 

@@ -241,6 +241,7 @@ class Pipeline {
   void restore_lora_weights();
   std::vector<std::pair<torch::nn::Module*, std::string>> lora_copies(const std::string& component);  // (module, key suffix)
   torch::Tensor in_model_layout(torch::Tensor weight) const;  // channels_last where the model keeps it
+  void replace_weight(torch::Tensor& weight, const torch::Tensor& values) const;
   ModelFolder folder_;
   PipelineOptions options_;
   torch::Device device_ = torch::kCPU;

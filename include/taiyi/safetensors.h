@@ -107,4 +107,9 @@ void load_weights(torch::nn::Module& module, const std::vector<std::filesystem::
 // when the file already holds that dtype): reloading a parameter this way restores it bit for bit.
 torch::Tensor load_tensor(const SafetensorsFile& file, const std::string& name, torch::Dtype dtype, torch::Device device);
 
+// Gives a mapped view's whole pages back (madvise DONTNEED) once it is copied: resident memory drops;
+// a later read faults them in from the file again. Only for views of an unmodified mapping (writes to a
+// private mapping would be lost).
+void release_pages(const torch::Tensor& view);
+
 }  // namespace taiyi
