@@ -199,6 +199,7 @@ struct Job {
   taiyi::GenerationRequest request;
   int64_t line = 0;  // 0: the command-line prompt
   std::vector<std::string> outputs;  // one per image
+  std::string lora_set;  // lora_set_key of the request, set once when the jobs are grouped
 };
 
 void check_output_folder(const fs::path& file) {
@@ -315,7 +316,8 @@ int run_generate(GenerateArgs& a) {
     std::map<std::string, size_t> first_seen;
     std::vector<std::pair<size_t, size_t>> order;  // (set rank, position)
     for (size_t i = 0; i < todo.size(); ++i) {
-      auto it = first_seen.emplace(lora_set_key(todo[i].request, i), first_seen.size()).first;
+      todo[i].lora_set = lora_set_key(todo[i].request, i);
+      auto it = first_seen.emplace(todo[i].lora_set, first_seen.size()).first;
       order.emplace_back(it->second, i);
     }
     std::stable_sort(order.begin(), order.end());
@@ -375,7 +377,7 @@ int run_generate(GenerateArgs& a) {
       if (r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height ||
           r.sampler != f.sampler || r.schedule != f.schedule || r.init_image.empty() != f.init_image.empty() ||
           r.strength != f.strength || r.mask.empty() != f.mask.empty() || first_chunks < 0 ||
-          context_chunks(r) != first_chunks || lora_set_key(r, scan) != lora_set_key(f, next))
+          context_chunks(r) != first_chunks || todo[scan].lora_set != todo[next].lora_set)
         break;
       members.push_back(scan);
       images += r.count;
