@@ -115,7 +115,13 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
                            return true;
                          });
   } catch (const json::parse_error& e) {
-    throw Error(file + ": malformed header JSON at byte " + std::to_string(e.byte) + ": " + e.what());
+    // Not e.what(): nlohmann quotes the bytes it last read, raw. Quote a short escaped excerpt instead.
+    const size_t at = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, header_size);
+    const size_t from = at > 16 ? at - 16 : 0;
+    throw Error(file + ": header is not valid JSON (error at byte " + std::to_string(e.byte) + ", near " +
+                quoted_excerpt(std::string_view(reinterpret_cast<const char*>(bytes + 8 + from),
+                                                std::min<size_t>(header_size - from, 32)), 32) +
+                "): not a safetensors file, or a damaged one");
   }
   if (!duplicate.empty()) throw Error(file + ": duplicate tensor name '" + duplicate + "' in the header");
   if (!header.is_object()) throw Error(file + ": header is not a JSON object");

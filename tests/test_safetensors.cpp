@@ -64,10 +64,32 @@ TEST(Safetensors, ReadsValues) {
   fs::remove_all(dir);
 }
 
+// A header of binary junk (terminal escapes, invalid UTF-8, a megabyte of it): the error quotes a short,
+// escaped excerpt, never the raw bytes.
+TEST(Safetensors, NonJsonHeaderIsQuotedEscapedAndBriefly) {
+  fs::path dir = taiyi::test::temp_dir("st-junk");
+  std::string junk = "\x1b[2J\x1b]0;owned\x07\xff\xfe";
+  junk += std::string(1 << 20, '\x01');
+  try {
+    SafetensorsFile st(write_raw(dir, "junk.safetensors", junk, ""));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_LT(message.size(), 400u) << message.size();
+    EXPECT_EQ(message.find('\x1b'), std::string::npos);
+    EXPECT_EQ(message.find('\x01'), std::string::npos);
+    EXPECT_NE(message.find("junk.safetensors: header is not valid JSON"), std::string::npos) << message;
+    EXPECT_NE(message.find("\\x1b[2J"), std::string::npos) << message;
+  }
+  EXPECT_EQ(taiyi::quoted_excerpt("a\"b\\c\n\x9b中\xe4", 10), "\"a\\\"b\\\\c\\n\\x9b中\\xe4\"");
+  EXPECT_EQ(taiyi::quoted_excerpt(std::string(50, 'x'), 4), "\"xxxx\"...");
+  fs::remove_all(dir);
+}
+
 TEST(Safetensors, RejectsBadFiles) {
   fs::path dir = taiyi::test::temp_dir("st-bad");
   const std::string ok_entry = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
-  expect_error(write_raw(dir, "short", "", "", 0), "malformed header JSON");  // 8 bytes, empty header
+  expect_error(write_raw(dir, "short", "", "", 0), "header is not valid JSON");  // 8 bytes, empty header
   {
     fs::path p = dir / "tiny";
     std::ofstream(p) << "abc";
@@ -75,7 +97,7 @@ TEST(Safetensors, RejectsBadFiles) {
   }
   expect_error(write_raw(dir, "huge_header", "{}", "", 1ll << 40), "100 MB");
   expect_error(write_raw(dir, "past_end", "{}", "", 4096), "past the end");
-  expect_error(write_raw(dir, "bad_json", "{\"a\": [", ""), "malformed header JSON");
+  expect_error(write_raw(dir, "bad_json", "{\"a\": [", ""), "header is not valid JSON");
   expect_error(write_raw(dir, "not_object", "[1,2]", ""), "not a JSON object");
   expect_error(write_raw(dir, "dtype", R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", floats({1, 2})),
                "tensor 'a': dtype F64 is not supported (expected F32, F16 or BF16)");

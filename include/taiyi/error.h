@@ -2,13 +2,20 @@
 // was expected, so that the CLI can print it as one line and exit non-zero.
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace taiyi {
 
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// Outside content quoted in a message: printable ASCII and valid UTF-8 kept, control characters and
+// invalid bytes escaped (\n, \t, \xNN), at most `max_chars` characters ("..." when cut), so that a
+// hostile file can neither flood nor control the terminal.
+std::string quoted_excerpt(std::string_view bytes, size_t max_chars = 40);
 
 }  // namespace taiyi
