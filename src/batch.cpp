@@ -2,9 +2,11 @@
 #include "taiyi/batch.h"
 
 #include <fstream>
+#include <iterator>
 
 #include <nlohmann/json.hpp>
 
+#include "taiyi/config.h"
 #include "taiyi/error.h"
 
 namespace taiyi {
@@ -20,30 +22,28 @@ static std::string trim(const std::string& s) {
 }
 
 static void parse_jsonl_line(const std::string& where, const std::string& text, PromptJob& job) {
-  Json j;
-  try {
-    j = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    throw Error(where + ": malformed JSON: " + std::string(e.what()).substr(std::string(e.what()).find(' ') + 1));
-  }
+  if (text.size() > kMaxPromptLine)
+    throw Error(where + ": line of " + std::to_string(text.size()) + " bytes is over the " +
+                std::to_string(kMaxPromptLine >> 10) + " KiB a line may have");
+  const Json j = parse_json_text(text, where);  // "<file>:<line>: malformed JSON at byte N, near ..."
   if (!j.is_object()) throw Error(where + ": expected a JSON object with a \"prompt\"");
   static const char* known[] = {"prompt", "negative_prompt", "seed",     "steps",      "cfg_scale", "width",
                                 "height", "output",          "sampler",  "schedule",   "init_image", "strength",
                                 "mask",   "clip_skip"};
   for (const auto& item : j.items()) {
     if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known))
-      throw Error(where + ": unknown key \"" + item.key() +
-                  "\" (expected prompt, negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, "
+      throw Error(where + ": unknown key " + quoted_excerpt(item.key(), 40) +
+                  " (expected prompt, negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, "
                   "init_image, strength, mask, clip_skip)");
   }
   auto get_string = [&](const char* key) -> std::optional<std::string> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
-    if (!j[key].is_string()) throw Error(where + ": \"" + key + "\" must be a string, got " + j[key].dump());
+    if (!j[key].is_string()) throw Error(where + ": \"" + key + "\" must be a string, got " + json_excerpt(j[key]));
     return j[key].get<std::string>();
   };
   auto get_int = [&](const char* key) -> std::optional<int64_t> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
-    if (!j[key].is_number_integer()) throw Error(where + ": \"" + key + "\" must be an integer, got " + j[key].dump());
+    if (!j[key].is_number_integer()) throw Error(where + ": \"" + key + "\" must be an integer, got " + json_excerpt(j[key]));
     return j[key].get<int64_t>();
   };
   std::optional<std::string> prompt = get_string("prompt");
@@ -51,12 +51,12 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   job.prompt = *prompt;
   job.negative_prompt = get_string("negative_prompt");
   if (j.contains("seed") && !j["seed"].is_null()) {
-    if (!j["seed"].is_number_unsigned()) throw Error(where + ": \"seed\" must be a non-negative integer, got " + j["seed"].dump());
+    if (!j["seed"].is_number_unsigned()) throw Error(where + ": \"seed\" must be a non-negative integer, got " + json_excerpt(j["seed"]));
     job.seed = j["seed"].get<uint64_t>();
   }
   job.steps = get_int("steps");
   if (j.contains("cfg_scale") && !j["cfg_scale"].is_null()) {
-    if (!j["cfg_scale"].is_number()) throw Error(where + ": \"cfg_scale\" must be a number, got " + j["cfg_scale"].dump());
+    if (!j["cfg_scale"].is_number()) throw Error(where + ": \"cfg_scale\" must be a number, got " + json_excerpt(j["cfg_scale"]));
     job.cfg_scale = j["cfg_scale"].get<double>();
   }
   job.width = get_int("width");
@@ -68,12 +68,12 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   job.mask = get_string("mask");
   job.clip_skip = get_int("clip_skip");
   if (job.clip_skip && *job.clip_skip < 1)
-    throw Error(where + ": \"clip_skip\" " + j["clip_skip"].dump() + ": must be at least 1 (1: the last layer)");
+    throw Error(where + ": \"clip_skip\" " + json_excerpt(j["clip_skip"]) + ": must be at least 1 (1: the last layer)");
   if (j.contains("strength") && !j["strength"].is_null()) {
-    if (!j["strength"].is_number()) throw Error(where + ": \"strength\" must be a number, got " + j["strength"].dump());
+    if (!j["strength"].is_number()) throw Error(where + ": \"strength\" must be a number, got " + json_excerpt(j["strength"]));
     job.strength = j["strength"].get<double>();
     if (!(*job.strength > 0 && *job.strength <= 1))
-      throw Error(where + ": \"strength\" " + j["strength"].dump() + ": must be greater than 0 and at most 1");
+      throw Error(where + ": \"strength\" " + json_excerpt(j["strength"]) + ": must be greater than 0 and at most 1");
   }
 }
 
@@ -82,22 +82,34 @@ PromptFile read_prompt_file(const fs::path& path) {
   if (fs::is_directory(path)) throw Error(path.string() + ": is a folder, expected a prompt file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path.string() + ": cannot read the prompt file");
-  std::vector<std::pair<int64_t, std::string>> lines;
-  std::string line;
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(path, ec);
+  if (!ec && size > kMaxPromptFile)
+    throw Error(path.string() + ": " + std::to_string(size) + " bytes is over the " + std::to_string(kMaxPromptFile >> 20) +
+                " MiB a prompt file may have (split it)");
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw Error(path.string() + ": read error");
+  return parse_prompt_file(content, path.string(), path.extension() == ".jsonl");
+}
+
+PromptFile parse_prompt_file(std::string_view content, const std::string& name, bool jsonl) {
+  std::vector<std::pair<int64_t, std::string_view>> lines;
   int64_t number = 0;
-  while (std::getline(in, line)) {
+  for (size_t start = 0; start < content.size();) {
+    size_t end = content.find('\n', start);
+    if (end == std::string_view::npos) end = content.size();
+    std::string_view line = content.substr(start, end - start);
+    start = end + 1;
     ++number;
-    if (number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line = line.substr(3);  // UTF-8 BOM
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    std::string t = trim(line);
-    if (t.empty() || t[0] == '#') continue;
+    if (number == 1 && line.substr(0, 3) == "\xEF\xBB\xBF") line.remove_prefix(3);  // UTF-8 BOM
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    const size_t b = line.find_first_not_of(" \t\r");
+    if (b == std::string_view::npos || line[b] == '#') continue;
     lines.emplace_back(number, line);
   }
-  if (in.bad()) throw Error(path.string() + ": read error");
-  bool jsonl = path.extension() == ".jsonl";
   if (!jsonl && !lines.empty()) {
     jsonl = true;
-    for (const auto& [n, text] : lines) jsonl = jsonl && trim(text)[0] == '{';
+    for (const auto& [n, text] : lines) jsonl = jsonl && text[text.find_first_not_of(" \t\r")] == '{';
   }
   PromptFile file;
   int64_t ordinal = 0;
@@ -105,16 +117,16 @@ PromptFile read_prompt_file(const fs::path& path) {
     PromptJob job;
     job.line = n;
     job.ordinal = ordinal++;  // bad lines keep their place, so shards stay the same when one is fixed
-    const std::string where = path.string() + ":" + std::to_string(n);
-    if (jsonl) {
-      try {
-        parse_jsonl_line(where, trim(text), job);
-      } catch (const Error& e) {
-        file.errors.push_back({n, job.ordinal, e.what()});
-        continue;
-      }
-    } else {
-      job.prompt = trim(text);
+    const std::string where = name + ":" + std::to_string(n);
+    try {
+      if (text.size() > kMaxPromptLine)
+        throw Error(where + ": line of " + std::to_string(text.size()) + " bytes is over the " +
+                    std::to_string(kMaxPromptLine >> 10) + " KiB a line may have");
+      if (jsonl) parse_jsonl_line(where, trim(std::string(text)), job);
+      else job.prompt = trim(std::string(text));
+    } catch (const Error& e) {
+      file.errors.push_back({n, job.ordinal, e.what()});
+      continue;
     }
     file.jobs.push_back(std::move(job));
   }

@@ -12,17 +12,40 @@ namespace taiyi {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
+Json parse_json_text(std::string_view text, const std::string& file) {
+  // Nesting is bounded before anything deeper is built: a hostile file cannot make the DOM (or its
+  // destruction) grow with it.
+  auto limit_depth = [&](int depth, Json::parse_event_t event, Json&) {
+    if ((event == Json::parse_event_t::object_start || event == Json::parse_event_t::array_start) && depth >= kMaxJsonDepth)
+      throw Error(file + ": JSON nested more than " + std::to_string(kMaxJsonDepth) + " levels deep");
+    return true;
+  };
+  try {
+    return Json::parse(text.begin(), text.end(), limit_depth);
+  } catch (const Json::parse_error& e) {
+    // Not e.what(): nlohmann quotes the bytes it last read, raw. A short escaped excerpt instead.
+    const size_t at = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
+    const size_t from = at > 16 ? at - 16 : 0;
+    throw Error(file + ": malformed JSON at byte " + std::to_string(e.byte) + ", near " +
+                quoted_excerpt(text.substr(from, 32), 32));
+  } catch (const Json::exception& e) {
+    // out_of_range: a number beyond double's range (1e999). Its message quotes the number: escaped.
+    throw Error(file + ": malformed JSON: " + quoted_excerpt(e.what(), 80));
+  }
+}
+
 Json read_json_file(const fs::path& path) {
   if (!fs::exists(path)) throw Error(path.string() + ": file not found");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path.string() + ": cannot open");
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(path, ec);
+  if (!ec && size > kMaxJsonFile)
+    throw Error(path.string() + ": " + std::to_string(size) + " bytes is over the " + std::to_string(kMaxJsonFile >> 20) +
+                " MiB a config or vocabulary file may have");
   std::stringstream text;
   text << in.rdbuf();
-  try {
-    return Json::parse(text.str());
-  } catch (const Json::parse_error& e) {
-    throw Error(path.string() + ": malformed JSON at byte " + std::to_string(e.byte) + ": " + e.what());
-  }
+  return parse_json_text(text.str(), path.string());
 }
 
 Config::Config(Json json, fs::path path) : json_(std::move(json)), path_(std::move(path)) {
@@ -38,9 +61,14 @@ const Json& Config::at(const std::string& key) const {
   return json_.at(key);
 }
 
-static std::string describe(const Json& value) {
-  std::string s = value.dump();
-  return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+// A value in a message: JSON text (control characters escaped, invalid UTF-8 replaced: dump() would
+// throw on it), cut to 80 bytes on a character boundary.
+std::string json_excerpt(const Json& value) {
+  std::string s = value.dump(-1, ' ', false, Json::error_handler_t::replace);
+  if (s.size() <= 80) return s;
+  size_t cut = 77;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+  return s.substr(0, cut) + "...";
 }
 
 int64_t Config::get_int(const std::string& key) const {
@@ -48,14 +76,14 @@ int64_t Config::get_int(const std::string& key) const {
   if (v.is_number_integer()) return v.get<int64_t>();
   if (v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
     return static_cast<int64_t>(v.get<double>());
-  throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected an integer");
+  throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected an integer");
 }
 
 int64_t Config::get_int(const std::string& key, int64_t fallback) const { return has(key) ? get_int(key) : fallback; }
 
 double Config::get_double(const std::string& key) const {
   const Json& v = at(key);
-  if (!v.is_number()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a number");
+  if (!v.is_number()) throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected a number");
   return v.get<double>();
 }
 
@@ -65,7 +93,7 @@ double Config::get_double(const std::string& key, double fallback) const {
 
 bool Config::get_bool(const std::string& key) const {
   const Json& v = at(key);
-  if (!v.is_boolean()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected true or false");
+  if (!v.is_boolean()) throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected true or false");
   return v.get<bool>();
 }
 
@@ -73,7 +101,7 @@ bool Config::get_bool(const std::string& key, bool fallback) const { return has(
 
 std::string Config::get_string(const std::string& key) const {
   const Json& v = at(key);
-  if (!v.is_string()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a string");
+  if (!v.is_string()) throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected a string");
   return v.get<std::string>();
 }
 
@@ -83,11 +111,11 @@ std::string Config::get_string(const std::string& key, const std::string& fallba
 
 std::vector<int64_t> Config::get_int_list(const std::string& key) const {
   const Json& v = at(key);
-  if (!v.is_array()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a list of integers");
+  if (!v.is_array()) throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected a list of integers");
   std::vector<int64_t> out;
   for (const Json& item : v) {
     if (!item.is_number_integer())
-      throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a list of integers");
+      throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected a list of integers");
     out.push_back(item.get<int64_t>());
   }
   return out;
@@ -95,11 +123,11 @@ std::vector<int64_t> Config::get_int_list(const std::string& key) const {
 
 std::vector<std::string> Config::get_string_list(const std::string& key) const {
   const Json& v = at(key);
-  if (!v.is_array()) throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a list of strings");
+  if (!v.is_array()) throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected a list of strings");
   std::vector<std::string> out;
   for (const Json& item : v) {
     if (!item.is_string())
-      throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected a list of strings");
+      throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected a list of strings");
     out.push_back(item.get<std::string>());
   }
   return out;
@@ -110,7 +138,7 @@ std::vector<int64_t> Config::get_int_or_list(const std::string& key, size_t coun
   if (v.is_array()) {
     std::vector<int64_t> list = get_int_list(key);
     if (list.size() != count)
-      throw Error(path_.string() + ": key '" + key + "' = " + describe(v) + ": expected " + std::to_string(count) +
+      throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected " + std::to_string(count) +
                   " entries");
     return list;
   }
@@ -122,7 +150,7 @@ std::vector<int64_t> Config::get_int_or_list(const std::string& key, size_t coun
 }
 
 void Config::unsupported(const std::string& key, const std::string& what) const {
-  std::string value = json_.contains(key) ? describe(json_.at(key)) : "(absent)";
+  std::string value = json_.contains(key) ? json_excerpt(json_.at(key)) : "(absent)";
   throw Error(path_.string() + ": key '" + key + "' = " + value + " is not supported: " + what);
 }
 
@@ -133,10 +161,14 @@ ModelFolder ModelFolder::open(const fs::path& root) {
   if (!fs::exists(index_path))
     throw Error(index_path.string() + ": file not found (not a diffusers model folder; convert a hub snapshot or "
                                       "checkpoint with tools/convert.py)");
+  return from_index(root, read_json_file(index_path));
+}
+
+ModelFolder ModelFolder::from_index(const fs::path& root, Json index) {
+  if (!index.is_object()) throw Error((root / "model_index.json").string() + ": expected a JSON object");
   ModelFolder folder;
   folder.root_ = root;
-  folder.index_ = read_json_file(index_path);
-  if (!folder.index_.is_object()) throw Error(index_path.string() + ": expected a JSON object");
+  folder.index_ = std::move(index);
   return folder;
 }
 
@@ -146,7 +178,7 @@ std::string ModelFolder::class_name(const std::string& component) const {
     throw Error(index_path.string() + ": no '" + component + "' entry (expected [\"library\", \"ClassName\"])");
   const Json& entry = index_.at(component);
   if (!entry.is_array() || entry.size() != 2 || !entry[1].is_string())
-    throw Error(index_path.string() + ": '" + component + "' = " + describe(entry) +
+    throw Error(index_path.string() + ": '" + component + "' = " + json_excerpt(entry) +
                 ": expected [\"library\", \"ClassName\"]");
   return entry[1].get<std::string>();
 }
@@ -166,8 +198,8 @@ TextEncoderKind ModelFolder::text_encoder_kind() const {
   std::string encoder = class_name("text_encoder");
   if (encoder == "CLIPTextModel") return TextEncoderKind::Clip;
   if (encoder == "BertModel") return TextEncoderKind::Bert;
-  throw Error((root_ / "model_index.json").string() + ": text_encoder class '" + encoder +
-              "' is not supported (expected CLIPTextModel or BertModel)");
+  throw Error((root_ / "model_index.json").string() + ": text_encoder class " + quoted_excerpt(encoder, 60) +
+              " is not supported (expected CLIPTextModel or BertModel)");
 }
 
 std::vector<fs::path> ModelFolder::weight_files(const std::string& component) const {
@@ -184,8 +216,12 @@ std::vector<fs::path> ModelFolder::weight_files(const std::string& component) co
       throw Error(index_path.string() + ": missing 'weight_map' object");
     std::vector<fs::path> files;
     for (const auto& item : index["weight_map"].items()) {
-      if (!item.value().is_string()) throw Error(index_path.string() + ": weight_map['" + item.key() + "'] is not a file name");
-      fs::path shard = dir / item.value().get<std::string>();
+      // A shard is a file of this folder: a path elsewhere ("../x", "/etc/x") is refused.
+      const std::string shard_name = item.value().is_string() ? item.value().get<std::string>() : std::string();
+      if (shard_name.empty() || shard_name.find('/') != std::string::npos || shard_name == "." || shard_name == "..")
+        throw Error(index_path.string() + ": weight_map[" + quoted_excerpt(item.key(), 80) + "] = " + json_excerpt(item.value()) +
+                    ": expected the file name of a shard in this folder");
+      fs::path shard = dir / shard_name;
       if (std::find(files.begin(), files.end(), shard) == files.end()) files.push_back(shard);
     }
     return files;

@@ -1,6 +1,11 @@
 // Devices, precisions and CUDA numerics flags; see include/taiyi/device.h.
 #include "taiyi/device.h"
 
+#include <sys/resource.h>
+
+#include <fstream>
+#include <limits>
+#include <sstream>
 #include <stdexcept>
 
 #include "taiyi/error.h"
@@ -163,6 +168,65 @@ void release_gpu_cache(const torch::Device& device) {
 #else
   (void)device;
 #endif
+}
+
+namespace {
+
+// A "<key>: <n> kB" line of a /proc file, in bytes; nullopt when absent.
+std::optional<uint64_t> proc_kb(const char* file, const char* key) {
+  std::ifstream in(file);
+  std::string line;
+  const std::string prefix = std::string(key) + ":";
+  while (std::getline(in, line)) {
+    if (line.rfind(prefix, 0) != 0) continue;
+    std::istringstream fields(line.substr(prefix.size()));
+    uint64_t kb = 0;
+    if (fields >> kb) return kb * 1024;
+  }
+  return std::nullopt;
+}
+
+// A cgroup v2 file holding a number ("max": no limit).
+std::optional<uint64_t> cgroup_value(const std::string& file) {
+  std::ifstream in(file);
+  std::string text;
+  if (!(in >> text) || text == "max") return std::nullopt;
+  try {
+    return std::stoull(text);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
+std::optional<uint64_t> available_memory(const torch::Device& device) {
+#if TAIYI_HAS_CUDA_HEADERS
+  if (device.is_cuda()) {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return std::nullopt;
+    // What the caching allocator holds but does not use is available to it too.
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    const int64_t cached = stats.reserved_bytes[aggregate].current - stats.allocated_bytes[aggregate].current;
+    return static_cast<uint64_t>(free) + static_cast<uint64_t>(std::max<int64_t>(cached, 0));
+  }
+#endif
+  if (!device.is_cpu()) return std::nullopt;
+  std::optional<uint64_t> available = proc_kb("/proc/meminfo", "MemAvailable");
+  auto lower = [&](uint64_t bound) { available = available ? std::min(*available, bound) : bound; };
+  // An address-space limit (ulimit -v) binds before the machine's memory does.
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    const uint64_t used = proc_kb("/proc/self/status", "VmSize").value_or(0);
+    lower(limit.rlim_cur > used ? limit.rlim_cur - used : 0);
+  }
+  // A container's memory limit (cgroup v2).
+  if (auto max = cgroup_value("/sys/fs/cgroup/memory.max")) {
+    const uint64_t current = cgroup_value("/sys/fs/cgroup/memory.current").value_or(0);
+    lower(*max > current ? *max - current : 0);
+  }
+  return available;
 }
 
 }  // namespace taiyi

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "taiyi/embedding_layout.h"
 #include "taiyi/error.h"
 #include "taiyi/safetensors.h"
 
@@ -16,35 +17,15 @@ TextualInversion read_embedding(const fs::path& path, const std::string& name) {
     throw Error(path.string() + ": embeddings are read from .safetensors (taiyi never unpickles); convert it with "
                 "tools/convert.py --embedding " + path.string() + " " + path.stem().string() + ".safetensors");
   SafetensorsFile file(path);
-  const auto& tensors = file.tensors();
+  const EmbeddingLayout layout = embedding_layout(file.tensors(), path.string(), path.stem().string(), name);
   TextualInversion ti;
   ti.file = path.string();
-  std::string key;
-  if (file.find("emb_params")) {
-    key = "emb_params";
-    ti.name = path.stem().string();
-  } else if (tensors.size() == 1) {
-    key = tensors.front().name;
-    ti.name = key;
-  } else {
-    std::string names;
-    for (size_t i = 0; i < std::min<size_t>(tensors.size(), 5); ++i) names += (i ? ", " : "") + tensors[i].name;
-    throw Error(path.string() + ": not a textual-inversion embedding: expected one tensor 'emb_params' (web UI) or "
-                "a single {token: vectors} tensor (diffusers), found " + std::to_string(tensors.size()) +
-                " tensors (" + names + ")");
-  }
-  if (!name.empty()) ti.name = name;
+  ti.name = layout.name;
+  const std::string& key = layout.key;
   const TensorInfo& info = *file.find(key);
-  if (info.shape.empty() || info.shape.size() > 2 || info.numel() == 0)
-    throw Error(path.string() + ": '" + key + "' has " + std::to_string(info.shape.size()) +
-                " dimensions; an embedding is [dim] or [vectors, dim]");
-  if (info.shape.size() == 2 && (info.shape[0] < 1 || info.shape[0] > 75))
-    throw Error(path.string() + ": '" + key + "' holds " + std::to_string(info.shape[0]) +
-                " vectors; at most 75 fit a prompt chunk");
-  if (ti.name.empty() || ti.name.find_first_of(" \t\n\r") != std::string::npos)
-    throw Error(path.string() + ": embedding name '" + ti.name + "' must be one word");
   ti.vectors = file.tensor(key).to(torch::kFloat).reshape({-1, info.shape.back()}).clone();
-  if (!torch::isfinite(ti.vectors).all().item<bool>()) throw Error(path.string() + ": '" + key + "' holds NaN or Inf");
+  if (!torch::isfinite(ti.vectors).all().item<bool>())
+    throw Error(path.string() + ": " + quoted_excerpt(key, 60) + " holds NaN or Inf");
   return ti;
 }
 

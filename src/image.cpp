@@ -18,7 +18,13 @@
 #define STBI_ONLY_JPEG
 #define STBI_NO_STDIO
 #define STBI_FAILURE_USERMSG
+// stb_image calls memcpy(NULL, data, 0) for a PNG whose first IDAT chunk is empty (stbi__getn): undefined
+// behaviour that UBSan reports (found by tests/fuzz). Its memcpy, and only its, does nothing for 0 bytes.
+// (<cstring> above has declared the real one already.)
+static inline void* stbi_memcpy(void* to, const void* from, size_t n) { return n ? std::memcpy(to, from, n) : to; }
+#define memcpy stbi_memcpy
 #include <stb_image.h>
+#undef memcpy
 
 #include <algorithm>
 #include <cmath>
@@ -190,7 +196,7 @@ static std::string read_whole_file(const fs::path& path) {
   if (ec) throw Error(path.string() + ": cannot read the image file: " + ec.message());
   // An image of kMaxImageSide^2 pixels, even 16-bit RGBA stored raw, is 128 MiB: a larger file is not one
   // we take, and is refused before anything is read.
-  if (size > (uint64_t{1} << 28))
+  if (size > kMaxImageFile)
     throw Error(path.string() + ": image file of " + std::to_string(size) + " bytes is larger than taiyi reads (256 MiB)");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path.string() + ": cannot read the image file");
@@ -208,8 +214,51 @@ std::pair<int64_t, int64_t> image_size(const fs::path& path) {
 PixelImage read_image(const fs::path& path, int channels) {
   if (channels != 1 && channels != 3) throw Error("read_image: channels must be 1 or 3");
   const std::string data = read_whole_file(path);
+  return decode_image(data, path.string(), channels);
+}
+
+// The Huffman tables of a JPEG, walked as stb_image walks its markers (stbi__process_marker, and the
+// marker that ends each scan's entropy-coded data): the Debian stb_image (2.27) writes past its tables
+// for a DHT segment whose 16 code counts add up to more than 256 (found by tests/fuzz; upstream 2.28
+// refuses such a table as "bad size list"). Such a file is refused here first. Bytes past the end read
+// as 0, as stb_image reads them.
+static void check_jpeg_huffman_tables(std::string_view data, const std::string& name) {
+  const auto at = [&](size_t i) -> unsigned { return i < data.size() ? static_cast<unsigned char>(data[i]) : 0u; };
+  size_t pos = 0;  // SOI, after any 0xFF fill bytes (stbi__get_marker skips them)
+  while (at(pos) == 0xFF && pos < data.size()) ++pos;
+  if (at(pos) != 0xD8) return;  // not a JPEG to stb_image
+  ++pos;
+  while (pos < data.size()) {
+    if (at(pos) != 0xFF) {
+      ++pos;  // entropy-coded data, or junk between segments: stb_image skips it byte by byte too
+      continue;
+    }
+    while (at(pos) == 0xFF && pos < data.size()) ++pos;
+    const unsigned marker = at(pos++);
+    // No length: stuffed 0xFF00, restart markers, SOI, EOI, TEM.
+    if (marker == 0x00 || (marker >= 0xD0 && marker <= 0xD9) || marker == 0x01) continue;
+    const size_t length = (at(pos) << 8) | at(pos + 1);
+    if (marker == 0xC4) {
+      for (size_t table = pos + 2; table < pos + length;) {
+        size_t codes = 0;
+        for (size_t i = 0; i < 16; ++i) codes += at(table + 1 + i);
+        if (codes > 256)
+          throw Error(name + ": corrupt JPEG: a Huffman table of " + std::to_string(codes) + " codes (at most 256)");
+        table += 17 + codes;
+      }
+    }
+    // Segments with a length are skipped whole; after SOS's header comes entropy-coded data (scanned above).
+    pos += length;
+  }
+}
+
+PixelImage decode_image(std::string_view data, const std::string& name, int channels) {
+  if (channels != 1 && channels != 3) throw Error("decode_image: channels must be 1 or 3");
+  if (data.size() > kMaxImageFile)
+    throw Error(name + ": image file of " + std::to_string(data.size()) + " bytes is larger than taiyi reads (256 MiB)");
   const auto* bytes = reinterpret_cast<const stbi_uc*>(data.data());
   const int length = static_cast<int>(data.size());
+  const fs::path path = name;  // for the messages below
   int width = 0, height = 0, file_channels = 0;
   // A PNG's size is in its IHDR chunk (bytes 16-23, big-endian): checked first, so that the message
   // names it (stb_image refuses such headers too, but only as "corrupt").
@@ -222,7 +271,19 @@ PixelImage read_image(const fs::path& path, int channels) {
     if (w > static_cast<uint64_t>(kMaxImageSide) || h > static_cast<uint64_t>(kMaxImageSide))
       throw Error(path.string() + ": image of " + std::to_string(w) + "x" + std::to_string(h) +
                   " is larger than taiyi reads (" + std::to_string(kMaxImageSide) + " pixels a side)");
+    // Every chunk within the file: stb_image allocates an IDAT chunk's stated length before it reads
+    // the chunk (found by tests/fuzz: a 30-byte file asking for 1.7 GB), so that length is checked here.
+    for (size_t pos = 8; pos + 8 <= data.size();) {  // a chunk: length, type, data, CRC
+      const uint64_t chunk = be32(pos);
+      const std::string_view type = data.substr(pos + 4, 4);
+      if (chunk + 4 > data.size() - pos - 8)
+        throw Error(name + ": truncated PNG: chunk " + quoted_excerpt(type, 4) + " of " + std::to_string(chunk) +
+                    " bytes runs past the end of the file");
+      if (type == "IEND") break;
+      pos += 12 + static_cast<size_t>(chunk);
+    }
   }
+  if (!data.empty() && static_cast<unsigned char>(data[0]) == 0xFF) check_jpeg_huffman_tables(data, name);
   if (!stbi_info_from_memory(bytes, length, &width, &height, &file_channels))
     throw Error(path.string() + ": not a PNG or JPEG image (" + stbi_failure_reason() + ")");
   if (width <= 0 || height <= 0) throw Error(path.string() + ": image of size " + std::to_string(width) + "x" + std::to_string(height));

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "taiyi/config.h"
 #include "taiyi/error.h"
 #include "taiyi/tokenizer.h"
 
@@ -139,8 +140,11 @@ LoraPlan plan_lora(const std::vector<LoraTensor>& tensors, const std::map<std::s
   }
   Json adapter;
   if (auto it = metadata.find("lora_adapter_metadata"); it != metadata.end()) {
-    adapter = Json::parse(it->second, nullptr, /*allow_exceptions=*/false);
-    if (adapter.is_discarded()) adapter = Json();
+    try {
+      adapter = parse_json_text(it->second, "lora_adapter_metadata");  // nesting bounded (config.h)
+    } catch (const Error&) {
+      adapter = Json();  // not JSON: no alphas from it, as peft would find none
+    }
   }
 
   struct Pending {

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <new>
 #include <random>
 
 #include <CLI/CLI.hpp>
@@ -19,6 +20,7 @@
 
 #include "taiyi/batch.h"
 #include "taiyi/bench.h"
+#include "taiyi/device.h"
 #include "taiyi/error.h"
 #include "taiyi/image.h"
 #include "taiyi/info.h"
@@ -200,6 +202,9 @@ struct Job {
   int64_t line = 0;  // 0: the command-line prompt
   std::vector<std::string> outputs;  // one per image
   std::string lora_set;  // lora_set_key of the request, set once when the jobs are grouped
+  bool checked = false;  // validated (Pipeline::validate) before it joins a batch
+  bool failed = false;   // its error is reported; it is not run
+  bool alone = false;    // runs in a batch of its own (its batch failed: each member is retried alone)
 };
 
 void check_output_folder(const fs::path& file) {
@@ -208,6 +213,17 @@ void check_output_folder(const fs::path& file) {
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir)) throw taiyi::Error(dir.string() + ": cannot create the output folder: " + ec.message());
   if (access(dir.c_str(), W_OK) != 0) throw taiyi::Error(dir.string() + ": output folder is not writable");
+}
+
+// A failure's one-line message: taiyi's, libtorch's without its C++ backtrace, or what failed to allocate.
+std::string describe_failure(const std::exception& e) {
+  if (dynamic_cast<const std::bad_alloc*>(&e)) return "out of memory: an allocation failed (try a smaller size or batch)";
+  if (const auto* torch_error = dynamic_cast<const c10::Error*>(&e)) {
+    std::string message = torch_error->what_without_backtrace();
+    if (size_t eol = message.find('\n'); eol != std::string::npos) message.resize(eol);
+    return message;
+  }
+  return e.what();
 }
 
 int run_generate(GenerateArgs& a) {
@@ -358,26 +374,61 @@ int run_generate(GenerateArgs& a) {
       interrupted = true;
       break;
     }
+    // Each line is validated before it joins a batch (sizes, steps, counts, memory, prompt syntax):
+    // a line that fails is that line's error, reported once, and never allocates anything.
+    auto line_name = [&](const Job& job) { return job.line ? "line " + std::to_string(job.line) : std::string("prompt"); };
+    auto usable = [&](size_t i) {
+      Job& job = todo[i];
+      if (job.failed) return false;
+      if (job.checked) return true;
+      try {
+        pipe.validate(pipe.complete(job.request));
+        job.checked = true;
+        return true;
+      } catch (const taiyi::Error& e) {
+        if (!from_file) throw;
+        job.failed = true;
+        std::cerr << "taiyi: error: " << line_name(job) << ": " << e.what() << "\n";
+        failures.push_back(line_name(job) + ": " + e.what());
+        return false;
+      }
+    };
+    if (!usable(next)) {
+      ++next;
+      continue;
+    }
     // A batch: consecutive jobs that share steps, scale, size, sampler and context length (prompt
-    // chunks), up to --batch-size images. A prompt that cannot be tokenized runs alone (and fails alone).
+    // chunks), up to --batch-size images.
     auto context_chunks = [&](const taiyi::GenerationRequest& r) -> int64_t {
       try {
         return pipe.context_chunks(r);
-      } catch (const taiyi::Error&) {
+      } catch (const std::exception&) {
         return -1;
+      }
+    };
+    // Each line fits alone (validate checked it); a batch grows only while all its images still fit.
+    auto fits_in_memory = [&](const taiyi::GenerationRequest& first, int64_t total_images) {
+      taiyi::GenerationRequest combined = pipe.complete(first);
+      combined.count = total_images;
+      try {
+        pipe.check_memory(combined);
+        return true;
+      } catch (const taiyi::Error&) {
+        return false;
       }
     };
     std::vector<size_t> members{next};
     int64_t images = todo[next].request.count;
-    const int64_t first_chunks = a.batch_size > images ? context_chunks(todo[next].request) : 0;
+    const int64_t first_chunks = a.batch_size > images && !todo[next].alone ? context_chunks(todo[next].request) : 0;
     size_t scan = next + 1;
-    while (scan < todo.size() && images + todo[scan].request.count <= a.batch_size) {
+    while (!todo[next].alone && scan < todo.size() && images + todo[scan].request.count <= a.batch_size) {
       const auto& f = todo[next].request;
       const auto& r = todo[scan].request;
-      if (r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height ||
+      if (todo[scan].alone || r.steps != f.steps || r.cfg_scale != f.cfg_scale || r.width != f.width || r.height != f.height ||
           r.sampler != f.sampler || r.schedule != f.schedule || r.init_image.empty() != f.init_image.empty() ||
           r.strength != f.strength || r.mask.empty() != f.mask.empty() || first_chunks < 0 ||
-          context_chunks(r) != first_chunks || todo[scan].lora_set != todo[next].lora_set)
+          context_chunks(r) != first_chunks || todo[scan].lora_set != todo[next].lora_set || !usable(scan) ||
+          !fits_in_memory(todo[next].request, images + r.count))
         break;
       members.push_back(scan);
       images += r.count;
@@ -390,8 +441,8 @@ int run_generate(GenerateArgs& a) {
       requests.push_back(todo[m].request);
       where += (where.empty() ? "" : ",") + (todo[m].line ? "line " + std::to_string(todo[m].line) : std::string("prompt"));
     }
+    int64_t written_in_batch = 0;
     try {
-      for (const auto& r : requests) pipe.validate(pipe.complete(r));
       ProgressBar bar(progress_enabled, where);
       std::vector<taiyi::Image> results = pipe.generate_batch(requests, std::ref(bar));
       size_t k = 0;
@@ -429,16 +480,27 @@ int run_generate(GenerateArgs& a) {
           if (a.json) std::cout << record.dump() << std::endl;
           else if (!a.quiet) std::cerr << "taiyi: wrote " << out.string() << " (seed " << image.seed << ")\n";
           ++written;
+          ++written_in_batch;
         }
       }
     } catch (const Interrupted&) {
       interrupted = true;
       break;
-    } catch (const taiyi::Error& e) {
-      // One bad line does not stop a batch run; a single prompt's error is the run's error.
+    } catch (const std::exception& e) {
+      // Any failure (an Error, a libtorch error, an allocation that failed) is the failure of this batch
+      // alone: the run goes on. A single prompt's error is the run's error.
       if (!from_file) throw;
-      std::cerr << "taiyi: error: " << where << ": " << e.what() << "\n";
-      failures.push_back(where + ": " + e.what());
+      const std::string message = describe_failure(e);
+      taiyi::release_gpu_cache(pipe.device());  // what a failed batch left cached goes back (nothing on the CPU)
+      if (members.size() > 1 && written_in_batch == 0) {
+        // Which line failed is not known: each member runs again alone, so that only it fails.
+        std::cerr << "taiyi: warning: the batch of " << where << " failed (" << message << "); running them one at a time\n";
+        for (size_t m : members) todo[m].alone = true;
+        next = members.front();
+        continue;
+      }
+      std::cerr << "taiyi: error: " << where << ": " << message << "\n";
+      failures.push_back(where + ": " + message);
     }
   }
   if (!a.quiet) {

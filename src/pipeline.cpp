@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <map>
 
@@ -146,6 +147,7 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   p.text_encoder_ = make_text_encoder(p.folder_);
   p.unet_ = std::make_shared<UNet2DConditionModel>(p.folder_.config("unet"));
   p.vae_ = std::make_shared<AutoencoderKL>(p.folder_.config("vae"));
+  p.unet_first_channels_ = p.folder_.config("unet").get_int_list("block_out_channels").at(0);
   const bool vae_forced_fp32 = options.vae_precision == "fp32" && p.dtype_ != torch::kFloat;
 
   p.load_component(*p.text_encoder_, "text_encoder", p.dtype_, p.text_encoder_->ignored_checkpoint_keys());
@@ -189,6 +191,11 @@ void Pipeline::validate(const GenerationRequest& r) const {
                   " (the VAE's scale factor), e.g. " + std::to_string(value / multiple * multiple) + " or " +
                   std::to_string((value / multiple + 1) * multiple));
   }
+  for (auto [name, value] : {std::pair<const char*, int64_t>{"width", r.width}, {"height", r.height}})
+    if (value > kMaxImageSize)
+      throw Error(std::string(name) + " " + std::to_string(value) + ": at most " + std::to_string(kMaxImageSize) + " pixels");
+  if (r.count > kMaxImagesPerRequest)
+    throw Error("number of images " + std::to_string(r.count) + ": at most " + std::to_string(kMaxImagesPerRequest) + " at once");
   if (r.steps < 1 || r.steps > 1000) throw Error("steps " + std::to_string(r.steps) + ": must be between 1 and 1000");
   if (!(r.cfg_scale >= 0)) throw Error("cfg scale " + std::to_string(r.cfg_scale) + ": must not be negative");
   if (r.count < 1) throw Error("number of images " + std::to_string(r.count) + ": must be at least 1");
@@ -211,6 +218,34 @@ void Pipeline::validate(const GenerationRequest& r) const {
     throw Error("clip skip " + std::to_string(r.clip_skip) + ": needs a CLIP text encoder; " + folder_.root().string() +
                 " has " + folder_.class_name("text_encoder"));
   context_chunks(r);  // a prompt's syntax error or excess length is an Error naming it
+  check_memory(r);
+}
+
+// Live copies of the widest activations, measured with the real SD 1.x configs on the CPU (peak RSS
+// over sizes, scripts/memory_estimate.sh), rounded up.
+constexpr double kDecoderLiveCopies = 6;
+constexpr double kUnetLiveCopies = 16;
+
+uint64_t Pipeline::working_memory(const GenerationRequest& r) const {
+  const double pixels = static_cast<double>(r.width) * static_cast<double>(r.height);
+  const double latent_pixels = pixels / static_cast<double>(vae_->scale_factor() * vae_->scale_factor());
+  const double vae_bytes = static_cast<double>(c10::elementSize(vae_dtype())) * pixels * vae_->decoder_values_per_pixel() * kDecoderLiveCopies;
+  // Classifier-free guidance doubles the UNet's batch.
+  const double unet_bytes = static_cast<double>(c10::elementSize(dtype_)) * 2 * latent_pixels *
+                            static_cast<double>(unet_first_channels_) * kUnetLiveCopies;
+  const double total = static_cast<double>(r.count) * (vae_bytes + unet_bytes);
+  return total >= 1.8e19 ? UINT64_MAX : static_cast<uint64_t>(total);
+}
+
+void Pipeline::check_memory(const GenerationRequest& r) const {
+  const uint64_t needed = working_memory(r);
+  const std::optional<uint64_t> available = available_memory(device_);
+  if (!available || needed <= *available) return;
+  char message[256];
+  std::snprintf(message, sizeof message, "%lldx%lld, %lld image(s) at once: needs about %.1f GB of working memory on %s, %.1f GB available",
+                static_cast<long long>(r.width), static_cast<long long>(r.height), static_cast<long long>(r.count),
+                static_cast<double>(needed) / 1e9, device_.str().c_str(), static_cast<double>(*available) / 1e9);
+  throw Error(std::string(message) + " (a smaller size, fewer images at once, or --precision fp16 on a GPU)");
 }
 
 int64_t Pipeline::prompt_chunks(const std::string& prompt) const {

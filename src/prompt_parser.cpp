@@ -192,6 +192,10 @@ const char* chunk_cut_name(ChunkCut cut) {
 // tokenize_line of sd_hijack_clip.py, with the tokenizer's own chunk layout (wrap()).
 TokenizedPrompt tokenize_prompt(const Tokenizer& tokenizer, const std::string& prompt, const PromptChunkOptions& options) {
   const size_t chunk_length = tokenizer.max_length() - 2;
+  // Checked before any work: max_chunks of tokens never take more than a few bytes a token.
+  if (prompt.size() > options.max_bytes)
+    throw Error("prompt: " + std::to_string(prompt.size()) + " bytes is over the " + std::to_string(options.max_bytes) +
+                " a prompt may have (taiyi takes at most " + std::to_string(options.max_chunks * chunk_length) + " tokens)");
   TokenizedPrompt out;
   std::vector<int64_t> tokens;
   std::vector<double> weights;

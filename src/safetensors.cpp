@@ -1,7 +1,5 @@
-// Safetensors reading (mmap, strict validation) and loading modules by state-dict name.
-// Mirrors the checks of the reference implementation (huggingface/safetensors, Rust): header length
-// within the file and under 100 MB, JSON object, known dtype, shape x element size == byte span,
-// offsets contiguous from 0 to the end of the file, no duplicate names.
+// Safetensors reading (mmap; the header is validated by parse_safetensors_header, safetensors_header.cpp)
+// and loading modules by state-dict name.
 #include "taiyi/safetensors.h"
 
 #include <fcntl.h>
@@ -14,7 +12,6 @@
 #include <set>
 #include <unordered_map>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "taiyi/error.h"
@@ -22,25 +19,6 @@
 namespace taiyi {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
-
-const char* to_string(StDtype dtype) {
-  switch (dtype) {
-    case StDtype::F32: return "F32";
-    case StDtype::F16: return "F16";
-    case StDtype::BF16: return "BF16";
-    case StDtype::I64: return "I64";
-  }
-  return "?";
-}
-
-size_t element_size(StDtype dtype) {
-  switch (dtype) {
-    case StDtype::F32: return 4;
-    case StDtype::I64: return 8;
-    default: return 2;
-  }
-}
 
 static torch::Dtype torch_dtype(StDtype dtype) {
   switch (dtype) {
@@ -52,12 +30,6 @@ static torch::Dtype torch_dtype(StDtype dtype) {
   return torch::kFloat;
 }
 
-int64_t TensorInfo::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
 struct SafetensorsFile::Mapping {
   void* data = nullptr;
   size_t size = 0;
@@ -65,8 +37,6 @@ struct SafetensorsFile::Mapping {
     if (data && data != MAP_FAILED) munmap(data, size);
   }
 };
-
-static constexpr uint64_t kMaxHeaderSize = 100'000'000;  // as the reference reader
 
 SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
   const std::string file = path.string();
@@ -89,101 +59,10 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
   mapping_->data = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (mapping_->data == MAP_FAILED) throw Error(file + ": cannot map: " + std::strerror(errno));
-  const auto* bytes = static_cast<const uint8_t*>(mapping_->data);
-
-  uint64_t header_size = 0;
-  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];
-  if (header_size > kMaxHeaderSize)
-    throw Error(file + ": header length " + std::to_string(header_size) + " is over the 100 MB limit (not a safetensors file?)");
-  if (8 + header_size > size_)
-    throw Error(file + ": header length " + std::to_string(header_size) + " runs past the end of the file (" +
-                std::to_string(size_) + " bytes): truncated or not a safetensors file");
-  data_start_ = 8 + header_size;
-  const uint64_t data_size = size_ - data_start_;
-
-  // Parse with a callback so that duplicate tensor names (which json would silently merge) are caught.
-  std::set<std::string> seen;
-  std::string duplicate;
-  json header;
-  try {
-    header = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + data_start_),
-                         [&](int depth, json::parse_event_t event, json& parsed) {
-                           if (depth == 1 && event == json::parse_event_t::key) {
-                             std::string key = parsed.get<std::string>();
-                             if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
-                           }
-                           return true;
-                         });
-  } catch (const json::parse_error& e) {
-    // Not e.what(): nlohmann quotes the bytes it last read, raw. Quote a short escaped excerpt instead.
-    const size_t at = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, header_size);
-    const size_t from = at > 16 ? at - 16 : 0;
-    throw Error(file + ": header is not valid JSON (error at byte " + std::to_string(e.byte) + ", near " +
-                quoted_excerpt(std::string_view(reinterpret_cast<const char*>(bytes + 8 + from),
-                                                std::min<size_t>(header_size - from, 32)), 32) +
-                "): not a safetensors file, or a damaged one");
-  }
-  if (!duplicate.empty()) throw Error(file + ": duplicate tensor name '" + duplicate + "' in the header");
-  if (!header.is_object()) throw Error(file + ": header is not a JSON object");
-
-  for (const auto& item : header.items()) {
-    const std::string& name = item.key();
-    const json& entry = item.value();
-    if (name == "__metadata__") {
-      if (!entry.is_object()) throw Error(file + ": __metadata__ is not an object");
-      for (const auto& m : entry.items()) {
-        if (!m.value().is_string()) throw Error(file + ": __metadata__['" + m.key() + "'] is not a string");
-        metadata_[m.key()] = m.value().get<std::string>();
-      }
-      continue;
-    }
-    const std::string where = file + ": tensor '" + name + "'";
-    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
-      throw Error(where + ": expected an object with dtype, shape and data_offsets");
-    TensorInfo info;
-    info.name = name;
-    const json& dtype = entry["dtype"];
-    std::string dtype_name = dtype.is_string() ? dtype.get<std::string>() : dtype.dump();
-    if (dtype_name == "F32") info.dtype = StDtype::F32;
-    else if (dtype_name == "F16") info.dtype = StDtype::F16;
-    else if (dtype_name == "BF16") info.dtype = StDtype::BF16;
-    // I64 only for index buffers such as older checkpoints' text_model.embeddings.position_ids, which
-    // loading ignores; a weight stored as I64 is reported by check_weights.
-    else if (dtype_name == "I64") info.dtype = StDtype::I64;
-    else throw Error(where + ": dtype " + dtype_name + " is not supported (expected F32, F16 or BF16)");
-    const json& shape = entry["shape"];
-    if (!shape.is_array()) throw Error(where + ": shape is not a list");
-    for (const json& d : shape) {
-      if (!d.is_number_unsigned()) throw Error(where + ": shape " + shape.dump() + " is not a list of sizes");
-      info.shape.push_back(d.get<int64_t>());
-    }
-    const json& offsets = entry["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
-      throw Error(where + ": data_offsets " + offsets.dump() + " is not [begin, end]");
-    info.begin = offsets[0].get<uint64_t>();
-    info.end = offsets[1].get<uint64_t>();
-    if (info.begin > info.end || info.end > data_size)
-      throw Error(where + ": data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) +
-                  "] out of bounds of the " + std::to_string(data_size) + "-byte data buffer (truncated file?)");
-    const uint64_t expected = static_cast<uint64_t>(info.numel()) * element_size(info.dtype);
-    if (info.end - info.begin != expected)
-      throw Error(where + ": byte span " + std::to_string(info.end - info.begin) + " does not match shape " +
-                  shape.dump() + " x " + std::to_string(element_size(info.dtype)) + " bytes = " + std::to_string(expected));
-    tensors_.push_back(std::move(info));
-  }
-  std::sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
-  uint64_t cursor = 0;
-  for (const TensorInfo& t : tensors_) {
-    if (t.begin != cursor)
-      throw Error(file + ": tensor '" + t.name + "' starts at byte " + std::to_string(t.begin) + ", expected " +
-                  std::to_string(cursor) + " (overlapping or gapped data_offsets)");
-    cursor = t.end;
-  }
-  if (cursor != data_size)
-    throw Error(file + ": tensors cover " + std::to_string(cursor) + " of the " + std::to_string(data_size) +
-                " data bytes (file size does not match its header)");
+  SafetensorsHeader header = parse_safetensors_header(static_cast<const uint8_t*>(mapping_->data), size_, file);
+  data_start_ = header.data_start;
+  tensors_ = std::move(header.tensors);
+  metadata_ = std::move(header.metadata);
   for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
 }
 

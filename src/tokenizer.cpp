@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <queue>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
@@ -1323,31 +1324,58 @@ class ClipTokenizer final : public SlowTokenizer {
       auto b = static_cast<unsigned char>(token_bytes[i]);
       word.push_back(i + 1 < token_bytes.size() ? byte_symbol_[b] : byte_symbol_end_[b]);
     }
-    std::vector<int32_t> merged_word;
-    while (word.size() > 1) {
-      const Merge* best = nullptr;
-      int32_t first = 0, second = 0;
-      for (size_t i = 0; i + 1 < word.size(); ++i) {
-        auto it = merges_.find(pair_key(word[i], word[i + 1]));
-        if (it != merges_.end() && (!best || it->second.rank < best->rank)) {
-          best = &it->second;
-          first = word[i];
-          second = word[i + 1];
-        }
+    // Python's loop merges, until no pair has a rank, every occurrence of the lowest-ranked pair, left to
+    // right, without overlaps: O(n^2) in the word's length, which a hostile prompt makes a million. The
+    // same merges in O(n log n): the symbols as a linked list, every adjacent ranked pair in a min-heap
+    // by (rank, position); all entries of the lowest rank are taken at once and applied left to right,
+    // skipping those that an earlier merge of the batch (or of an earlier one) has made stale; the new
+    // neighbours' pairs go in afterwards, as Python's next pass would find them.
+    const int32_t n = static_cast<int32_t>(word.size());
+    std::vector<int32_t> prev(static_cast<size_t>(n)), next(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) prev[static_cast<size_t>(i)] = i - 1, next[static_cast<size_t>(i)] = i + 1 < n ? i + 1 : -1;
+    using Entry = std::pair<int32_t, int32_t>;  // (rank, position of the pair's left symbol)
+    std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> heap;
+    auto rank_at = [&](int32_t pos) -> const Merge* {  // the merge of the pair at pos, if any
+      if (pos < 0 || word[static_cast<size_t>(pos)] < 0) return nullptr;
+      const int32_t right = next[static_cast<size_t>(pos)];
+      if (right < 0) return nullptr;
+      auto it = merges_.find(pair_key(word[static_cast<size_t>(pos)], word[static_cast<size_t>(right)]));
+      return it == merges_.end() ? nullptr : &it->second;
+    };
+    auto push = [&](int32_t pos) {
+      if (const Merge* m = rank_at(pos)) heap.emplace(m->rank, pos);
+    };
+    for (int32_t i = 0; i + 1 < n; ++i) push(i);
+    std::vector<int32_t> batch, merged_at;
+    while (!heap.empty()) {
+      const int32_t rank = heap.top().first;
+      batch.clear();
+      while (!heap.empty() && heap.top().first == rank) {
+        batch.push_back(heap.top().second);
+        heap.pop();
       }
-      if (!best) break;
-      merged_word.clear();
-      for (size_t i = 0; i < word.size();) {
-        if (word[i] == first && i + 1 < word.size() && word[i + 1] == second) {
-          merged_word.push_back(best->merged);
-          i += 2;
-        } else {
-          merged_word.push_back(word[i]);
-          ++i;
-        }
+      std::sort(batch.begin(), batch.end());  // left to right
+      merged_at.clear();
+      for (int32_t pos : batch) {
+        const Merge* m = rank_at(pos);
+        if (!m || m->rank != rank) continue;  // stale: a neighbour merged since
+        const auto p = static_cast<size_t>(pos);
+        const int32_t right = next[p];
+        word[p] = m->merged;
+        word[static_cast<size_t>(right)] = -1;
+        next[p] = next[static_cast<size_t>(right)];
+        if (next[p] >= 0) prev[static_cast<size_t>(next[p])] = pos;
+        merged_at.push_back(pos);
       }
-      word.swap(merged_word);
+      for (int32_t pos : merged_at) {
+        if (word[static_cast<size_t>(pos)] < 0) continue;
+        push(prev[static_cast<size_t>(pos)]);
+        push(pos);
+      }
     }
+    std::vector<int32_t> merged_word;
+    for (int32_t i = n > 0 ? 0 : -1; i >= 0; i = next[static_cast<size_t>(i)]) merged_word.push_back(word[static_cast<size_t>(i)]);
+    word.swap(merged_word);
     for (int32_t symbol : word) ids.push_back(symbol_ids_[symbol]);
   }
 

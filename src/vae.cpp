@@ -3,6 +3,8 @@
 // size comes from vae/config.json. Inference only; NCHW.
 #include "taiyi/vae.h"
 
+#include <cmath>
+
 #include "taiyi/error.h"
 #include "taiyi/layers.h"
 
@@ -260,6 +262,19 @@ class AutoencoderKLImpl : public torch::nn::Module {
 };
 
 AutoencoderKL::AutoencoderKL(const Config& config) : impl_(std::make_shared<AutoencoderKLImpl>(config)) {}
+
+double AutoencoderKL::decoder_values_per_pixel() const {
+  const std::vector<int64_t>& channels = impl_->shape.block_out_channels;
+  const size_t levels = channels.size();
+  double widest = 0;
+  for (size_t i = 0; i < levels; ++i) {  // decoder level i: channels[levels-1-i] at 1/4^(levels-1-i) of the pixels
+    const double c = static_cast<double>(channels[levels - 1 - i]);
+    const double fraction = std::ldexp(1.0, -2 * static_cast<int>(levels - 1 - i));
+    widest = std::max(widest, c * fraction);
+    if (i + 1 < levels) widest = std::max(widest, c * fraction * 4);  // its upsampler's output
+  }
+  return widest;
+}
 
 static void check_input(const torch::Tensor& x, int64_t channels, const char* what) {
   if (x.dim() != 4 || x.size(1) != channels)

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace taiyi {
@@ -42,7 +43,13 @@ struct PromptFile {
 // in .jsonl, or every prompt line starts with '{'): per line an object with "prompt" and optionally
 // negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, init_image,
 // strength, mask, clip_skip. Error when the file is unreadable.
+// Error when the file is over kMaxPromptFile; a line over kMaxPromptLine is that line's error. Memory:
+// a few times the file's size.
 PromptFile read_prompt_file(const std::filesystem::path& path);
+// The same rules over a file's content (`name` for messages); `jsonl` forces JSONL (a .jsonl name).
+PromptFile parse_prompt_file(std::string_view content, const std::string& name, bool jsonl);
+constexpr size_t kMaxPromptFile = 256u << 20;
+constexpr size_t kMaxPromptLine = 1u << 20;
 
 struct Shard {
   int64_t index = 0;  // 0-based

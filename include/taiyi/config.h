@@ -11,13 +11,25 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace taiyi {
 
-// Reads and parses a JSON file; Error "<file>: cannot open" / "<file>: malformed JSON: ...".
+// Limits on JSON read from outside (configs, model_index.json, tokenizer files, prompt-file lines): the
+// largest real one is a fast tokenizer.json of a few MB; real nesting is under 10 levels.
+constexpr size_t kMaxJsonFile = 64u << 20;
+constexpr int kMaxJsonDepth = 64;
+
+// Parses JSON text; Error "<file>: malformed JSON at byte N, near \"...\"" (quoted escaped and briefly)
+// or "<file>: JSON nested more than 64 levels deep".
+nlohmann::json parse_json_text(std::string_view text, const std::string& file);
+// A JSON value in a message: its JSON text (control characters escaped, invalid UTF-8 replaced), cut to
+// 80 bytes.
+std::string json_excerpt(const nlohmann::json& value);
+// Reads and parses a JSON file (at most kMaxJsonFile bytes); Error "<file>: cannot open", or as above.
 nlohmann::json read_json_file(const std::filesystem::path& path);
 
 // A parsed config.json with typed getters whose errors name the file, the key, the value and the
@@ -63,6 +75,8 @@ enum class TextEncoderKind { Clip, Bert };
 class ModelFolder {
  public:
   static ModelFolder open(const std::filesystem::path& root);
+  // A folder from its parsed model_index.json (open reads it; the fuzz target gives it directly).
+  static ModelFolder from_index(const std::filesystem::path& root, nlohmann::json index);
 
   const std::filesystem::path& root() const { return root_; }
   // The class named in model_index.json for a component, e.g. "UNet2DConditionModel".

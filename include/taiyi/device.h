@@ -3,6 +3,8 @@
 // resolve_device() initialises the device it returns, and the helpers below take that device.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -48,5 +50,10 @@ std::string describe_device(const torch::Device& device);
 void reset_gpu_peak(const torch::Device& device);
 std::pair<double, double> gpu_peak_mb(const torch::Device& device);  // {allocated, reserved} since reset
 void release_gpu_cache(const torch::Device& device);
+
+// Bytes a run may still allocate on a device: on CUDA the driver's free memory plus what the caching
+// allocator holds unused; on the CPU the least of MemAvailable, what an address-space limit (ulimit -v)
+// leaves and what a cgroup memory limit leaves. nullopt when it cannot be told.
+std::optional<uint64_t> available_memory(const torch::Device& device);
 
 }  // namespace taiyi

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -40,6 +41,9 @@ constexpr int64_t kMaxImageSide = 4096;
 // stb_image's decoder can differ from libjpeg's by a level or two. Error naming the file for a missing,
 // unreadable, truncated or non-image file, a zero size or a side over kMaxImageSide.
 PixelImage read_image(const std::filesystem::path& path, int channels);
+// read_image over a file's bytes (`name` for messages).
+PixelImage decode_image(std::string_view data, const std::string& name, int channels);
+constexpr size_t kMaxImageFile = size_t{1} << 28;  // 256 MiB: more than any image of kMaxImageSide^2
 // (width, height) of an image file, with read_image's checks.
 std::pair<int64_t, int64_t> image_size(const std::filesystem::path& path);
 

@@ -122,6 +122,10 @@ struct StageTimes {  // seconds, accumulated over generate() calls
 // Called after each denoising step: (step index from 1, total steps).
 using ProgressCallback = std::function<void(int64_t, int64_t)>;
 
+// Limits a request is checked against before anything is allocated (Pipeline::validate).
+constexpr int64_t kMaxImageSize = 16384;        // pixels a side (the web UI's sliders stop at 2048)
+constexpr int64_t kMaxImagesPerRequest = 4096;  // images of one request generated at once
+
 class Pipeline {
  public:
   static Pipeline load(const std::filesystem::path& folder, const PipelineOptions& options);
@@ -129,8 +133,14 @@ class Pipeline {
   // weight files (benchmarks: no weights needed; the images are noise). Fixed seed.
   static Pipeline load_random(const std::filesystem::path& folder, const PipelineOptions& options);
 
-  // Checks a request against the model (sizes, steps, scale); Error with a message for the user.
+  // Checks a request against the model (sizes, steps, scale, counts, the memory it needs, the prompt's
+  // syntax and length) before anything is allocated; Error with a message for the user.
   void validate(const GenerationRequest& request) const;
+  // About how many bytes generating `request` (all its images in one batch) allocates beyond the
+  // weights: the VAE decoder's widest activations and the UNet's, times their live copies (measured:
+  // scripts/memory_estimate.sh). Error from check_memory when over available_memory(device()).
+  uint64_t working_memory(const GenerationRequest& request) const;
+  void check_memory(const GenerationRequest& request) const;
   std::vector<Image> generate(const GenerationRequest& request, const ProgressCallback& progress = {});
   // Several requests in one UNet batch (the CLI's --batch-size over a prompt file): they must share
   // steps, cfg_scale, width, height, sampler, strength and context_chunks, and be all text-to-image or
@@ -253,6 +263,7 @@ class Pipeline {
   std::shared_ptr<AutoencoderKL> vae_fp32_;                 // set when the VAE runs in fp32
   std::shared_ptr<TextEncoderImpl> text_encoder_fp32_;      // set after a text-encoder overflow
   bool random_weights_ = false;
+  int64_t unet_first_channels_ = 0;  // unet block_out_channels[0], for working_memory
   Numerics numerics_;
   Config scheduler_file_config_;  // scheduler/scheduler_config.json
   std::map<std::string, std::shared_ptr<Scheduler>> schedulers_;  // by SamplerSetting::key()

@@ -55,6 +55,7 @@ struct PromptChunkOptions {
   size_t comma_backtrack = 20;  // the web UI's comma_padding_backtrack; 0 turns it off
   size_t max_chunks = 32;       // a longer prompt is an error (it would grow the UNet's context without bound)
   double max_weight = 1000;     // |weight| of a token above this is an error
+  size_t max_bytes = 65536;     // a longer prompt is an error before it is parsed (32 x 75 tokens fit in ~15 KB)
 };
 
 struct TokenizedPrompt {

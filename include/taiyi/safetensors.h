@@ -4,9 +4,8 @@
 //   torch::Tensor w = file.tensor("conv_in.weight");           // a CPU view of the mapping
 //   taiyi::load_weights(*unet, {path}, {torch::kHalf, torch::kCUDA});
 //
-// Format: 8-byte little-endian header length n, n bytes of JSON {name: {dtype, shape,
-// data_offsets:[begin,end]}, "__metadata__": {...}}, then the data buffer. Everything is checked
-// before use (see SafetensorsFile::open); each problem is an Error naming the file and the tensor.
+// The header is parsed and checked before use (parse_safetensors_header, safetensors_header.h); each
+// problem is an Error naming the file and the tensor.
 #pragma once
 
 #include <cstdint>
@@ -18,25 +17,13 @@
 
 #include <torch/types.h>
 
+#include "taiyi/safetensors_header.h"
+
 namespace torch::nn {
 class Module;
 }
 
 namespace taiyi {
-
-// Weights are F32, F16 or BF16; I64 is read for index buffers (e.g. position_ids) that loading ignores.
-enum class StDtype { F32, F16, BF16, I64 };
-const char* to_string(StDtype dtype);
-size_t element_size(StDtype dtype);
-
-struct TensorInfo {
-  std::string name;
-  StDtype dtype;
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // byte offsets into the data buffer
-  uint64_t end = 0;
-  int64_t numel() const;
-};
 
 class SafetensorsFile {
  public:

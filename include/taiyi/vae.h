@@ -27,6 +27,11 @@ class AutoencoderKL {
   double scaling_factor() const;  // config scaling_factor, 0.18215 when absent
   int64_t scale_factor() const;   // 2^(len(block_out_channels)-1): pixels per latent
   int64_t latent_channels() const;
+  // The decoder's widest activation in values per output pixel (for the memory estimate of
+  // Pipeline::validate): its levels run the reversed block_out_channels, each at 4x the pixels of the
+  // one before, and each upsampler's output has its level's channels at the next level's size. SD 1.x
+  // ([128, 256, 512, 512]): 256 (the last upsampler's output, at full size).
+  double decoder_values_per_pixel() const;
 
  private:
   std::shared_ptr<AutoencoderKLImpl> impl_;

@@ -102,6 +102,9 @@ def handwritten():
         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         "supercalifragilisticexpialidocious", "pneumonoultramicroscopicsilicovolcanoconiosis",
         "a" * 101, "猫" * 101, "x" * 300, "ab" * 200,
+        # Long words of varied letters: the C++ BPE merges with a heap, not Python's quadratic loop.
+        "".join("etaoinshrdlucmfwyp"[(i * 7 + i // 13) % 18] for i in range(3000)),
+        "".join("thequickbrownfoxjumps"[(i * i + 3 * i) % 21] for i in range(1500)),
     ]
     # Far over both limits (77 and 512).
     prompts += ["一只可爱的猫咪坐在窗台上，" * 60, "a photo of an astronaut riding a horse on mars, " * 60,

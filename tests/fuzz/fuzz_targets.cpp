@@ -1,0 +1,268 @@
+// Fuzz target bodies (tests/fuzz/fuzz_targets.h). No libtorch: only the parsers, which need none.
+#include "fuzz_targets.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string_view>
+
+#include "taiyi/batch.h"
+#include "taiyi/config.h"
+#include "taiyi/embedding_layout.h"
+#include "taiyi/error.h"
+#include "taiyi/image.h"
+#include "taiyi/lora.h"
+#include "taiyi/prompt_parser.h"
+#include "taiyi/safetensors_header.h"
+#include "taiyi/tokenizer.h"
+
+namespace taiyi::fuzz {
+
+namespace {
+
+void check(bool invariant, const char* what) {
+  if (!invariant) throw std::logic_error(std::string("fuzz invariant broken: ") + what);
+}
+
+std::string_view as_text(const uint8_t* data, size_t size) { return {reinterpret_cast<const char*>(data), size}; }
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* value = std::getenv(name);
+  return value && *value ? value : fallback;
+}
+
+std::string fixtures() { return env_or("TAIYI_FIXTURES", "build/fixtures"); }
+
+const Tokenizer& clip() {
+  static std::unique_ptr<Tokenizer> tokenizer =
+      load_clip_tokenizer(env_or("TAIYI_FUZZ_CLIP_TOKENIZER", fixtures() + "/tiny-clip/tokenizer"));
+  return *tokenizer;
+}
+
+const Tokenizer& bert() {
+  static std::unique_ptr<Tokenizer> tokenizer =
+      load_bert_tokenizer(env_or("TAIYI_FUZZ_BERT_TOKENIZER", fixtures() + "/tiny-bert/tokenizer"));
+  return *tokenizer;
+}
+
+void safetensors_header(const uint8_t* data, size_t size) {
+  try {
+    const SafetensorsHeader header = parse_safetensors_header(data, size, "fuzz.safetensors");
+    uint64_t cursor = 0;
+    for (const TensorInfo& t : header.tensors) {
+      check(t.begin == cursor && t.end >= t.begin, "tensors contiguous");
+      check(static_cast<uint64_t>(t.numel()) * element_size(t.dtype) == t.end - t.begin, "span == numel x size");
+      cursor = t.end;
+    }
+    check(header.data_start + cursor == size, "tensors cover the data");
+  } catch (const Error&) {
+  }
+}
+
+void config_json(const uint8_t* data, size_t size) {
+  nlohmann::json json;
+  try {
+    json = parse_json_text(as_text(data, size), "config.json");
+  } catch (const Error&) {
+    return;
+  }
+  // The getters every component's config goes through (unet.cpp, vae.cpp, text_encoder.cpp, scheduler.cpp).
+  try {
+    const Config config(json, "config.json");
+    for (const char* key : {"in_channels", "layers_per_block", "sample_size", "num_train_timesteps", "hidden_size"}) {
+      try { config.get_int(key); } catch (const Error&) {}
+      try { config.get_int(key, 4); } catch (const Error&) {}
+    }
+    for (const char* key : {"beta_start", "norm_eps", "scaling_factor"}) {
+      try { config.get_double(key, 0.5); } catch (const Error&) {}
+    }
+    for (const char* key : {"block_out_channels", "attention_head_dim", "cross_attention_dim"}) {
+      try { config.get_int_list(key); } catch (const Error&) {}
+      try { config.get_int_or_list(key, 4, 8); } catch (const Error&) {}
+      try { config.get_int_or_list(key, 2); } catch (const Error&) {}
+    }
+    for (const char* key : {"down_block_types", "_class_name"}) {
+      try { config.get_string_list(key); } catch (const Error&) {}
+      try { config.get_string(key, "x"); } catch (const Error&) {}
+    }
+    try { config.get_bool("center_input_sample", false); } catch (const Error&) {}
+    try { config.unsupported("act_fn", "fuzz"); } catch (const Error&) {}
+  } catch (const Error&) {
+  }
+  // model_index.json
+  try {
+    const ModelFolder folder = ModelFolder::from_index("fuzz-model", json);
+    for (const char* component : {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}) {
+      try { folder.class_name(component); } catch (const Error&) {}
+    }
+    folder.text_encoder_kind();
+  } catch (const Error&) {
+  }
+}
+
+void tokenizer_target(const Tokenizer& tokenizer, const uint8_t* data, size_t size) {
+  const std::string text(as_text(data, size));
+  try {
+    const Encoding encoding = tokenizer.encode(text);
+    check(encoding.ids.size() == tokenizer.max_length(), "encode gives max_length ids");
+    check(encoding.tokens.size() == encoding.ids.size(), "a token per id");
+    check(encoding.kept_tokens <= encoding.content_tokens, "kept <= content");
+    const TextTokens tokens = tokenizer.tokenize(text);
+    check(tokens.ids.size() == tokens.commas.size(), "a comma flag per id");
+    for (int64_t id : tokens.ids) check(id >= 0 && static_cast<size_t>(id) < tokenizer.vocab_size(), "ids in the vocabulary");
+    tokenizer.decode(tokens.ids);
+  } catch (const Error&) {
+  }
+}
+
+void clip_tokenizer(const uint8_t* data, size_t size) { tokenizer_target(clip(), data, size); }
+void bert_tokenizer(const uint8_t* data, size_t size) { tokenizer_target(bert(), data, size); }
+
+void prompt_syntax(const uint8_t* data, size_t size) {
+  const std::string prompt(as_text(data, size));
+  try {
+    const ExtraNetworks networks = parse_extra_networks(prompt);
+    for (const LoraTag& tag : networks.loras) check(std::isfinite(tag.te_multiplier) && std::isfinite(tag.unet_multiplier), "finite multipliers");
+  } catch (const Error&) {
+  }
+  try {
+    parse_prompt_attention(prompt);
+  } catch (const Error&) {
+  }
+  try {
+    const TokenizedPrompt tokenized = tokenize_prompt(clip(), prompt);
+    check(!tokenized.chunks.empty(), "at least one chunk");
+    for (const PromptChunk& chunk : tokenized.chunks) {
+      check(chunk.ids.size() == clip().max_length() && chunk.weights.size() == chunk.ids.size(), "chunk sizes");
+      for (double w : chunk.weights) check(std::isfinite(w), "finite weights");
+    }
+  } catch (const Error&) {
+  }
+}
+
+void prompt_file(const uint8_t* data, size_t size) {
+  if (size == 0) return;
+  const bool jsonl = data[0] & 1;  // the first byte chooses: a .jsonl file, or the content decides
+  try {
+    const PromptFile file = parse_prompt_file(as_text(data + 1, size - 1), "fuzz.txt", jsonl);
+    for (const PromptJob& job : file.jobs) check(job.line >= 1, "line numbers");
+  } catch (const Error&) {
+  }
+}
+
+void image(const uint8_t* data, size_t size) {
+  if (size == 0) return;
+  const int channels = data[0] & 1 ? 3 : 1;  // the first byte chooses: init image (RGB) or mask (L)
+  try {
+    const PixelImage decoded = decode_image(as_text(data + 1, size - 1), "fuzz.png", channels);
+    check(decoded.width > 0 && decoded.height > 0 && decoded.width <= kMaxImageSide && decoded.height <= kMaxImageSide, "size");
+    check(decoded.pixels.size() == static_cast<size_t>(decoded.width * decoded.height * channels), "pixel count");
+    if (decoded.width * decoded.height <= 128 * 128) {
+      const PixelImage resized = resize_lanczos(decoded, decoded.width / 2 + 3, decoded.height + 5);
+      check(resized.pixels.size() == static_cast<size_t>(resized.width * resized.height * channels), "resized pixel count");
+    }
+  } catch (const Error&) {
+  }
+}
+
+// A small SD-shaped module tree (names and shapes as lora_targets lists them for the real UNet and
+// text encoders): what the file's keys are placed on.
+const std::vector<LoraTarget>& lora_targets() {
+  static const std::vector<LoraTarget> targets = [] {
+    std::vector<LoraTarget> t;
+    for (int block = 0; block < 2; ++block) {
+      const std::string a = "down_blocks." + std::to_string(block) + ".attentions.0.";
+      const std::string tb = a + "transformer_blocks.0.";
+      t.push_back({"unet", a + "proj_in", {32, 32, 1, 1}});
+      t.push_back({"unet", a + "proj_out", {32, 32}});
+      for (const char* attn : {"attn1.", "attn2."}) {
+        t.push_back({"unet", tb + attn + "to_q", {32, 32}});
+        t.push_back({"unet", tb + attn + "to_k", {32, std::string(attn) == "attn2." ? 24 : 32}});
+        t.push_back({"unet", tb + attn + "to_v", {32, std::string(attn) == "attn2." ? 24 : 32}});
+        t.push_back({"unet", tb + attn + "to_out.0", {32, 32}});
+      }
+      t.push_back({"unet", tb + "ff.net.0.proj", {256, 32}});
+      t.push_back({"unet", tb + "ff.net.2", {32, 128}});
+      t.push_back({"unet", "down_blocks." + std::to_string(block) + ".resnets.0.conv1", {32, 32, 3, 3}});
+      t.push_back({"unet", "down_blocks." + std::to_string(block) + ".resnets.0.time_emb_proj", {32, 128}});
+    }
+    for (int layer = 0; layer < 2; ++layer) {
+      const std::string l = "text_model.encoder.layers." + std::to_string(layer) + ".";
+      for (const char* p : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"})
+        t.push_back({"text_encoder", l + p, {24, 24}});
+      t.push_back({"text_encoder", l + "mlp.fc1", {96, 24}});
+      t.push_back({"text_encoder", l + "mlp.fc2", {24, 96}});
+    }
+    return t;
+  }();
+  return targets;
+}
+
+// A LoRA file as read_lora (lora_weights.cpp) reads it: the header, scalar alphas, then plan_lora.
+void lora_keys(const uint8_t* data, size_t size) {
+  try {
+    const SafetensorsHeader header = parse_safetensors_header(data, size, "fuzz-lora.safetensors");
+    std::vector<LoraTensor> tensors;
+    std::map<std::string, double> alphas;
+    for (const TensorInfo& info : header.tensors) {
+      tensors.push_back(LoraTensor{info.name, info.shape});
+      if (info.numel() == 1 && info.name.size() > 6 && info.name.compare(info.name.size() - 6, 6, ".alpha") == 0) {
+        const uint8_t* at = data + header.data_start + info.begin;
+        double value = 0;
+        if (info.dtype == StDtype::F32) {
+          float f;
+          std::memcpy(&f, at, 4);
+          value = f;
+        } else if (info.dtype == StDtype::I64) {
+          int64_t i;
+          std::memcpy(&i, at, 8);
+          value = static_cast<double>(i);
+        } else {
+          uint16_t h;
+          std::memcpy(&h, at, 2);
+          value = h;  // the value's bits do not matter to the placing, only that there is one
+        }
+        alphas[info.name] = value;
+      }
+    }
+    const LoraPlan plan = plan_lora(tensors, alphas, header.metadata, lora_targets());
+    plan.message("fuzz-lora.safetensors");
+    for (const LoraPatch& patch : plan.patches) check(patch.rank > 0, "positive ranks");
+  } catch (const Error&) {
+  }
+}
+
+void embedding(const uint8_t* data, size_t size) {
+  try {
+    const SafetensorsHeader header = parse_safetensors_header(data, size, "fuzz-embedding.safetensors");
+    const EmbeddingLayout layout = embedding_layout(header.tensors, "fuzz-embedding.safetensors", "stem", "");
+    check(layout.vectors >= 1 && layout.vectors <= 75 && layout.dim > 0, "an embedding's shape");
+  } catch (const Error&) {
+  }
+}
+
+}  // namespace
+
+const std::vector<Target>& targets() {
+  static const std::vector<Target> all = {
+      {"safetensors_header", safetensors_header}, {"config_json", config_json}, {"clip_tokenizer", clip_tokenizer},
+      {"bert_tokenizer", bert_tokenizer},         {"prompt_syntax", prompt_syntax}, {"prompt_file", prompt_file},
+      {"image", image},                           {"lora_keys", lora_keys},     {"embedding", embedding},
+  };
+  return all;
+}
+
+const Target* find_target(const std::string& name) {
+  for (const Target& t : targets())
+    if (name == t.name) return &t;
+  return nullptr;
+}
+
+void initialize() {
+  clip();
+  bert();
+}
+
+}  // namespace taiyi::fuzz
