@@ -2,6 +2,7 @@
 #include "taiyi/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -71,11 +72,26 @@ std::string json_excerpt(const Json& value) {
   return s.substr(0, cut) + "...";
 }
 
+// A JSON number as an int64 when it is one exactly (2 and 2.0; not 2.5, nor beyond int64's range, which
+// a plain cast would make undefined: found by tests/fuzz).
+static std::optional<int64_t> exact_int(const Json& v) {
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(INT64_MAX)) return std::nullopt;
+    return static_cast<int64_t>(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (!(d >= -9.2233720368547758e18 && d < 9.2233720368547758e18) || d != std::trunc(d)) return std::nullopt;
+    return static_cast<int64_t>(d);
+  }
+  return std::nullopt;
+}
+
 int64_t Config::get_int(const std::string& key) const {
   const Json& v = at(key);
-  if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
-    return static_cast<int64_t>(v.get<double>());
+  if (const auto value = exact_int(v)) return *value;
   throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected an integer");
 }
 
@@ -114,9 +130,9 @@ std::vector<int64_t> Config::get_int_list(const std::string& key) const {
   if (!v.is_array()) throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected a list of integers");
   std::vector<int64_t> out;
   for (const Json& item : v) {
-    if (!item.is_number_integer())
-      throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected a list of integers");
-    out.push_back(item.get<int64_t>());
+    const auto value = item.is_number_integer() ? exact_int(item) : std::nullopt;
+    if (!value) throw Error(path_.string() + ": key '" + key + "' = " + json_excerpt(v) + ": expected a list of integers");
+    out.push_back(*value);
   }
   return out;
 }

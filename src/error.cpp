@@ -1,6 +1,7 @@
 // Quoting outside content in error messages (include/taiyi/error.h).
 #include "taiyi/error.h"
 
+#include <algorithm>
 #include <cstdio>
 
 namespace taiyi {
@@ -54,6 +55,13 @@ std::string quoted_excerpt(std::string_view bytes, size_t max_chars) {
   out += '"';
   if (i < bytes.size()) out += "...";
   return out;
+}
+
+std::string quoted_name(std::string_view text, size_t max_chars) {
+  const bool plain = text.size() <= max_chars && std::all_of(text.begin(), text.end(), [](char c) {
+                       return c >= 0x20 && c < 0x7F && c != '\'' && c != '"' && c != '\\';
+                     });
+  return plain ? "'" + std::string(text) + "'" : quoted_excerpt(text, std::min<size_t>(max_chars, 120));
 }
 
 }  // namespace taiyi

@@ -2,10 +2,12 @@
 #include "taiyi/image.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <array>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -107,26 +109,36 @@ std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height,
   return png;
 }
 
+// The temporary name of a file being written: hidden, in the same folder (so that rename is atomic),
+// with the writer's process id, so that remove_stale_temporaries can tell a killed run's leftovers
+// from the files another live process (a --shard beside this one) is writing.
+static constexpr const char* kTemporaryMark = ".taiyi-";
+static constexpr const char* kTemporarySuffix = ".tmp";
+
 static void write_bytes_atomically(const fs::path& path, const char* data, size_t size) {
   fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
   static std::mt19937_64 rng(std::random_device{}());
-  fs::path temp = dir / ("." + path.filename().string() + ".tmp-" + std::to_string(rng() % 1000000000));
+  fs::path temp = dir / ("." + path.filename().string() + kTemporaryMark + std::to_string(::getpid()) + "-" +
+                         std::to_string(rng() % 1000000000) + kTemporarySuffix);
   int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(path.string() + ": cannot write: " + std::strerror(errno));
+  auto fail = [&](const char* what, int err) {
+    ::close(fd);
+    ::unlink(temp.c_str());  // nothing partial is left: the file appears whole or not at all
+    throw Error(path.string() + ": " + what + ": " + std::strerror(err));
+  };
   size_t written = 0;
   while (written < size) {
     ssize_t n = ::write(fd, data + written, size - written);
     if (n < 0) {
       if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      ::unlink(temp.c_str());
-      throw Error(path.string() + ": write failed: " + std::strerror(err));
+      fail("write failed", errno);
     }
     written += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
+  if (::fsync(fd) != 0) fail("write failed", errno);
+  if (::close(fd) != 0) {
+    const int err = errno;
     ::unlink(temp.c_str());
     throw Error(path.string() + ": write failed: " + std::strerror(err));
   }
@@ -135,6 +147,31 @@ static void write_bytes_atomically(const fs::path& path, const char* data, size_
     ::unlink(temp.c_str());
     throw Error(path.string() + ": cannot rename the finished file into place: " + std::strerror(err));
   }
+  // The rename itself survives a power cut once the folder is synced (best effort: some file systems refuse).
+  if (int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dir_fd >= 0) {
+    (void)::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+}
+
+size_t remove_stale_temporaries(const fs::path& folder) {
+  size_t removed = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(folder.empty() ? fs::path(".") : folder, ec)) {
+    const std::string name = entry.path().filename().string();
+    const size_t mark = name.rfind(kTemporaryMark);
+    if (name.empty() || name[0] != '.' || mark == std::string::npos || name.size() < 4 ||
+        name.compare(name.size() - 4, 4, kTemporarySuffix) != 0)
+      continue;
+    // ".<name>.taiyi-<pid>-<random>.tmp": removed when that process is gone.
+    const std::string rest = name.substr(mark + std::char_traits<char>::length(kTemporaryMark));
+    char* end = nullptr;
+    const long pid = std::strtol(rest.c_str(), &end, 10);
+    if (pid <= 0 || !end || *end != '-') continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) continue;  // still running
+    if (fs::remove(entry.path(), ec)) ++removed;
+  }
+  return removed;
 }
 
 void write_file_atomically(const fs::path& path, const std::vector<uint8_t>& bytes) {

@@ -232,19 +232,24 @@ ExtraNetworks parse_extra_networks(const std::string& prompt) {
   const std::u32string text = unicode::from_utf8(prompt);
   std::u32string kept;
   size_t i = 0;
+  size_t close = 0;  // the first '>' at or after where it was last looked for (text.size(): none): linear, not
+                     // quadratic, for a hostile "<a:<a:<a:..." with no '>'
   while (i < text.size()) {
     if (text[i] == U'<') {
       size_t j = i + 1;
       while (j < text.size() && unicode::is_word(text[j])) ++j;
       if (j > i + 1 && j < text.size() && text[j] == U':') {
-        size_t k = j + 1;
-        while (k < text.size() && text[k] != U'>') ++k;
+        if (close < j + 1) {
+          close = j + 1;
+          while (close < text.size() && text[close] != U'>') ++close;
+        }
+        const size_t k = close;
         if (k < text.size() && k > j + 1) {
           const std::string kind = unicode::to_utf8(text.substr(i + 1, j - i - 1));
           const std::string args = unicode::to_utf8(text.substr(j + 1, k - j - 1));
-          const std::string tag = unicode::to_utf8(text.substr(i, k - i + 1));
+          const std::string tag = quoted_name(unicode::to_utf8(text.substr(i, k - i + 1)), 120);
           if (kind != "lora" && kind != "lyco")
-            throw Error("prompt tag " + tag + ": unknown extra network '" + kind + "' (taiyi applies lora and lyco)");
+            throw Error("prompt tag " + tag + ": unknown extra network " + quoted_name(kind, 40) + " (taiyi applies lora and lyco)");
           std::vector<std::string> positional;
           std::map<std::string, std::string> named;
           size_t start = 0;
@@ -267,7 +272,7 @@ ExtraNetworks parse_extra_networks(const std::string& prompt) {
             errno = 0;
             double v = trimmed.empty() ? 0 : std::strtod(trimmed.c_str(), &end);
             if (trimmed.empty() || end != trimmed.c_str() + trimmed.size() || !std::isfinite(v))
-              throw Error("prompt tag " + tag + ": multiplier '" + value + "' is not a number");
+              throw Error("prompt tag " + tag + ": multiplier " + quoted_name(value, 40) + " is not a number");
             return v;
           };
           if (positional.empty() || positional[0].empty()) throw Error("prompt tag " + tag + ": no LoRA name");

@@ -14,6 +14,7 @@
 #include <iostream>
 #include <new>
 #include <random>
+#include <set>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -326,6 +327,15 @@ int run_generate(GenerateArgs& a) {
     todo.push_back(std::move(job));
   }
   if (!todo.empty()) check_output_folder(todo.front().outputs.front());
+  {
+    // What a killed run was writing when it died: its temporary files go (each output is whole or absent).
+    std::set<fs::path> folders;
+    for (const Job& job : jobs)
+      for (const auto& out : job.outputs) folders.insert(fs::path(out).parent_path());
+    size_t removed = 0;
+    for (const fs::path& folder : folders) removed += taiyi::remove_stale_temporaries(folder);
+    if (removed && !a.quiet) std::cerr << "taiyi: removed " << removed << " unfinished temporary file(s) of an interrupted run\n";
+  }
   // Lines grouped by LoRA set, in the order each set first appears (a stable sort), so that each set
   // is merged once: merging and un-merging cost a pass over the touched weights.
   {
@@ -363,6 +373,16 @@ int run_generate(GenerateArgs& a) {
               << pipe.tokenizer().kind() << "; " << todo.size() << " prompt(s) to run";
     if (skipped) std::cerr << ", " << skipped << " already done (--resume)";
     std::cerr << "\n";
+    if (!todo.empty()) {
+      // The estimate that validation holds each batch to (scripts/memory_estimate.sh compares it with the peak).
+      taiyi::GenerationRequest first = pipe.complete(todo.front().request);
+      first.count = 1;
+      const std::optional<uint64_t> available = taiyi::available_memory(pipe.device());
+      std::fprintf(stderr, "taiyi: %lldx%lld needs about %.2f GB of working memory an image", static_cast<long long>(first.width),
+                   static_cast<long long>(first.height), static_cast<double>(pipe.working_memory(first)) / 1e9);
+      if (available) std::fprintf(stderr, " (%.1f GB available)", static_cast<double>(*available) / 1e9);
+      std::fprintf(stderr, "\n");
+    }
   }
 
   std::signal(SIGINT, on_sigint);
@@ -457,8 +477,6 @@ int run_generate(GenerateArgs& a) {
           params += numerics_parameters(pipe);
           fs::path out = job.outputs[i];
           check_output_folder(out);
-          taiyi::write_file_atomically(out, taiyi::encode_png(image.rgb.data(), static_cast<int>(image.width),
-                                                              static_cast<int>(image.height), {{"parameters", params}}));
           Json record = {{"file", out.string()},       {"prompt", r.prompt},  {"negative_prompt", r.negative_prompt},
                          {"seed", image.seed},         {"steps", r.steps},    {"cfg_scale", r.cfg_scale},
                          {"width", image.width},       {"height", image.height}, {"sampler", sampler.web_ui_name},
@@ -472,10 +490,18 @@ int run_generate(GenerateArgs& a) {
                          {"device", pipe.device().str()}, {"precision", precision_name}, {"tf32", tf32_used},
                          {"vae_precision", taiyi::precision_name(pipe.vae_dtype())}};
           if (numerics.cuda) record["numerics"] = numerics.to_json();
-          if (a.sidecar) {
-            fs::path side = out;
-            side.replace_extension(".json");
-            taiyi::write_file_atomically(side, record.dump(2) + "\n");
+          // The sidecar first, the image last: --resume counts a line done by its images, so a run killed
+          // between the two writes redoes the line rather than leave an image without its sidecar.
+          fs::path side = out;
+          side.replace_extension(".json");
+          if (a.sidecar) taiyi::write_file_atomically(side, record.dump(2) + "\n");
+          try {
+            taiyi::write_file_atomically(out, taiyi::encode_png(image.rgb.data(), static_cast<int>(image.width),
+                                                                static_cast<int>(image.height), {{"parameters", params}}));
+          } catch (const taiyi::Error&) {
+            std::error_code ignored;
+            if (a.sidecar) fs::remove(side, ignored);  // no sidecar of an image that is not there
+            throw;
           }
           if (a.json) std::cout << record.dump() << std::endl;
           else if (!a.quiet) std::cerr << "taiyi: wrote " << out.string() << " (seed " << image.seed << ")\n";

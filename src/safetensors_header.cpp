@@ -49,12 +49,7 @@ using json = nlohmann::json;
 
 // A tensor or metadata name in a message: as-is between single quotes when short printable ASCII (every
 // real name), else escaped and cut.
-std::string name_in_message(const std::string& name) {
-  const bool plain = name.size() <= 200 && std::all_of(name.begin(), name.end(), [](char c) {
-                       return c >= 0x20 && c < 0x7F && c != '\'';
-                     });
-  return plain ? "'" + name + "'" : quoted_excerpt(name, 120);
-}
+std::string name_in_message(const std::string& name) { return quoted_name(name, 200); }
 
 // A dtype name in a message: bare when a short word (F64, I8), else escaped and cut.
 std::string dtype_in_message(const std::string& dtype) {

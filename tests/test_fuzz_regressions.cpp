@@ -81,7 +81,7 @@ TEST(HostileInput, SafetensorsHeaderLimits) {
   std::string huge(8, '\xff');
   expect_error_naming([&] { parse(huge + "{}"); }, {"h.safetensors", "header length", "100 MB limit"});
   // A million levels of nesting: refused at the fourth.
-  const std::string deep = "{\"a\":" + std::string(1'000'000, '[') + std::string(1'000'000, ']') + "}";
+  const std::string deep = "{\"a\":{\"dtype\":\"F32\",\"shape\":" + std::string(1'000'000, '[') + std::string(1'000'000, ']') + "}}";
   expect_error_naming([&] { parse(safetensors(deep)); }, {"h.safetensors", "nests deeper", "3 levels"});
   const std::string deep_objects = [] {
     std::string s;
@@ -118,7 +118,8 @@ TEST(HostileInput, JsonLimits) {
     EXPECT_EQ(std::string(e.what()).find('\x1b'), std::string::npos) << e.what();
   }
   // A prompt-file line nested a million deep is that line's error; the next line still runs.
-  const std::string file = "{\"prompt\": " + deep + "}\n{\"prompt\": \"ok\"}\n";
+  const std::string deep_line = std::string(500'000, '[') + std::string(500'000, ']');  // under the line limit
+  const std::string file = "{\"prompt\": " + deep_line + "}\n{\"prompt\": \"ok\"}\n";
   const taiyi::PromptFile parsed = taiyi::parse_prompt_file(file, "p.jsonl", true);
   ASSERT_EQ(parsed.errors.size(), 1u);
   EXPECT_NE(parsed.errors[0].message.find("p.jsonl:1: JSON nested more than 64 levels"), std::string::npos) << parsed.errors[0].message;
@@ -126,7 +127,7 @@ TEST(HostileInput, JsonLimits) {
   EXPECT_EQ(parsed.jobs[0].prompt, "ok");
   EXPECT_EQ(parsed.jobs[0].line, 2);
   // A line over the line limit, and an unknown key of control characters, quoted escaped.
-  const std::string long_line = "{\"prompt\": \"" + std::string(taiyi::kMaxPromptLine, 'a') + "\"}\n{\"\x1b[31m\": 1}\n";
+  const std::string long_line = "{\"prompt\": \"" + std::string(taiyi::kMaxPromptLine, 'a') + "\"}\n{\"\\u001b[31m\": 1}\n";
   const taiyi::PromptFile limited = taiyi::parse_prompt_file(long_line, "q.jsonl", true);
   ASSERT_EQ(limited.errors.size(), 2u);
   EXPECT_NE(limited.errors[0].message.find("q.jsonl:1: line of"), std::string::npos) << limited.errors[0].message;

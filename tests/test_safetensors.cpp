@@ -97,7 +97,9 @@ TEST(Safetensors, RejectsBadFiles) {
   }
   expect_error(write_raw(dir, "huge_header", "{}", "", 1ll << 40), "100 MB");
   expect_error(write_raw(dir, "past_end", "{}", "", 4096), "past the end");
-  expect_error(write_raw(dir, "bad_json", "{\"a\": [", ""), "header is not valid JSON");
+  expect_error(write_raw(dir, "bad_json", "{\"a\": {\"dtype\"", ""), "header is not valid JSON");
+  // Read as a stream: a value in the wrong place is reported where it stands, before the JSON ends.
+  expect_error(write_raw(dir, "list_entry", "{\"a\": [", ""), "tensor 'a': expected an object with dtype, shape and data_offsets");
   expect_error(write_raw(dir, "not_object", "[1,2]", ""), "not a JSON object");
   expect_error(write_raw(dir, "dtype", R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", floats({1, 2})),
                "tensor 'a': dtype F64 is not supported (expected F32, F16 or BF16)");

@@ -17,5 +17,8 @@ struct Error : std::runtime_error {
 // invalid bytes escaped (\n, \t, \xNN), at most `max_chars` characters ("..." when cut), so that a
 // hostile file can neither flood nor control the terminal.
 std::string quoted_excerpt(std::string_view bytes, size_t max_chars = 40);
+// A name or value in a message: between single quotes as it is when short printable ASCII without
+// quotes (every real tensor name, key or number), else quoted_excerpt.
+std::string quoted_name(std::string_view text, size_t max_chars = 200);
 
 }  // namespace taiyi

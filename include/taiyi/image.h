@@ -23,6 +23,9 @@ std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height,
 // appears whole or not at all. Error naming the path when the folder is not writable.
 void write_file_atomically(const std::filesystem::path& path, const std::vector<uint8_t>& bytes);
 void write_file_atomically(const std::filesystem::path& path, const std::string& text);
+// Removes the temporary files that a killed run's write_file_atomically left in `folder` (those of
+// processes no longer running); returns how many. A resumed batch calls it on its output folders.
+size_t remove_stale_temporaries(const std::filesystem::path& folder);
 
 // An 8-bit image, rows top to bottom, `channels` interleaved (3: RGB, 1: L).
 struct PixelImage {
