@@ -64,4 +64,9 @@ std::string quoted_name(std::string_view text, size_t max_chars) {
   return plain ? "'" + std::string(text) + "'" : quoted_excerpt(text, std::min<size_t>(max_chars, 120));
 }
 
+std::string listed_name(std::string_view text, size_t max_chars) {
+  const bool plain = text.size() <= max_chars && std::all_of(text.begin(), text.end(), [](char c) { return c >= 0x20 && c < 0x7F; });
+  return plain ? std::string(text) : quoted_excerpt(text, std::min<size_t>(max_chars, 120));
+}
+
 }  // namespace taiyi

@@ -105,7 +105,7 @@ std::string LoraPlan::message(const std::string& file) const {
   auto listed = [](const std::vector<std::string>& items) {
     std::string text;
     const size_t shown = std::min<size_t>(items.size(), 8);
-    for (size_t i = 0; i < shown; ++i) text += (i ? ", " : "") + items[i];
+    for (size_t i = 0; i < shown; ++i) text += (i ? ", " : "") + listed_name(items[i], 300);  // keys from the file
     if (items.size() > shown) text += ", ... (" + std::to_string(items.size() - shown) + " more)";
     return text;
   };

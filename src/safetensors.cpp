@@ -114,7 +114,7 @@ static TensorIndex index_tensors(const std::vector<const SafetensorsFile*>& file
   for (const SafetensorsFile* file : files) {
     for (const TensorInfo& info : file->tensors()) {
       if (!available.emplace(info.name, std::make_pair(file, &info)).second)
-        throw Error(file->path().string() + ": tensor '" + info.name + "' also appears in another shard");
+        throw Error(file->path().string() + ": tensor " + quoted_name(info.name) + " also appears in another shard");
     }
   }
   return available;
@@ -157,7 +157,7 @@ std::string WeightMismatch::message(const std::string& where) const {
   auto list = [](const std::vector<std::string>& names) {
     std::string s;
     const size_t shown = std::min<size_t>(names.size(), 12);
-    for (size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + names[i];
+    for (size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + listed_name(names[i], 300);  // names from the files
     if (names.size() > shown) s += ", ... (" + std::to_string(names.size() - shown) + " more)";
     return s;
   };

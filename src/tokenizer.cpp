@@ -671,12 +671,12 @@ AddedToken parse_added_token(const Json& value, const fs::path& file, const std:
     return token;
   }
   if (!value.is_object() || !value.contains("content") || !value["content"].is_string())
-    throw Error(file.string() + ": '" + key + "' = " + value.dump() +
+    throw Error(file.string() + ": '" + key + "' = " + json_excerpt(value) +
                 ": expected a token string or an object with a \"content\" string");
   auto flag = [&](const char* name, bool fallback) {
     if (!value.contains(name) || value[name].is_null()) return fallback;
     if (!value[name].is_boolean())
-      throw Error(file.string() + ": '" + key + "." + name + "' = " + value[name].dump() + ": expected true or false");
+      throw Error(file.string() + ": '" + key + "." + name + "' = " + json_excerpt(value[name]) + ": expected true or false");
     return value[name].get<bool>();
   };
   token.content = decode_utf8(value["content"].get<std::string>());
@@ -754,7 +754,7 @@ TokenizerSettings load_settings(const fs::path& dir, size_t default_max_length,
   };
   auto parse_list = [&](const Json& list, const fs::path& file, const std::string& key, bool force_special) {
     if (!list.is_array())
-      throw Error(file.string() + ": '" + key + "' = " + list.dump() + ": expected a list of tokens");
+      throw Error(file.string() + ": '" + key + "' = " + json_excerpt(list) + ": expected a list of tokens");
     std::vector<SpecialValue> out;
     for (const Json& item : list)
       if (auto v = parse_value(item, file, key, force_special)) out.push_back(*v);
@@ -780,10 +780,10 @@ TokenizerSettings load_settings(const fs::path& dir, size_t default_max_length,
         id = std::stoll(item.key(), &used);
         if (used != item.key().size()) throw std::invalid_argument("trailing characters");
       } catch (const std::exception&) {
-        throw Error(config_path.string() + ": added_tokens_decoder key '" + item.key() + "' is not a token id");
+        throw Error(config_path.string() + ": added_tokens_decoder key " + quoted_name(item.key()) + " is not a token id");
       }
       if (!item.value().is_object())
-        throw Error(config_path.string() + ": added_tokens_decoder['" + item.key() + "'] must be a token object");
+        throw Error(config_path.string() + ": added_tokens_decoder[" + quoted_name(item.key()) + "] must be a token object");
       AddedToken token = parse_added_token(item.value(), config_path, "added_tokens_decoder." + item.key());
       added_decoder[id] = token;
       added_by_content[token.content] = token;
@@ -819,7 +819,7 @@ TokenizerSettings load_settings(const fs::path& dir, size_t default_max_length,
       for (const SpecialValue& v : additional) specials.push_back(v.token.content);
       for (const auto& item : added_json->items()) {
         if (!item.value().is_number_integer())
-          throw Error(added_path.string() + ": '" + item.key() + "' = " + item.value().dump() +
+          throw Error(added_path.string() + ": " + quoted_name(item.key()) + " = " + json_excerpt(item.value()) +
                       ": expected a token id");
         AddedToken token;
         token.content = decode_utf8(item.key());
@@ -1176,7 +1176,7 @@ class ClipTokenizer final : public SlowTokenizer {
     vocab_by_id_.reserve(json.size());
     for (auto it = json.begin(); it != json.end(); ++it) {
       if (!it.value().is_number_integer())
-        throw Error(path.string() + ": token '" + it.key() + "' = " + it.value().dump() + ": expected an integer id");
+        throw Error(path.string() + ": token " + quoted_name(it.key()) + " = " + json_excerpt(it.value()) + ": expected an integer id");
       int64_t id = it.value().get<int64_t>();
       vocab_.emplace(it.key(), id);
       vocab_by_id_[id] = it.key();
@@ -1208,8 +1208,8 @@ class ClipTokenizer final : public SlowTokenizer {
       std::vector<std::string> parts = split_ascii_whitespace(lines[i]);
       if (parts.size() != 2)
         throw Error(path.string() + ":" + std::to_string(i + 1) +
-                    ": expected two symbols separated by a space, found " + std::to_string(parts.size()) + " in '" +
-                    lines[i] + "'");
+                    ": expected two symbols separated by a space, found " + std::to_string(parts.size()) + " in " +
+                    quoted_excerpt(lines[i], 80));
       int32_t a = intern(parts[0]), b = intern(parts[1]);
       int32_t merged = intern(parts[0] + parts[1]);
       // dict(zip(merges, range(...))): a repeated pair keeps its last rank.

@@ -20,5 +20,7 @@ std::string quoted_excerpt(std::string_view bytes, size_t max_chars = 40);
 // A name or value in a message: between single quotes as it is when short printable ASCII without
 // quotes (every real tensor name, key or number), else quoted_excerpt.
 std::string quoted_name(std::string_view text, size_t max_chars = 200);
+// A name listed in a message: as it is when printable ASCII of at most `max_chars`, else quoted_excerpt.
+std::string listed_name(std::string_view text, size_t max_chars = 200);
 
 }  // namespace taiyi
