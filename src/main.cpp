@@ -296,11 +296,20 @@ int run_generate(GenerateArgs& a) {
     job.request.clip_skip = p.clip_skip.value_or(a.clip_skip);
     job.request.mask = p.mask ? (fs::path(a.prompts_file).parent_path() / *p.mask).string() : a.mask;
     job.request.loras = loras;
-    for (int64_t i = 0; i < a.num_images; ++i) {
-      taiyi::NameFields fields{job.request.seed + static_cast<uint64_t>(i), i, p.line, index++};
-      std::string out = p.output ? (a.num_images == 1 ? *p.output : taiyi::output_template(*p.output, false, a.num_images))
-                                 : name_template;
-      job.outputs.push_back(taiyi::expand_name_template(out, fields));
+    try {
+      for (int64_t i = 0; i < a.num_images; ++i) {
+        taiyi::NameFields fields{job.request.seed + static_cast<uint64_t>(i), i, p.line, index++};
+        std::string out = p.output ? (a.num_images == 1 ? *p.output : taiyi::output_template(*p.output, false, a.num_images))
+                                   : name_template;
+        job.outputs.push_back(taiyi::expand_name_template(out, fields));
+      }
+    } catch (const taiyi::Error& e) {
+      // A line's own "output" with an unknown placeholder is that line's error.
+      if (!from_file || !p.output) throw;
+      const std::string message = "line " + std::to_string(p.line) + ": " + e.what();
+      std::cerr << "taiyi: error: " << message << "\n";
+      failures.push_back(message);
+      continue;
     }
     jobs.push_back(std::move(job));
   }
@@ -311,7 +320,8 @@ int run_generate(GenerateArgs& a) {
   for (Job& job : jobs) {
     bool all_exist = true, any_exist = false;
     for (const auto& out : job.outputs) {
-      bool exists = fs::exists(out);
+      std::error_code ignored;  // a name the file system refuses (too long) is that line's write error, later
+      bool exists = fs::exists(out, ignored);
       all_exist = all_exist && exists;
       any_exist = any_exist || exists;
     }
@@ -321,7 +331,7 @@ int run_generate(GenerateArgs& a) {
     }
     if (any_exist && !a.overwrite && !a.resume) {
       for (const auto& out : job.outputs)
-        if (fs::exists(out))
+        if (std::error_code ignored; fs::exists(out, ignored))
           throw taiyi::Error(out + ": already exists (use --overwrite to replace it, or --resume to skip done images)");
     }
     todo.push_back(std::move(job));
@@ -373,15 +383,22 @@ int run_generate(GenerateArgs& a) {
               << pipe.tokenizer().kind() << "; " << todo.size() << " prompt(s) to run";
     if (skipped) std::cerr << ", " << skipped << " already done (--resume)";
     std::cerr << "\n";
-    if (!todo.empty()) {
-      // The estimate that validation holds each batch to (scripts/memory_estimate.sh compares it with the peak).
-      taiyi::GenerationRequest first = pipe.complete(todo.front().request);
+    // The estimate that validation holds each batch to (scripts/memory_estimate.sh compares it with the peak),
+    // for the first line that is valid (a bad one fails in its turn, below).
+    for (const Job& job : todo) {
+      taiyi::GenerationRequest first;
+      try {
+        first = pipe.complete(job.request);
+      } catch (const std::exception&) {
+        continue;
+      }
       first.count = 1;
       const std::optional<uint64_t> available = taiyi::available_memory(pipe.device());
       std::fprintf(stderr, "taiyi: %lldx%lld needs about %.2f GB of working memory an image", static_cast<long long>(first.width),
                    static_cast<long long>(first.height), static_cast<double>(pipe.working_memory(first)) / 1e9);
       if (available) std::fprintf(stderr, " (%.1f GB available)", static_cast<double>(*available) / 1e9);
       std::fprintf(stderr, "\n");
+      break;
     }
   }
 
@@ -428,12 +445,12 @@ int run_generate(GenerateArgs& a) {
     };
     // Each line fits alone (validate checked it); a batch grows only while all its images still fit.
     auto fits_in_memory = [&](const taiyi::GenerationRequest& first, int64_t total_images) {
-      taiyi::GenerationRequest combined = pipe.complete(first);
-      combined.count = total_images;
       try {
+        taiyi::GenerationRequest combined = pipe.complete(first);
+        combined.count = total_images;
         pipe.check_memory(combined);
         return true;
-      } catch (const taiyi::Error&) {
+      } catch (const std::exception&) {
         return false;
       }
     };

@@ -29,7 +29,7 @@ struct TensorInfo {
 // Limits that hold whatever a file says (the reference reader has the first; the others bound the
 // memory a hostile header can make the parser use to a few times the header's length).
 constexpr uint64_t kMaxSafetensorsHeader = 100'000'000;  // bytes, as huggingface/safetensors
-constexpr size_t kMaxSafetensorsTensors = 1'000'000;     // SD 1.x checkpoints: ~1,100; SDXL LoRAs: ~7,000
+constexpr size_t kMaxSafetensorsTensors = 100'000;       // SD 1.x checkpoints: ~1,100; SDXL LoRAs: ~7,000
 constexpr size_t kMaxSafetensorsDims = 8;
 constexpr size_t kMaxSafetensorsMetadata = 100'000;      // __metadata__ entries (kohya LoRAs: ~60)
 
