@@ -47,10 +47,6 @@ namespace {
 
 using json = nlohmann::json;
 
-// A tensor or metadata name in a message: as-is between single quotes when short printable ASCII (every
-// real name), else escaped and cut.
-std::string name_in_message(const std::string& name) { return quoted_name(name, 200); }
-
 // A dtype name in a message: bare when a short word (F64, I8), else escaped and cut.
 std::string dtype_in_message(const std::string& dtype) {
   const bool word = !dtype.empty() && dtype.size() <= 16 &&
@@ -114,8 +110,7 @@ class HeaderReader : public nlohmann::json_sax<json> {
   }
 
   bool start_object(std::size_t) override {
-    if (++depth_ > 3) fail(file_ + ": header nests deeper than a safetensors header does (3 levels)");
-    if (skip_depth_ > 0) return ++skip_depth_, true;
+    if (enter_skipped()) return true;
     switch (where_) {
       case Where::Start: where_ = Where::Top; return true;
       case Where::TopValue:
@@ -138,7 +133,7 @@ class HeaderReader : public nlohmann::json_sax<json> {
   bool key(string_t& name) override {
     if (skip_depth_ > 0) return true;
     if (where_ == Where::Top) {
-      if (!names_.insert(name).second) fail(file_ + ": duplicate tensor name " + name_in_message(name) + " in the header");
+      if (!names_.insert(name).second) fail(file_ + ": duplicate tensor name " + quoted_name(name) + " in the header");
       key_ = std::move(name);
       where_ = Where::TopValue;
     } else if (where_ == Where::Metadata) {
@@ -153,11 +148,7 @@ class HeaderReader : public nlohmann::json_sax<json> {
   }
 
   bool end_object() override {
-    --depth_;
-    if (skip_depth_ > 0) {
-      if (--skip_depth_ == 0) where_ = Where::Entry;
-      return true;
-    }
+    if (leave_skipped()) return true;
     if (where_ == Where::Metadata) {
       where_ = Where::Top;
     } else if (where_ == Where::Entry) {
@@ -170,8 +161,7 @@ class HeaderReader : public nlohmann::json_sax<json> {
   }
 
   bool start_array(std::size_t) override {
-    if (++depth_ > 3) fail(file_ + ": header nests deeper than a safetensors header does (3 levels)");
-    if (skip_depth_ > 0) return ++skip_depth_, true;
+    if (enter_skipped()) return true;
     if (where_ == Where::ShapeValue) {
       where_ = Where::Shape;
       have_shape_ = true;
@@ -188,11 +178,7 @@ class HeaderReader : public nlohmann::json_sax<json> {
   }
 
   bool end_array() override {
-    --depth_;
-    if (skip_depth_ > 0) {
-      if (--skip_depth_ == 0) where_ = Where::Entry;
-      return true;
-    }
+    if (leave_skipped()) return true;
     if (where_ == Where::Offsets && offsets_count_ != 2) fail(tensor_where() + ": data_offsets is not [begin, end]");
     where_ = Where::Entry;
     return true;
@@ -210,7 +196,20 @@ class HeaderReader : public nlohmann::json_sax<json> {
 
   [[noreturn]] void fail(const std::string& message) const { throw Error(message); }
 
-  std::string tensor_where() const { return file_ + ": tensor " + name_in_message(info_.name); }
+  // Entering an object or list: the nesting limit, and whether it lies inside a skipped value.
+  bool enter_skipped() {
+    if (++depth_ > 3) fail(file_ + ": header nests deeper than a safetensors header does (3 levels)");
+    return skip_depth_ > 0 && ++skip_depth_ > 0;
+  }
+  // Leaving one: whether it closed (part of) a skipped value, back in the tensor entry when all of it.
+  bool leave_skipped() {
+    --depth_;
+    if (skip_depth_ == 0) return false;
+    if (--skip_depth_ == 0) where_ = Where::Entry;
+    return true;
+  }
+
+  std::string tensor_where() const { return file_ + ": tensor " + quoted_name(info_.name); }
 
   // A value that is not what its place expects (or a skipped value of an unknown entry key).
   bool scalar(const char* what) {
@@ -222,8 +221,8 @@ class HeaderReader : public nlohmann::json_sax<json> {
       case Where::Start: fail(file_ + ": header is not a JSON object");
       case Where::TopValue:
         if (key_ == "__metadata__") fail(file_ + ": __metadata__ is not an object");
-        fail(file_ + ": tensor " + name_in_message(key_) + ": expected an object with dtype, shape and data_offsets");
-      case Where::Metadata: fail(file_ + ": __metadata__[" + name_in_message(key_) + "] is not a string");
+        fail(file_ + ": tensor " + quoted_name(key_) + ": expected an object with dtype, shape and data_offsets");
+      case Where::Metadata: fail(file_ + ": __metadata__[" + quoted_name(key_) + "] is not a string");
       case Where::Dtype: fail(tensor_where() + ": dtype is " + what + ", not a string such as \"F16\"");
       case Where::Shape:
       case Where::ShapeValue: fail(tensor_where() + ": shape is not a list of sizes");
@@ -297,7 +296,7 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, uint64_t size, 
   uint64_t cursor = 0;
   for (const TensorInfo& t : tensors) {
     if (t.begin != cursor)
-      throw Error(file + ": tensor " + name_in_message(t.name) + " starts at byte " + std::to_string(t.begin) +
+      throw Error(file + ": tensor " + quoted_name(t.name) + " starts at byte " + std::to_string(t.begin) +
                   ", expected " + std::to_string(cursor) + " (overlapping or gapped data_offsets)");
     cursor = t.end;
   }
