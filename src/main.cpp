@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <new>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -444,9 +445,11 @@ int run_generate(GenerateArgs& a) {
       }
     };
     // Each line fits alone (validate checked it); a batch grows only while all its images still fit.
-    auto fits_in_memory = [&](const taiyi::GenerationRequest& first, int64_t total_images) {
+    std::optional<taiyi::GenerationRequest> first_completed;  // the batch's first line, completed once
+    auto fits_in_memory = [&](int64_t total_images) {
       try {
-        taiyi::GenerationRequest combined = pipe.complete(first);
+        if (!first_completed) first_completed = pipe.complete(todo[next].request);
+        taiyi::GenerationRequest combined = *first_completed;
         combined.count = total_images;
         pipe.check_memory(combined);
         return true;
@@ -465,7 +468,7 @@ int run_generate(GenerateArgs& a) {
           r.sampler != f.sampler || r.schedule != f.schedule || r.init_image.empty() != f.init_image.empty() ||
           r.strength != f.strength || r.mask.empty() != f.mask.empty() || first_chunks < 0 ||
           context_chunks(r) != first_chunks || todo[scan].lora_set != todo[next].lora_set || !usable(scan) ||
-          !fits_in_memory(todo[next].request, images + r.count))
+          !fits_in_memory(images + r.count))
         break;
       members.push_back(scan);
       images += r.count;
