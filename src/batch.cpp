@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 

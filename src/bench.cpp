@@ -13,8 +13,8 @@
 
 #include <torch/torch.h>
 
-#include "taiyi/device.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/device.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/pipeline.h"
 
 namespace taiyi {

@@ -6,7 +6,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 

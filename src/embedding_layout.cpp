@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 

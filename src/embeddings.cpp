@@ -4,7 +4,7 @@
 #include <algorithm>
 
 #include "taiyi/embedding_layout.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/safetensors.h"
 
 namespace taiyi {

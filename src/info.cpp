@@ -14,7 +14,7 @@
 #include <torch/torch.h>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/lora_weights.h"
 #include "taiyi/safetensors.h"
 #include "taiyi/scheduler.h"

@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/tokenizer.h"
 
 namespace taiyi {

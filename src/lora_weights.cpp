@@ -4,9 +4,9 @@
 
 #include <fstream>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/layers.h"
-#include "taiyi/sha256.h"
+#include "taiyi/utils/sha256.h"
 
 namespace taiyi {
 

@@ -22,9 +22,9 @@
 
 #include "taiyi/batch.h"
 #include "taiyi/bench.h"
-#include "taiyi/device.h"
-#include "taiyi/error.h"
-#include "taiyi/image.h"
+#include "taiyi/utils/device.h"
+#include "taiyi/utils/error.h"
+#include "taiyi/utils/image.h"
 #include "taiyi/info.h"
 #include "taiyi/lora.h"
 #include "taiyi/lora_weights.h"

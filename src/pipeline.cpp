@@ -7,8 +7,8 @@
 #include <cmath>
 #include <map>
 
-#include "taiyi/error.h"
-#include "taiyi/image.h"
+#include "taiyi/utils/error.h"
+#include "taiyi/utils/image.h"
 #include "taiyi/prompt_parser.h"
 #include "taiyi/safetensors.h"
 

@@ -10,7 +10,7 @@
 #include <sstream>
 #include <string_view>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 

@@ -14,7 +14,7 @@
 
 #include <torch/torch.h>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 

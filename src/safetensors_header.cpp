@@ -15,7 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 

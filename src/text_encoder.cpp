@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/layers.h"
 
 namespace taiyi {

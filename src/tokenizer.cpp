@@ -20,7 +20,7 @@
 #include <utility>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <utility>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/layers.h"
 
 namespace taiyi {

@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/layers.h"
 
 namespace taiyi {

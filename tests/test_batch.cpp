@@ -2,8 +2,8 @@
 #include <fstream>
 
 #include "taiyi/batch.h"
-#include "taiyi/error.h"
-#include "taiyi/image.h"
+#include "taiyi/utils/error.h"
+#include "taiyi/utils/image.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "taiyi/image.h"
+#include "taiyi/utils/image.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

@@ -2,7 +2,7 @@
 #include <fstream>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

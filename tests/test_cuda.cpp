@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/config.h"
-#include "taiyi/image.h"
+#include "taiyi/utils/image.h"
 #include "taiyi/pipeline.h"
 #include "taiyi/safetensors.h"
 #include "taiyi/text_encoder.h"

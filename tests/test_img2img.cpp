@@ -3,8 +3,8 @@
 // samplers and strengths (100 % of pixels identical); the bad inputs' errors.
 #include <fstream>
 
-#include "taiyi/error.h"
-#include "taiyi/image.h"
+#include "taiyi/utils/error.h"
+#include "taiyi/utils/image.h"
 #include "taiyi/pipeline.h"
 #include "test_util.h"
 

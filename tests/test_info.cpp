@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/bench.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/info.h"
 #include "taiyi/pipeline.h"
 #include "taiyi/safetensors.h"

@@ -6,11 +6,11 @@
 #include <sstream>
 
 #include "taiyi/embeddings.h"
-#include "taiyi/image.h"
+#include "taiyi/utils/image.h"
 #include "taiyi/lora.h"
 #include "taiyi/lora_weights.h"
 #include "taiyi/pipeline.h"
-#include "taiyi/sha256.h"
+#include "taiyi/utils/sha256.h"
 #include "test_util.h"
 
 namespace {

@@ -4,7 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/pipeline.h"
 #include "test_util.h"
 

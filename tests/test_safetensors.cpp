@@ -1,7 +1,7 @@
 // Safetensors reader and load_weights: real files written by the harness, and every kind of bad file.
 #include <fstream>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/safetensors.h"
 #include "test_util.h"
 

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <set>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/pipeline.h"
 #include "taiyi/scheduler.h"
 #include "test_util.h"

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <set>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "test_util.h"
 
 namespace {

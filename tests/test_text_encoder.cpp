@@ -12,7 +12,7 @@
 #include <torch/torch.h>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/safetensors.h"
 #include "taiyi/text_encoder.h"
 #include "test_util.h"

@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/tokenizer.h"
 #include "test_util.h"
 

@@ -14,7 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/safetensors.h"
 #include "taiyi/unet.h"
 #include "test_util.h"

@@ -8,7 +8,7 @@
 #include <random>
 #include <sstream>
 
-#include "taiyi/image.h"
+#include "taiyi/utils/image.h"
 #include "taiyi/safetensors.h"
 
 namespace taiyi::test {

@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/pipeline.h"
 
 namespace taiyi::test {

@@ -7,7 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/safetensors.h"
 #include "taiyi/vae.h"
 #include "test_util.h"

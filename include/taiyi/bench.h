@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "taiyi/device.h"
+#include "taiyi/utils/device.h"
 
 namespace taiyi {
 

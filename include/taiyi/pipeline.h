@@ -24,7 +24,7 @@
 #include <torch/torch.h>
 
 #include "taiyi/config.h"
-#include "taiyi/device.h"
+#include "taiyi/utils/device.h"
 #include "taiyi/embeddings.h"
 #include "taiyi/lora_weights.h"
 #include "taiyi/scheduler.h"

@@ -6,7 +6,7 @@
 #include <map>
 
 #include "schedulers/scheduling_utils.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 

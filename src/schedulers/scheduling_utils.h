@@ -11,7 +11,7 @@
 #include <torch/torch.h>
 
 #include "taiyi/config.h"
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 #include "taiyi/scheduler.h"
 
 namespace taiyi::schedulers {

@@ -1,5 +1,5 @@
-// PNG encoding with text chunks, and atomic file writes; see include/taiyi/image.h.
-#include "taiyi/image.h"
+// PNG encoding with text chunks, and atomic file writes; see include/taiyi/utils/image.h.
+#include "taiyi/utils/image.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -31,7 +31,7 @@ static inline void* stbi_memcpy(void* to, const void* from, size_t n) { return n
 #include <algorithm>
 #include <cmath>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 

@@ -1,5 +1,5 @@
-// Devices, precisions and CUDA numerics flags; see include/taiyi/device.h.
-#include "taiyi/device.h"
+// Devices, precisions and CUDA numerics flags; see include/taiyi/utils/device.h.
+#include "taiyi/utils/device.h"
 
 #include <sys/resource.h>
 
@@ -8,7 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 // libtorch wheels built with CUDA ship these headers; a CPU-only libtorch does not, and then there
 // is no GPU to ask.

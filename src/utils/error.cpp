@@ -1,5 +1,5 @@
-// Quoting outside content in error messages (include/taiyi/error.h).
-#include "taiyi/error.h"
+// Quoting outside content in error messages (include/taiyi/utils/error.h).
+#include "taiyi/utils/error.h"
 
 #include <algorithm>
 #include <cstdio>

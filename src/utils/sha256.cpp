@@ -1,11 +1,11 @@
 // SHA-256 as FIPS 180-4 defines it; checked against hashlib in tests/test_lora.cpp.
-#include "taiyi/sha256.h"
+#include "taiyi/utils/sha256.h"
 
 #include <cstring>
 #include <fstream>
 #include <vector>
 
-#include "taiyi/error.h"
+#include "taiyi/utils/error.h"
 
 namespace taiyi {
 
