@@ -13,10 +13,10 @@
 
 #include <torch/torch.h>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/lora_weights.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/lora_weights.h"
+#include "taiyi/loaders/safetensors.h"
 #include "taiyi/scheduler.h"
 #include "taiyi/text_encoder.h"
 #include "taiyi/tokenizer.h"

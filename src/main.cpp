@@ -26,8 +26,8 @@
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
 #include "taiyi/info.h"
-#include "taiyi/lora.h"
-#include "taiyi/lora_weights.h"
+#include "taiyi/loaders/lora_conversion.h"
+#include "taiyi/loaders/lora_weights.h"
 #include "taiyi/pipeline.h"
 #include "taiyi/prompt_parser.h"
 

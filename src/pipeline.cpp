@@ -10,7 +10,7 @@
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
 #include "taiyi/prompt_parser.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 
 namespace taiyi {
 

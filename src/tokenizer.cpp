@@ -19,7 +19,7 @@
 #include <unordered_set>
 #include <utility>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 
 namespace taiyi {

@@ -9,10 +9,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/image.h"
 #include "taiyi/pipeline.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 #include "taiyi/text_encoder.h"
 #include "taiyi/unet.h"
 #include "taiyi/vae.h"

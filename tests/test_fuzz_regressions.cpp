@@ -10,11 +10,11 @@
 
 #include "fuzz_targets.h"
 #include "taiyi/batch.h"
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
 #include "taiyi/prompt_parser.h"
-#include "taiyi/safetensors_header.h"
+#include "taiyi/loaders/safetensors_header.h"
 #include "taiyi/tokenizer.h"
 #include "test_util.h"
 

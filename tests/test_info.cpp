@@ -14,7 +14,7 @@
 #include "taiyi/utils/error.h"
 #include "taiyi/info.h"
 #include "taiyi/pipeline.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 #include "taiyi/scheduler.h"
 #include "test_util.h"
 

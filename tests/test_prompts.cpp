@@ -3,7 +3,7 @@
 // harness's prompt_embeds, and clip skip against diffusers' clip_skip.
 #include <fstream>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/prompt_parser.h"
 #include "test_util.h"
 

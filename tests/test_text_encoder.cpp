@@ -11,9 +11,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 #include "taiyi/text_encoder.h"
 #include "test_util.h"
 

@@ -13,9 +13,9 @@
 
 #include <gtest/gtest.h>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 #include "taiyi/unet.h"
 #include "test_util.h"
 

@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "taiyi/utils/image.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 
 namespace taiyi::test {
 

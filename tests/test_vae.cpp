@@ -6,9 +6,9 @@
 
 #include <gtest/gtest.h>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 #include "taiyi/vae.h"
 #include "test_util.h"
 

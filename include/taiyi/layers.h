@@ -14,7 +14,7 @@
 
 #include <torch/torch.h>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 
 namespace taiyi::nn {
 

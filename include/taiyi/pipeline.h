@@ -23,10 +23,10 @@
 
 #include <torch/torch.h>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/device.h"
-#include "taiyi/embeddings.h"
-#include "taiyi/lora_weights.h"
+#include "taiyi/loaders/textual_inversion.h"
+#include "taiyi/loaders/lora_weights.h"
 #include "taiyi/scheduler.h"
 #include "taiyi/text_encoder.h"
 #include "taiyi/tokenizer.h"
@@ -149,7 +149,7 @@ class Pipeline {
                                     const ProgressCallback& progress = {});
   bool inpainting_unet() const;  // unet in_channels == 9
 
-  // LoRA (include/taiyi/lora_weights.h): merges a set into the weights, W += multiplier * alpha / rank *
+  // LoRA (include/taiyi/loaders/lora_weights.h): merges a set into the weights, W += multiplier * alpha / rank *
   // up @ down in fp32 per weight, cast to the model dtype; several stack in order. The set merged before
   // is taken out first by restoring the touched weights' originals, bit for bit: re-read from the
   // model's weight files (nothing kept in memory), or for random weights from copies kept of them.
@@ -162,7 +162,7 @@ class Pipeline {
   const std::vector<LoraTarget>& lora_targets() const { return lora_targets_; }
   // The file a <lora:NAME> tag means (PipelineOptions::lora_dir), Error when there is none.
   std::filesystem::path find_lora(const std::string& name) const;
-  // Textual inversion (include/taiyi/embeddings.h): the embedding's tokens added to the tokenizer and
+  // Textual inversion (include/taiyi/loaders/textual_inversion.h): the embedding's tokens added to the tokenizer and
   // its vectors as their rows of the token table, as diffusers' load_textual_inversion. Error when its
   // width is not the table's or a token clashes. Loading one twice is a no-op.
   void add_embedding(const TextualInversion& embedding) const;

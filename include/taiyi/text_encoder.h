@@ -6,7 +6,7 @@
 
 #include <torch/torch.h>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/layers.h"
 
 namespace taiyi {

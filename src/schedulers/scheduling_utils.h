@@ -10,7 +10,7 @@
 
 #include <torch/torch.h>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/scheduler.h"
 

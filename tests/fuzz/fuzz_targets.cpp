@@ -9,13 +9,13 @@
 #include <string_view>
 
 #include "taiyi/batch.h"
-#include "taiyi/config.h"
-#include "taiyi/embedding_layout.h"
+#include "taiyi/loaders/model_folder.h"
+#include "taiyi/loaders/textual_inversion_layout.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
-#include "taiyi/lora.h"
+#include "taiyi/loaders/lora_conversion.h"
 #include "taiyi/prompt_parser.h"
-#include "taiyi/safetensors_header.h"
+#include "taiyi/loaders/safetensors_header.h"
 #include "taiyi/tokenizer.h"
 
 namespace taiyi::fuzz {

@@ -1,5 +1,5 @@
 // LoRA files read and merged into libtorch modules: the targets of a module tree (every Linear and
-// Conv2d weight, by its diffusers / transformers path), a file placed on them (include/taiyi/lora.h),
+// Conv2d weight, by its diffusers / transformers path), a file placed on them (include/taiyi/loaders/lora_conversion.h),
 // and one module's update as peft's get_delta_weight computes it (peft/tuners/lora/layer.py), in fp32.
 //
 //   auto targets = taiyi::lora_targets("unet", unet->module());
@@ -14,8 +14,8 @@
 
 #include <torch/torch.h>
 
-#include "taiyi/lora.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/lora_conversion.h"
+#include "taiyi/loaders/safetensors.h"
 
 namespace taiyi {
 

@@ -5,10 +5,10 @@
 #include <fstream>
 #include <sstream>
 
-#include "taiyi/embeddings.h"
+#include "taiyi/loaders/textual_inversion.h"
 #include "taiyi/utils/image.h"
-#include "taiyi/lora.h"
-#include "taiyi/lora_weights.h"
+#include "taiyi/loaders/lora_conversion.h"
+#include "taiyi/loaders/lora_weights.h"
 #include "taiyi/pipeline.h"
 #include "taiyi/utils/sha256.h"
 #include "test_util.h"

@@ -17,7 +17,7 @@
 
 #include <torch/types.h>
 
-#include "taiyi/safetensors_header.h"
+#include "taiyi/loaders/safetensors_header.h"
 
 namespace torch::nn {
 class Module;

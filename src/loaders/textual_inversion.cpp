@@ -1,11 +1,11 @@
 // Textual-inversion files (the web UI's emb_params, diffusers' learned_embeds).
-#include "taiyi/embeddings.h"
+#include "taiyi/loaders/textual_inversion.h"
 
 #include <algorithm>
 
-#include "taiyi/embedding_layout.h"
+#include "taiyi/loaders/textual_inversion_layout.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 
 namespace taiyi {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "taiyi/safetensors_header.h"
+#include "taiyi/loaders/safetensors_header.h"
 
 namespace taiyi {
 

@@ -1,6 +1,6 @@
 // LoRA targets of a module tree, file reading and peft's delta weights (peft/tuners/lora/layer.py:
 // Linear.get_delta_weight, Conv2d.get_delta_weight).
-#include "taiyi/lora_weights.h"
+#include "taiyi/loaders/lora_weights.h"
 
 #include <fstream>
 

@@ -1,6 +1,6 @@
 // Safetensors reading (mmap; the header is validated by parse_safetensors_header, safetensors_header.cpp)
 // and loading modules by state-dict name.
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

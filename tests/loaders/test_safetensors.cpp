@@ -2,7 +2,7 @@
 #include <fstream>
 
 #include "taiyi/utils/error.h"
-#include "taiyi/safetensors.h"
+#include "taiyi/loaders/safetensors.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

@@ -1,7 +1,7 @@
 // Model folder and config access: the harness's folders, and malformed or missing files.
 #include <fstream>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "test_util.h"
 

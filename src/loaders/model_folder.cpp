@@ -1,5 +1,5 @@
-// The model folder (model_index.json) and typed config access; see include/taiyi/config.h.
-#include "taiyi/config.h"
+// The model folder (model_index.json) and typed config access; see include/taiyi/loaders/model_folder.h.
+#include "taiyi/loaders/model_folder.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,5 +1,5 @@
 // LoRA key placement (kohya and PEFT layouts) and the web UI's <lora:...> tags. Plain C++.
-#include "taiyi/lora.h"
+#include "taiyi/loaders/lora_conversion.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "taiyi/config.h"
+#include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/tokenizer.h"
 

@@ -1,4 +1,4 @@
-// The safetensors header: parsing and validation without libtorch (include/taiyi/safetensors_header.h).
+// The safetensors header: parsing and validation without libtorch (include/taiyi/loaders/safetensors_header.h).
 // Mirrors the checks of the reference implementation (huggingface/safetensors, Rust, safetensors/src/
 // tensor.rs): header length within the file and under 100 MB, JSON object, known dtype, shape x element
 // size == byte span, offsets contiguous from 0 to the end of the file, no duplicate names.
@@ -6,7 +6,7 @@
 // The JSON is read with nlohmann's SAX interface straight into TensorInfo, never into a DOM: memory stays
 // about the size of the names plus 64 bytes a tensor, nesting is refused past the format's 3 levels
 // before anything is kept, and every count has a limit.
-#include "taiyi/safetensors_header.h"
+#include "taiyi/loaders/safetensors_header.h"
 
 #include <algorithm>
 #include <cctype>

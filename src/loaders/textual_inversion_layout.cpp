@@ -1,6 +1,6 @@
-// The key mapping of textual-inversion files (include/taiyi/embedding_layout.h), as the web UI's
+// The key mapping of textual-inversion files (include/taiyi/loaders/textual_inversion_layout.h), as the web UI's
 // textual_inversion.py (emb_params) and diffusers' loaders/textual_inversion.py ({token: vectors}) read them.
-#include "taiyi/embedding_layout.h"
+#include "taiyi/loaders/textual_inversion_layout.h"
 
 #include <algorithm>
 
