@@ -18,10 +18,10 @@
 #include "taiyi/loaders/lora_weights.h"
 #include "taiyi/loaders/safetensors.h"
 #include "taiyi/scheduler.h"
-#include "taiyi/text_encoder.h"
+#include "taiyi/models/text_encoder.h"
 #include "taiyi/tokenizer.h"
-#include "taiyi/unet.h"
-#include "taiyi/vae.h"
+#include "taiyi/models/unet_2d_condition.h"
+#include "taiyi/models/autoencoder_kl.h"
 
 namespace taiyi {
 

@@ -13,9 +13,9 @@
 #include "taiyi/utils/image.h"
 #include "taiyi/pipeline.h"
 #include "taiyi/loaders/safetensors.h"
-#include "taiyi/text_encoder.h"
-#include "taiyi/unet.h"
-#include "taiyi/vae.h"
+#include "taiyi/models/text_encoder.h"
+#include "taiyi/models/unet_2d_condition.h"
+#include "taiyi/models/autoencoder_kl.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

@@ -28,10 +28,10 @@
 #include "taiyi/loaders/textual_inversion.h"
 #include "taiyi/loaders/lora_weights.h"
 #include "taiyi/scheduler.h"
-#include "taiyi/text_encoder.h"
+#include "taiyi/models/text_encoder.h"
 #include "taiyi/tokenizer.h"
-#include "taiyi/unet.h"
-#include "taiyi/vae.h"
+#include "taiyi/models/unet_2d_condition.h"
+#include "taiyi/models/autoencoder_kl.h"
 
 namespace taiyi {
 

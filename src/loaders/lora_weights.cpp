@@ -5,7 +5,7 @@
 #include <fstream>
 
 #include "taiyi/utils/error.h"
-#include "taiyi/layers.h"
+#include "taiyi/models/layers.h"
 #include "taiyi/utils/sha256.h"
 
 namespace taiyi {

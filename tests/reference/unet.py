@@ -1,4 +1,4 @@
-"""Goldens for UNet2DConditionModel (src/unet.cpp): diffusers' UNet2DConditionModel loaded with
+"""Goldens for UNet2DConditionModel (src/models/unet_2d_condition.cpp): diffusers' UNet2DConditionModel loaded with
 from_pretrained(subfolder="unet"), float32 on the CPU, default attention processor (AttnProcessor2_0).
 
 ref/unet.safetensors (tiny-clip/unet; encoder_hidden_states [2, 77, 32] throughout)

@@ -1,4 +1,4 @@
-"""Goldens for AutoencoderKL (src/vae.cpp): diffusers' AutoencoderKL loaded with
+"""Goldens for AutoencoderKL (src/models/autoencoder_kl.cpp): diffusers' AutoencoderKL loaded with
 from_pretrained(subfolder="vae"), float32 on the CPU, default attention processor (AttnProcessor2_0).
 
 ref/vae.safetensors

@@ -3,13 +3,13 @@
 // attention_processor.py's AttnProcessor2_0, embeddings.py) with the parameter names of its state
 // dict. Every size comes from unet/config.json; an option taiyi does not implement is an Error
 // naming the key and value. Inference only; NCHW.
-#include "taiyi/unet.h"
+#include "taiyi/models/unet_2d_condition.h"
 
 #include <cmath>
 #include <utility>
 
 #include "taiyi/utils/error.h"
-#include "taiyi/layers.h"
+#include "taiyi/models/layers.h"
 
 namespace taiyi {
 

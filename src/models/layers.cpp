@@ -1,7 +1,7 @@
-// Building blocks shared by the UNet, the VAE and the text encoders; see include/taiyi/layers.h.
+// Building blocks shared by the UNet, the VAE and the text encoders; see include/taiyi/models/layers.h.
 // Each forward mirrors the diffusers 0.37.1 (or torch.nn) code named in its comment, op for op, so
 // that float32 results agree to rounding.
-#include "taiyi/layers.h"
+#include "taiyi/models/layers.h"
 
 #include <cmath>
 

@@ -1,12 +1,12 @@
 // AutoencoderKL (diffusers 0.37.1 models/autoencoders/autoencoder_kl.py and vae.py) with the
 // parameter names of its state dict: encoder.*, quant_conv.*, post_quant_conv.*, decoder.*. Every
 // size comes from vae/config.json. Inference only; NCHW.
-#include "taiyi/vae.h"
+#include "taiyi/models/autoencoder_kl.h"
 
 #include <cmath>
 
 #include "taiyi/utils/error.h"
-#include "taiyi/layers.h"
+#include "taiyi/models/layers.h"
 
 namespace taiyi {
 

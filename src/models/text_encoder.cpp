@@ -3,13 +3,13 @@
 // names, so named_parameters() are exactly the state-dict keys and load_weights needs no mapping.
 // forward(input_ids [B, L] int64) -> last_hidden_state [B, L, hidden], in the parameters' dtype and
 // on their device. Dropout is omitted (inference only).
-#include "taiyi/text_encoder.h"
+#include "taiyi/models/text_encoder.h"
 
 #include <string>
 #include <vector>
 
 #include "taiyi/utils/error.h"
-#include "taiyi/layers.h"
+#include "taiyi/models/layers.h"
 
 namespace taiyi {
 

@@ -7,7 +7,7 @@
 #include <torch/torch.h>
 
 #include "taiyi/loaders/model_folder.h"
-#include "taiyi/layers.h"
+#include "taiyi/models/layers.h"
 
 namespace taiyi {
 

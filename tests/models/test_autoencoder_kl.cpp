@@ -9,7 +9,7 @@
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/loaders/safetensors.h"
-#include "taiyi/vae.h"
+#include "taiyi/models/autoencoder_kl.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

@@ -16,7 +16,7 @@
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/loaders/safetensors.h"
-#include "taiyi/unet.h"
+#include "taiyi/models/unet_2d_condition.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

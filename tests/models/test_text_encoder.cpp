@@ -1,4 +1,4 @@
-// Text encoders (src/text_encoder.cpp) against transformers' CLIPTextModel and BertModel: the goldens
+// Text encoders (src/models/text_encoder.cpp) against transformers' CLIPTextModel and BertModel: the goldens
 // of tests/reference/text_encoder.py (ref/text_encoder*.safetensors), the state-dict names, and the
 // errors for configs taiyi cannot run.
 #include <chrono>
@@ -14,7 +14,7 @@
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/loaders/safetensors.h"
-#include "taiyi/text_encoder.h"
+#include "taiyi/models/text_encoder.h"
 #include "test_util.h"
 
 namespace taiyi {
