@@ -17,7 +17,7 @@
 #include "taiyi/utils/error.h"
 #include "taiyi/loaders/lora_weights.h"
 #include "taiyi/loaders/safetensors.h"
-#include "taiyi/scheduler.h"
+#include "taiyi/schedulers/scheduler.h"
 #include "taiyi/models/text_encoder.h"
 #include "taiyi/tokenizer.h"
 #include "taiyi/models/unet_2d_condition.h"

@@ -15,7 +15,7 @@
 #include "taiyi/info.h"
 #include "taiyi/pipeline.h"
 #include "taiyi/loaders/safetensors.h"
-#include "taiyi/scheduler.h"
+#include "taiyi/schedulers/scheduler.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

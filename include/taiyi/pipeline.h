@@ -1,5 +1,5 @@
 // The text-to-image pipeline, usable from C++ without the CLI: a port of diffusers'
-// StableDiffusionPipeline (inference, classifier-free guidance, every sampler of include/taiyi/scheduler.h).
+// StableDiffusionPipeline (inference, classifier-free guidance, every sampler of include/taiyi/schedulers/scheduler.h).
 //
 //   taiyi::PipelineOptions opt;                       // device, precision, scheduler
 //   auto pipe = taiyi::Pipeline::load("models/taiyi", opt);
@@ -27,7 +27,7 @@
 #include "taiyi/utils/device.h"
 #include "taiyi/loaders/textual_inversion.h"
 #include "taiyi/loaders/lora_weights.h"
-#include "taiyi/scheduler.h"
+#include "taiyi/schedulers/scheduler.h"
 #include "taiyi/models/text_encoder.h"
 #include "taiyi/tokenizer.h"
 #include "taiyi/models/unet_2d_condition.h"

@@ -1,7 +1,7 @@
 // make_scheduler: the scheduler a config names, or another class built from it as diffusers'
 // from_config does (one file per scheduler beside this one, named as diffusers' scheduling_*.py), and
 // the sampler names of the web UI and stable-diffusion.cpp.
-#include "taiyi/scheduler.h"
+#include "taiyi/schedulers/scheduler.h"
 
 #include <map>
 

@@ -12,7 +12,7 @@
 
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/scheduler.h"
+#include "taiyi/schedulers/scheduler.h"
 
 namespace taiyi::schedulers {
 

@@ -2,7 +2,7 @@
 // tests/reference/scheduler.py: for every case the timesteps (exact), each step replayed from the
 // reference's own inputs (1e-6) and the free-running trajectory with the same stand-in model (1e-5);
 // set_timesteps for many step counts; the errors for bad kinds, options and step counts.
-#include "taiyi/scheduler.h"
+#include "taiyi/schedulers/scheduler.h"
 
 #include <algorithm>
 #include <cmath>

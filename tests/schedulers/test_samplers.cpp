@@ -8,7 +8,7 @@
 
 #include "taiyi/utils/error.h"
 #include "taiyi/pipeline.h"
-#include "taiyi/scheduler.h"
+#include "taiyi/schedulers/scheduler.h"
 #include "test_util.h"
 
 namespace {
