@@ -15,7 +15,7 @@
 
 #include "taiyi/utils/device.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/pipeline.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 
 namespace taiyi {
 

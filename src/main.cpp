@@ -28,8 +28,8 @@
 #include "taiyi/info.h"
 #include "taiyi/loaders/lora_conversion.h"
 #include "taiyi/loaders/lora_weights.h"
-#include "taiyi/pipeline.h"
-#include "taiyi/prompt_parser.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
+#include "taiyi/pipelines/prompt_parser.h"
 
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
@@ -585,7 +585,7 @@ void add_model_option(CLI::App* app, std::string& model) {
                                            default_model() + ")");
 }
 
-// The chunks the model sees (include/taiyi/prompt_parser.h): per chunk why it ended, per token its
+// The chunks the model sees (include/taiyi/pipelines/prompt_parser.h): per chunk why it ended, per token its
 // id, string and weight.
 int run_tokenize(const std::string& model, const std::string& prompt, bool json) {
   taiyi::ModelFolder folder = taiyi::ModelFolder::open(model);

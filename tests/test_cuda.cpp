@@ -11,7 +11,7 @@
 
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/image.h"
-#include "taiyi/pipeline.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/loaders/safetensors.h"
 #include "taiyi/models/text_encoder.h"
 #include "taiyi/models/unet_2d_condition.h"

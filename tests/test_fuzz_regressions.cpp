@@ -13,7 +13,7 @@
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
-#include "taiyi/prompt_parser.h"
+#include "taiyi/pipelines/prompt_parser.h"
 #include "taiyi/loaders/safetensors_header.h"
 #include "taiyi/tokenizer.h"
 #include "test_util.h"

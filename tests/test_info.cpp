@@ -13,7 +13,7 @@
 #include "taiyi/bench.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/info.h"
-#include "taiyi/pipeline.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/loaders/safetensors.h"
 #include "taiyi/schedulers/scheduler.h"
 #include "test_util.h"

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/utils/error.h"
-#include "taiyi/pipeline.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 
 namespace taiyi::test {
 

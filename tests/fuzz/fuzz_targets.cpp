@@ -14,7 +14,7 @@
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
 #include "taiyi/loaders/lora_conversion.h"
-#include "taiyi/prompt_parser.h"
+#include "taiyi/pipelines/prompt_parser.h"
 #include "taiyi/loaders/safetensors_header.h"
 #include "taiyi/tokenizer.h"
 

@@ -9,7 +9,7 @@
 #include "taiyi/utils/image.h"
 #include "taiyi/loaders/lora_conversion.h"
 #include "taiyi/loaders/lora_weights.h"
-#include "taiyi/pipeline.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/utils/sha256.h"
 #include "test_util.h"
 

@@ -1,4 +1,4 @@
-"""Long and weighted prompts (src/prompt_parser.cpp, Pipeline::encode_prompt) on the tiny pipelines, fp32, CPU.
+"""Long and weighted prompts (src/pipelines/prompt_parser.cpp, Pipeline::encode_prompt) on the tiny pipelines, fp32, CPU.
 
 diffusers truncates prompts at the tokenizer's length and has no emphasis syntax, so for them the reference
 is the AUTOMATIC1111 web UI's published algorithm (modules/prompt_parser.py parse_prompt_attention,
@@ -41,7 +41,7 @@ BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 
 def parse(prompt):
-    """[[text, weight, is_break], ...] as src/prompt_parser.cpp's parse_prompt_attention."""
+    """[[text, weight, is_break], ...] as src/pipelines/prompt_parser.cpp's parse_prompt_attention."""
     out, round_open, square_open = [], [], []
 
     def scale(start, factor):
@@ -113,7 +113,7 @@ def layout(tokenizer, content, weights):
 
 
 def chunks_of(tokenizer, prompt):
-    """[{"ids", "weights", "cut"}] as src/prompt_parser.cpp's tokenize_prompt."""
+    """[{"ids", "weights", "cut"}] as src/pipelines/prompt_parser.cpp's tokenize_prompt."""
     size = tokenizer.model_max_length - 2
     chunks, ids, weights, last_comma = [], [], [], None
 

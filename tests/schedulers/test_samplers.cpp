@@ -7,7 +7,7 @@
 #include <set>
 
 #include "taiyi/utils/error.h"
-#include "taiyi/pipeline.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/schedulers/scheduler.h"
 #include "test_util.h"
 

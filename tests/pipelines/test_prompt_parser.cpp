@@ -4,7 +4,7 @@
 #include <fstream>
 
 #include "taiyi/loaders/model_folder.h"
-#include "taiyi/prompt_parser.h"
+#include "taiyi/pipelines/prompt_parser.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/utils/error.h"
-#include "taiyi/pipeline.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "test_util.h"
 
 namespace {

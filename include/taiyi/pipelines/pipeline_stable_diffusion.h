@@ -169,7 +169,7 @@ class Pipeline {
   std::vector<std::string> embedding_names() const;  // those loaded
 
   // Building blocks, exposed for tests and benchmarks.
-  // The prompt as the web UI encodes it (include/taiyi/prompt_parser.h): emphasis, chunks of
+  // The prompt as the web UI encodes it (include/taiyi/pipelines/prompt_parser.h): emphasis, chunks of
   // max_length - 2 tokens, BREAK; [1, chunks * max_length, D]. Without syntax and within one chunk,
   // diffusers' encode_prompt exactly.
   torch::Tensor encode_prompt(const std::string& prompt, int64_t clip_skip = 1);

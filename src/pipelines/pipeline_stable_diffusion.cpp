@@ -1,5 +1,5 @@
-// Port of diffusers' StableDiffusionPipeline.__call__ (text-to-image); see include/taiyi/pipeline.h.
-#include "taiyi/pipeline.h"
+// Port of diffusers' StableDiffusionPipeline.__call__ (text-to-image); see include/taiyi/pipelines/pipeline_stable_diffusion.h.
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 
 #include <algorithm>
 #include <chrono>
@@ -9,7 +9,7 @@
 
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
-#include "taiyi/prompt_parser.h"
+#include "taiyi/pipelines/prompt_parser.h"
 #include "taiyi/loaders/safetensors.h"
 
 namespace taiyi {

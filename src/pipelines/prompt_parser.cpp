@@ -1,6 +1,6 @@
 // Emphasis and chunking of the web UI (modules/prompt_parser.py, modules/sd_hijack_clip.py), written
-// from the algorithm; see include/taiyi/prompt_parser.h.
-#include "taiyi/prompt_parser.h"
+// from the algorithm; see include/taiyi/pipelines/prompt_parser.h.
+#include "taiyi/pipelines/prompt_parser.h"
 
 #include <algorithm>
 #include <charconv>
