@@ -15,7 +15,7 @@
 #include "taiyi/utils/image.h"
 #include "taiyi/pipelines/prompt_parser.h"
 #include "taiyi/loaders/safetensors_header.h"
-#include "taiyi/tokenizer.h"
+#include "taiyi/tokenizers/tokenizer.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

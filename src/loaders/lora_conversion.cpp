@@ -11,7 +11,7 @@
 
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/tokenizer.h"
+#include "taiyi/tokenizers/tokenizer.h"
 
 namespace taiyi {
 

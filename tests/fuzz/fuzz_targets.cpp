@@ -16,7 +16,7 @@
 #include "taiyi/loaders/lora_conversion.h"
 #include "taiyi/pipelines/prompt_parser.h"
 #include "taiyi/loaders/safetensors_header.h"
-#include "taiyi/tokenizer.h"
+#include "taiyi/tokenizers/tokenizer.h"
 
 namespace taiyi::fuzz {
 

@@ -29,7 +29,7 @@
 #include "taiyi/loaders/lora_weights.h"
 #include "taiyi/schedulers/scheduler.h"
 #include "taiyi/models/text_encoder.h"
-#include "taiyi/tokenizer.h"
+#include "taiyi/tokenizers/tokenizer.h"
 #include "taiyi/models/unet_2d_condition.h"
 #include "taiyi/models/autoencoder_kl.h"
 

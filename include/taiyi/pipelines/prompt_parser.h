@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "taiyi/tokenizer.h"
+#include "taiyi/tokenizers/tokenizer.h"
 
 namespace taiyi {
 

@@ -3,9 +3,9 @@
 // max_length=model_max_length, truncation=True). Without ftfy (not a dependency of diffusers or
 // transformers), CLIPTokenizer normalises text with BERT's BasicTokenizer, so Chinese ideographs
 // become one word each. Python's Unicode answers (unicodedata 14.0, str.lower, str.isspace and the
-// regex module's classes) come from src/unicode_tables.inc (tools/gen_unicode_tables.py).
+// regex module's classes) come from src/tokenizers/unicode_tables.inc (tools/gen_unicode_tables.py).
 // Plain C++: no torch here.
-#include "taiyi/tokenizer.h"
+#include "taiyi/tokenizers/tokenizer.h"
 
 #include <algorithm>
 #include <array>
