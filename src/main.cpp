@@ -20,7 +20,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "taiyi/batch.h"
+#include "taiyi/jobs/prompt_file.h"
 #include "taiyi/bench.h"
 #include "taiyi/utils/device.h"
 #include "taiyi/utils/error.h"

@@ -9,7 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "fuzz_targets.h"
-#include "taiyi/batch.h"
+#include "taiyi/jobs/prompt_file.h"
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"

@@ -8,7 +8,7 @@
 #include <stdexcept>
 #include <string_view>
 
-#include "taiyi/batch.h"
+#include "taiyi/jobs/prompt_file.h"
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/loaders/textual_inversion_layout.h"
 #include "taiyi/utils/error.h"

@@ -1,5 +1,5 @@
-// Prompt files, shards and output names; see include/taiyi/batch.h.
-#include "taiyi/batch.h"
+// Prompt files, shards and output names; see include/taiyi/jobs/prompt_file.h.
+#include "taiyi/jobs/prompt_file.h"
 
 #include <fstream>
 #include <iterator>

@@ -1,7 +1,7 @@
 // Prompt files, shards, output names, PNG text chunks and atomic writes.
 #include <fstream>
 
-#include "taiyi/batch.h"
+#include "taiyi/jobs/prompt_file.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
 #include "test_util.h"
