@@ -2,8 +2,8 @@
 // weight data: model_index.json, each config, the modules built from them (constructors reject
 // unsupported options), the safetensors headers checked by name and shape against the modules
 // (check_weights, the same comparison load_weights makes), the tokenizer and the scheduler.
-// Problems are collected, never thrown; see include/taiyi/info.h.
-#include "taiyi/info.h"
+// Problems are collected, never thrown; see include/taiyi/cli/info.h.
+#include "taiyi/cli/info.h"
 
 #include <algorithm>
 #include <cstdio>

@@ -1,8 +1,8 @@
 // `taiyi bench`: for each precision x batch size x resolution, `warmup` untimed then `repeat` timed
 // generations through Pipeline::generate; stage times are the deltas of Pipeline::times() (the
 // pipeline synchronises the device at each stage boundary), peak GPU memory comes from the CUDA
-// caching allocator and peak RSS from getrusage. See include/taiyi/bench.h.
-#include "taiyi/bench.h"
+// caching allocator and peak RSS from getrusage. See include/taiyi/cli/bench.h.
+#include "taiyi/cli/bench.h"
 
 #include <sys/resource.h>
 

@@ -21,11 +21,11 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/jobs/prompt_file.h"
-#include "taiyi/bench.h"
+#include "taiyi/cli/bench.h"
 #include "taiyi/utils/device.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
-#include "taiyi/info.h"
+#include "taiyi/cli/info.h"
 #include "taiyi/loaders/lora_conversion.h"
 #include "taiyi/loaders/lora_weights.h"
 #include "taiyi/pipelines/pipeline_stable_diffusion.h"

@@ -10,9 +10,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "taiyi/bench.h"
+#include "taiyi/cli/bench.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/info.h"
+#include "taiyi/cli/info.h"
 #include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/loaders/safetensors.h"
 #include "taiyi/schedulers/scheduler.h"
