@@ -10,6 +10,7 @@
 
 #include "taiyi/utils/error.h"
 #include "taiyi/models/layers.h"
+#include "taiyi/models/resnet.h"
 
 namespace taiyi {
 
