@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "taiyi/utils/error.h"
+#include "taiyi/models/attention.h"
 #include "taiyi/models/layers.h"
 #include "taiyi/models/resnet.h"
 

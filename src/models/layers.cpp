@@ -1,6 +1,6 @@
-// torch.nn layers, activations and the attention core; see include/taiyi/models/layers.h.
-// Each forward mirrors the diffusers 0.37.1 (or torch.nn) code named in its comment, op for op, so
-// that float32 results agree to rounding.
+// torch.nn layers and activations; see include/taiyi/models/layers.h.
+// Each forward mirrors the torch.nn (or diffusers 0.37.1) code it ports, op for op, so that float32
+// results agree to rounding.
 #include "taiyi/models/layers.h"
 
 #include <cmath>
@@ -78,17 +78,6 @@ torch::Tensor activate(Activation activation, const torch::Tensor& x) {
     case Activation::ReLU: return torch::relu(x);
   }
   return x;
-}
-
-torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   int64_t heads) {
-  const int64_t batch = q.size(0);
-  const int64_t head_dim = k.size(-1) / heads;
-  // [B, L, heads*d] -> [B, heads, L, d]
-  auto split = [&](const torch::Tensor& t) { return t.view({batch, -1, heads, head_dim}).transpose(1, 2); };
-  torch::Tensor out = at::scaled_dot_product_attention(split(q), split(k), split(v));
-  // [B, heads, Lq, d] -> [B, Lq, heads*d]
-  return out.transpose(1, 2).reshape({batch, -1, heads * head_dim}).to(q.scalar_type());
 }
 
 }  // namespace taiyi::nn

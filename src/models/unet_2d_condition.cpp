@@ -9,18 +9,13 @@
 #include <utility>
 
 #include "taiyi/utils/error.h"
+#include "taiyi/models/attention.h"
 #include "taiyi/models/layers.h"
 #include "taiyi/models/resnet.h"
 
 namespace taiyi {
 
 namespace {
-
-// Transformer2DModel's own constants as the UNet blocks build it (transformer_2d.py defaults):
-// GroupNorm eps 1e-6, LayerNorm eps 1e-5, GEGLU feed-forward 4x wide, no q/k/v bias.
-constexpr double kTransformerGroupNormEps = 1e-6;
-constexpr double kTransformerLayerNormEps = 1e-5;
-constexpr int64_t kFeedForwardMult = 4;
 
 // Everything the module tree needs from unet/config.json, read and checked once.
 struct UNetShape {
@@ -191,147 +186,6 @@ class TimestepEmbeddingImpl : public torch::nn::Module {
 };
 TORCH_MODULE(TimestepEmbedding);
 
-// attention_processor.py Attention as BasicTransformerBlock builds it: to_q/to_k/to_v without
-// bias, to_out.0 with bias; keys and values from `context` (cross-attention) or from x.
-class AttentionImpl : public torch::nn::Module {
- public:
-  AttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads, int64_t head_dim) : heads_(heads) {
-    const int64_t inner = heads * head_dim;
-    to_q = register_module("to_q", nn::Linear(query_dim, inner, /*bias=*/false));
-    to_k = register_module("to_k", nn::Linear(context_dim, inner, /*bias=*/false));
-    to_v = register_module("to_v", nn::Linear(context_dim, inner, /*bias=*/false));
-    to_out_0 = nn::Linear(inner, query_dim);
-    register_module("to_out", torch::nn::ModuleList(to_out_0));
-  }
-
-  // x [B, L, query_dim]; context [B, Lc, context_dim] or undefined (self-attention).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context) {
-    const torch::Tensor& kv = context.defined() ? context : x;
-    return to_out_0(nn::multi_head_attention(to_q(x), to_k(kv), to_v(kv), heads_));
-  }
-
- private:
-  int64_t heads_;
-  nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out_0{nullptr};
-};
-TORCH_MODULE(Attention);
-
-// attention.py FeedForward with activation_fn "geglu": net.0 = GEGLU (net.0.proj), net.1 =
-// dropout (an Identity here, to keep the index), net.2 = Linear.
-class FeedForwardImpl : public torch::nn::Module {
- public:
-  explicit FeedForwardImpl(int64_t dim) {
-    const int64_t inner = dim * kFeedForwardMult;
-    auto geglu = std::make_shared<torch::nn::Module>();
-    proj = geglu->register_module("proj", nn::Linear(dim, inner * 2));
-    out = nn::Linear(inner, dim);
-    torch::nn::ModuleList net;
-    net->push_back(geglu);
-    net->push_back(torch::nn::Identity());
-    net->push_back(out);
-    register_module("net", net);
-  }
-
-  torch::Tensor forward(const torch::Tensor& x) {
-    auto halves = proj(x).chunk(2, -1);  // GEGLU: hidden_states, gate
-    return out(halves[0] * torch::gelu(halves[1]));
-  }
-
- private:
-  nn::Linear proj{nullptr}, out{nullptr};
-};
-TORCH_MODULE(FeedForward);
-
-// attention.py BasicTransformerBlock, norm_type "layer_norm": self-attention (or attention to the
-// text when only_cross_attention), cross-attention, feed-forward, each pre-norm with a residual.
-class BasicTransformerBlockImpl : public torch::nn::Module {
- public:
-  BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, int64_t cross_dim, bool only_cross)
-      : only_cross_attention_(only_cross) {
-    norm1 = register_module("norm1", nn::LayerNorm(dim, kTransformerLayerNormEps));
-    attn1 = register_module("attn1", Attention(dim, only_cross ? cross_dim : dim, heads, head_dim));
-    norm2 = register_module("norm2", nn::LayerNorm(dim, kTransformerLayerNormEps));
-    attn2 = register_module("attn2", Attention(dim, cross_dim, heads, head_dim));
-    norm3 = register_module("norm3", nn::LayerNorm(dim, kTransformerLayerNormEps));
-    ff = register_module("ff", FeedForward(dim));
-  }
-
-  torch::Tensor forward(torch::Tensor h, const torch::Tensor& context) {
-    h = attn1(norm1(h), only_cross_attention_ ? context : torch::Tensor()) + h;
-    h = attn2(norm2(h), context) + h;
-    return ff(norm3(h)) + h;
-  }
-
- private:
-  bool only_cross_attention_;
-  nn::LayerNorm norm1{nullptr}, norm2{nullptr}, norm3{nullptr};
-  Attention attn1{nullptr}, attn2{nullptr};
-  FeedForward ff{nullptr};
-};
-TORCH_MODULE(BasicTransformerBlock);
-
-struct TransformerOptions {
-  int64_t channels, heads, cross_dim, layers, groups;
-  bool use_linear_projection, only_cross_attention;
-};
-
-// transformer_2d.py Transformer2DModel on continuous input: norm, proj_in (1x1 conv or linear),
-// transformer_blocks, proj_out, plus the input as residual.
-class Transformer2DModelImpl : public torch::nn::Module {
- public:
-  explicit Transformer2DModelImpl(const TransformerOptions& o) : linear_(o.use_linear_projection) {
-    const int64_t head_dim = o.channels / o.heads;
-    const int64_t inner = o.heads * head_dim;
-    norm = register_module("norm", nn::GroupNorm(o.groups, o.channels, kTransformerGroupNormEps));
-    if (linear_) {
-      proj_in_linear = register_module("proj_in", nn::Linear(o.channels, inner));
-    } else {
-      proj_in_conv = register_module("proj_in", nn::Conv2d(o.channels, inner, 1));
-    }
-    auto list = register_module("transformer_blocks", torch::nn::ModuleList());
-    for (int64_t i = 0; i < o.layers; ++i) {
-      blocks.push_back(BasicTransformerBlock(inner, o.heads, head_dim, o.cross_dim, o.only_cross_attention));
-      list->push_back(blocks.back());
-    }
-    if (linear_) {
-      proj_out_linear = register_module("proj_out", nn::Linear(inner, o.channels));
-    } else {
-      proj_out_conv = register_module("proj_out", nn::Conv2d(inner, o.channels, 1));
-    }
-  }
-
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context) {
-    const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
-    torch::Tensor h = norm(x);
-    int64_t inner;
-    if (!linear_) {
-      h = proj_in_conv(h);
-      inner = h.size(1);
-      h = h.permute({0, 2, 3, 1}).reshape({batch, height * width, inner});  // [B, HW, inner]
-    } else {
-      inner = h.size(1);
-      h = proj_in_linear(h.permute({0, 2, 3, 1}).reshape({batch, height * width, inner}));
-    }
-    for (auto& block : blocks) h = block(h, context);
-    if (!linear_) {
-      h = h.reshape({batch, height, width, inner}).permute({0, 3, 1, 2}).contiguous();
-      h = proj_out_conv(h);
-    } else {
-      h = proj_out_linear(h);
-      h = h.reshape({batch, height, width, inner}).permute({0, 3, 1, 2}).contiguous();
-    }
-    return h + x;
-  }
-
- private:
-  bool linear_;
-  nn::GroupNorm norm{nullptr};
-  nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
-  nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};
-  std::vector<BasicTransformerBlock> blocks;
-};
-TORCH_MODULE(Transformer2DModel);
-
 nn::ResnetBlock2DOptions resnet_options(const UNetShape& s, int64_t in, int64_t out, double output_scale = 1) {
   nn::ResnetBlock2DOptions o;
   o.in_channels = in;
@@ -344,7 +198,7 @@ nn::ResnetBlock2DOptions resnet_options(const UNetShape& s, int64_t in, int64_t 
   return o;
 }
 
-TransformerOptions transformer_options(const UNetShape& s, size_t block, int64_t channels, bool only_cross) {
+nn::TransformerOptions transformer_options(const UNetShape& s, size_t block, int64_t channels, bool only_cross) {
   return {channels,  s.heads[block], s.cross_attention_dim[block], s.transformer_layers[block],
           s.groups,  s.use_linear_projection, only_cross};
 }
@@ -363,7 +217,8 @@ class DownBlockImpl : public torch::nn::Module {
       resnets.push_back(nn::ResnetBlock2D(resnet_options(s, j == 0 ? in_channels : out_channels, out_channels)));
       resnet_list->push_back(resnets.back());
       if (cross) {
-        attentions.push_back(Transformer2DModel(transformer_options(s, i, out_channels, s.only_cross_attention[i])));
+        attentions.push_back(
+            nn::Transformer2DModel(transformer_options(s, i, out_channels, s.only_cross_attention[i])));
         attention_list->push_back(attentions.back());
       }
     }
@@ -389,7 +244,7 @@ class DownBlockImpl : public torch::nn::Module {
 
  private:
   std::vector<nn::ResnetBlock2D> resnets;
-  std::vector<Transformer2DModel> attentions;
+  std::vector<nn::Transformer2DModel> attentions;
   nn::Downsample2D downsampler{nullptr};
 };
 TORCH_MODULE(DownBlock);
@@ -407,7 +262,7 @@ class MidBlockImpl : public torch::nn::Module {
       resnets.push_back(nn::ResnetBlock2D(resnet_options(s, channels, channels, s.mid_block_scale_factor)));
       resnet_list->push_back(resnets.back());
     }
-    attention = Transformer2DModel(transformer_options(s, last, channels, /*only_cross=*/false));
+    attention = nn::Transformer2DModel(transformer_options(s, last, channels, /*only_cross=*/false));
     attention_list->push_back(attention);
   }
 
@@ -419,7 +274,7 @@ class MidBlockImpl : public torch::nn::Module {
 
  private:
   std::vector<nn::ResnetBlock2D> resnets;
-  Transformer2DModel attention{nullptr};
+  nn::Transformer2DModel attention{nullptr};
 };
 TORCH_MODULE(MidBlock);
 
@@ -443,7 +298,7 @@ class UpBlockImpl : public torch::nn::Module {
       resnet_list->push_back(resnets.back());
       if (cross) {
         attentions.push_back(
-            Transformer2DModel(transformer_options(s, block, out_channels, s.only_cross_attention[block])));
+            nn::Transformer2DModel(transformer_options(s, block, out_channels, s.only_cross_attention[block])));
         attention_list->push_back(attentions.back());
       }
     }
@@ -469,7 +324,7 @@ class UpBlockImpl : public torch::nn::Module {
 
  private:
   std::vector<nn::ResnetBlock2D> resnets;
-  std::vector<Transformer2DModel> attentions;
+  std::vector<nn::Transformer2DModel> attentions;
   nn::Upsample2D upsampler{nullptr};
 };
 TORCH_MODULE(UpBlock);

@@ -1,8 +1,7 @@
 // The torch.nn layers shared by the UNet, the VAE and the text encoders (Conv2d, Linear, GroupNorm,
-// LayerNorm, Embedding) as libtorch modules whose parameter names are the state-dict keys, diffusers
-// 0.37.1's activations (activations.py get_activation), and AttnProcessor2_0's attention core
-// (attention_processor.py). The diffusers blocks built from them live beside this header: resnet.h,
-// attention.h, embeddings.h. Inference only; NCHW.
+// LayerNorm, Embedding) as libtorch modules whose parameter names are the state-dict keys, and
+// diffusers 0.37.1's activations (models/activations.py get_activation). The diffusers blocks built
+// from them live beside this header: resnet.h, attention.h, embeddings.h. Inference only; NCHW.
 //
 // Parameters are created uninitialised (torch::empty, no autograd): load_weights overwrites every
 // one of them, and libtorch's random initialisers cost about 10 s for the full-size UNet. Until
@@ -88,11 +87,5 @@ enum class Activation { SiLU, Mish, GELU, ReLU };
 // Reads `key` (fallback when absent); an unknown name is config.unsupported(key, ...).
 Activation activation_from_config(const Config& config, const std::string& key, const std::string& fallback);
 torch::Tensor activate(Activation activation, const torch::Tensor& x);
-
-// Multi-head attention as AttnProcessor2_0 computes it after the projections:
-// q [B, Lq, heads*d], k and v [B, Lk, heads*d] -> [B, Lq, heads*d], through
-// at::scaled_dot_product_attention on [B, heads, L, d] with the default scale 1/sqrt(d).
-torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   int64_t heads);
 
 }  // namespace taiyi::nn
