@@ -10,6 +10,7 @@
 
 #include "taiyi/utils/error.h"
 #include "taiyi/models/attention.h"
+#include "taiyi/models/embeddings.h"
 #include "taiyi/models/layers.h"
 #include "taiyi/models/resnet.h"
 
@@ -153,38 +154,6 @@ UNetShape read_shape(const Config& config) {
   require_default(config, "reverse_transformer_layers_per_block", nullptr, sd1);
   return s;
 }
-
-// embeddings.py get_timestep_embedding (scale 1, max_period 10000), in float32 as diffusers does
-// whatever the model dtype: timesteps [B] -> [B, dim].
-torch::Tensor timestep_embedding(const torch::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos,
-                                 double freq_shift) {
-  const int64_t half = dim / 2;
-  torch::Tensor exponent =
-      torch::arange(0, half, torch::TensorOptions().dtype(torch::kFloat).device(timesteps.device())) *
-      -std::log(10000.0);
-  exponent = exponent / (static_cast<double>(half) - freq_shift);
-  torch::Tensor emb = timesteps.unsqueeze(1).to(torch::kFloat) * torch::exp(exponent).unsqueeze(0);
-  emb = torch::cat({torch::sin(emb), torch::cos(emb)}, -1);
-  if (flip_sin_to_cos) emb = torch::cat({emb.slice(1, half), emb.slice(1, 0, half)}, -1);
-  if (dim % 2 == 1) emb = torch::constant_pad_nd(emb, {0, 1, 0, 0}, 0);
-  return emb;
-}
-
-// embeddings.py TimestepEmbedding: linear_1, act, linear_2.
-class TimestepEmbeddingImpl : public torch::nn::Module {
- public:
-  TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim, nn::Activation activation)
-      : activation_(activation) {
-    linear_1 = register_module("linear_1", nn::Linear(in_channels, time_embed_dim));
-    linear_2 = register_module("linear_2", nn::Linear(time_embed_dim, time_embed_dim));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return linear_2(nn::activate(activation_, linear_1(x))); }
-
- private:
-  nn::Activation activation_;
-  nn::Linear linear_1{nullptr}, linear_2{nullptr};
-};
-TORCH_MODULE(TimestepEmbedding);
 
 nn::ResnetBlock2DOptions resnet_options(const UNetShape& s, int64_t in, int64_t out, double output_scale = 1) {
   nn::ResnetBlock2DOptions o;
@@ -338,8 +307,8 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
     const size_t n = s.block_out_channels.size();
     conv_in = register_module(
         "conv_in", nn::Conv2d(s.in_channels, s.block_out_channels[0], s.conv_in_kernel, 1, (s.conv_in_kernel - 1) / 2));
-    time_embedding =
-        register_module("time_embedding", TimestepEmbedding(s.block_out_channels[0], s.time_embed_dim, s.activation));
+    time_embedding = register_module("time_embedding",
+                                     nn::TimestepEmbedding(s.block_out_channels[0], s.time_embed_dim, s.activation));
 
     auto down_list = register_module("down_blocks", torch::nn::ModuleList());
     int64_t output_channel = s.block_out_channels[0];
@@ -382,7 +351,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
     torch::Tensor timesteps = timestep.dim() == 0 ? timestep.unsqueeze(0) : timestep;
     timesteps = timesteps.to(sample.device()).expand({batch});
-    torch::Tensor t_emb = timestep_embedding(timesteps, s.block_out_channels[0], s.flip_sin_to_cos, s.freq_shift)
+    torch::Tensor t_emb = nn::timestep_embedding(timesteps, s.block_out_channels[0], s.flip_sin_to_cos, s.freq_shift)
                               .to(sample.scalar_type());
     torch::Tensor emb = time_embedding(t_emb);
 
@@ -424,7 +393,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   Config config_;
   UNetShape shape_;
   nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
-  TimestepEmbedding time_embedding{nullptr};
+  nn::TimestepEmbedding time_embedding{nullptr};
   std::vector<DownBlock> down_blocks;
   MidBlock mid_block{nullptr};
   std::vector<UpBlock> up_blocks;
