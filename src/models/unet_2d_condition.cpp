@@ -1,43 +1,23 @@
-// UNet2DConditionModel for the SD v1 family, a port of diffusers 0.37.1 (models/unets/
-// unet_2d_condition.py, unet_2d_blocks.py, transformers/transformer_2d.py, attention.py,
-// attention_processor.py's AttnProcessor2_0, embeddings.py) with the parameter names of its state
-// dict. Every size comes from unet/config.json; an option taiyi does not implement is an Error
-// naming the key and value. Inference only; NCHW.
+// UNet2DConditionModel for the SD v1 family, a port of diffusers 0.37.1 models/unets/
+// unet_2d_condition.py with the parameter names of its state dict: unet/config.json read and checked
+// into a UNetShape, then conv_in, time_embedding (embeddings.h), down_blocks, mid_block, up_blocks
+// (unet_2d_blocks.h), conv_norm_out and conv_out. Every size comes from unet/config.json; an option
+// taiyi does not implement is an Error naming the key and value. Inference only; NCHW.
 #include "taiyi/models/unet_2d_condition.h"
 
-#include <cmath>
-#include <utility>
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "taiyi/utils/error.h"
-#include "taiyi/models/attention.h"
 #include "taiyi/models/embeddings.h"
 #include "taiyi/models/layers.h"
-#include "taiyi/models/resnet.h"
+#include "taiyi/models/unet_2d_blocks.h"
 
 namespace taiyi {
 
 namespace {
-
-// Everything the module tree needs from unet/config.json, read and checked once.
-struct UNetShape {
-  int64_t in_channels = 4, out_channels = 4;
-  std::vector<int64_t> block_out_channels;
-  std::vector<std::string> down_block_types, up_block_types;
-  // Per down block (the up blocks use them reversed), as diffusers expands int-or-list keys.
-  std::vector<int64_t> layers_per_block, heads, cross_attention_dim, transformer_layers;
-  std::vector<bool> only_cross_attention;
-  bool use_linear_projection = false;
-  bool center_input_sample = false;
-  bool flip_sin_to_cos = true;
-  double freq_shift = 0;
-  double norm_eps = 1e-5;
-  double mid_block_scale_factor = 1;
-  int64_t groups = 32;
-  int64_t downsample_padding = 1;
-  int64_t conv_in_kernel = 3, conv_out_kernel = 3;
-  int64_t time_embed_dim = 0;
-  nn::Activation activation = nn::Activation::SiLU;
-};
 
 // Keys whose only supported value is their diffusers default: null, or the given JSON value.
 void require_default(const Config& config, const std::string& key, const nlohmann::json& supported,
@@ -66,8 +46,8 @@ std::string strip_unetres(const std::string& type) {
   return type.rfind("UNetRes", 0) == 0 ? type.substr(7) : type;
 }
 
-UNetShape read_shape(const Config& config) {
-  UNetShape s;
+// The channels and the block lists: block_out_channels and one down and one up block type per entry.
+void read_blocks(const Config& config, UNetShape& s) {
   s.in_channels = config.get_int("in_channels", 4);
   s.out_channels = config.get_int("out_channels", 4);
   s.block_out_channels = config.has("block_out_channels") ? config.get_int_list("block_out_channels")
@@ -96,7 +76,11 @@ UNetShape read_shape(const Config& config) {
     if (type != "CrossAttnUpBlock2D" && type != "UpBlock2D")
       config.unsupported("up_block_types", "supported: CrossAttnUpBlock2D, UpBlock2D; not " + type);
   }
+}
 
+// The int-or-list keys, one value per down block.
+void read_per_block(const Config& config, UNetShape& s) {
+  const size_t n = s.block_out_channels.size();
   // diffusers: num_attention_heads = num_attention_heads or attention_head_dim (SD v1 configs call
   // the number of heads attention_head_dim). 0.37.1 raises on num_attention_heads itself.
   require_default(config, "num_attention_heads", nullptr,
@@ -110,7 +94,10 @@ UNetShape read_shape(const Config& config) {
     if (s.heads[i] <= 0 || s.block_out_channels[i] % s.heads[i] != 0)
       config.unsupported("attention_head_dim", "the number of heads must divide block_out_channels");
   }
+}
 
+// The scalar options: norms, kernels, the time embedding, the activation.
+void read_options(const Config& config, UNetShape& s) {
   s.use_linear_projection = config.get_bool("use_linear_projection", false);
   // upcast_attention only changes the old AttnProcessor; AttnProcessor2_0 (diffusers' default with
   // torch 2) ignores it and so does taiyi: SDPA keeps its own accumulation precision.
@@ -134,7 +121,11 @@ UNetShape read_shape(const Config& config) {
   if (s.conv_out_kernel <= 0 || s.conv_out_kernel % 2 == 0) config.unsupported("conv_out_kernel", "expected odd");
   s.time_embed_dim = config.get_int("time_embedding_dim", s.block_out_channels[0] * 4);
   s.activation = nn::activation_from_config(config, "act_fn", "silu");
+}
 
+// Options of other UNets (SD 2.x, SDXL, ...) that taiyi does not implement: an Error unless they hold
+// their SD v1 default.
+void reject_unsupported(const Config& config) {
   const std::string sd1 = "taiyi implements the SD v1 UNet only";
   require_default(config, "time_embedding_type", "positional", "only \"positional\" is supported");
   require_default(config, "resnet_time_scale_shift", "default", "only \"default\" is supported");
@@ -152,151 +143,17 @@ UNetShape read_shape(const Config& config) {
   require_default(config, "time_embedding_act_fn", nullptr, sd1);
   require_default(config, "timestep_post_act", nullptr, sd1);
   require_default(config, "reverse_transformer_layers_per_block", nullptr, sd1);
+}
+
+// In this order: the later parts check against block_out_channels (and default from it).
+UNetShape read_shape(const Config& config) {
+  UNetShape s;
+  read_blocks(config, s);
+  read_per_block(config, s);
+  read_options(config, s);
+  reject_unsupported(config);
   return s;
 }
-
-nn::ResnetBlock2DOptions resnet_options(const UNetShape& s, int64_t in, int64_t out, double output_scale = 1) {
-  nn::ResnetBlock2DOptions o;
-  o.in_channels = in;
-  o.out_channels = out;
-  o.temb_channels = s.time_embed_dim;
-  o.groups = s.groups;
-  o.eps = s.norm_eps;
-  o.activation = s.activation;
-  o.output_scale_factor = output_scale;
-  return o;
-}
-
-nn::TransformerOptions transformer_options(const UNetShape& s, size_t block, int64_t channels, bool only_cross) {
-  return {channels,  s.heads[block], s.cross_attention_dim[block], s.transformer_layers[block],
-          s.groups,  s.use_linear_projection, only_cross};
-}
-
-// CrossAttnDownBlock2D (resnets.i then attentions.i) or DownBlock2D (resnets only), then
-// downsamplers.0 unless it is the last block. Returns the output and the skip connections.
-class DownBlockImpl : public torch::nn::Module {
- public:
-  DownBlockImpl(const UNetShape& s, size_t i, int64_t in_channels, bool add_downsample) {
-    const int64_t out_channels = s.block_out_channels[i];
-    const bool cross = s.down_block_types[i] == "CrossAttnDownBlock2D";
-    auto resnet_list = register_module("resnets", torch::nn::ModuleList());
-    torch::nn::ModuleList attention_list;
-    if (cross) attention_list = register_module("attentions", torch::nn::ModuleList());
-    for (int64_t j = 0; j < s.layers_per_block[i]; ++j) {
-      resnets.push_back(nn::ResnetBlock2D(resnet_options(s, j == 0 ? in_channels : out_channels, out_channels)));
-      resnet_list->push_back(resnets.back());
-      if (cross) {
-        attentions.push_back(
-            nn::Transformer2DModel(transformer_options(s, i, out_channels, s.only_cross_attention[i])));
-        attention_list->push_back(attentions.back());
-      }
-    }
-    if (add_downsample) {
-      downsampler = nn::Downsample2D(out_channels, out_channels, s.downsample_padding);
-      register_module("downsamplers", torch::nn::ModuleList(downsampler));
-    }
-  }
-
-  torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
-                        std::vector<torch::Tensor>& skips) {
-    for (size_t j = 0; j < resnets.size(); ++j) {
-      h = resnets[j](h, temb);
-      if (!attentions.empty()) h = attentions[j](h, context);
-      skips.push_back(h);
-    }
-    if (downsampler) {
-      h = downsampler(h);
-      skips.push_back(h);
-    }
-    return h;
-  }
-
- private:
-  std::vector<nn::ResnetBlock2D> resnets;
-  std::vector<nn::Transformer2DModel> attentions;
-  nn::Downsample2D downsampler{nullptr};
-};
-TORCH_MODULE(DownBlock);
-
-// UNetMidBlock2DCrossAttn: resnets.0, then (attentions.i, resnets.i+1); one layer. Its
-// transformers never use only_cross_attention (get_mid_block does not pass it).
-class MidBlockImpl : public torch::nn::Module {
- public:
-  explicit MidBlockImpl(const UNetShape& s) {
-    const size_t last = s.block_out_channels.size() - 1;
-    const int64_t channels = s.block_out_channels[last];
-    auto resnet_list = register_module("resnets", torch::nn::ModuleList());
-    auto attention_list = register_module("attentions", torch::nn::ModuleList());
-    for (int i = 0; i < 2; ++i) {
-      resnets.push_back(nn::ResnetBlock2D(resnet_options(s, channels, channels, s.mid_block_scale_factor)));
-      resnet_list->push_back(resnets.back());
-    }
-    attention = nn::Transformer2DModel(transformer_options(s, last, channels, /*only_cross=*/false));
-    attention_list->push_back(attention);
-  }
-
-  torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context) {
-    h = resnets[0](h, temb);
-    h = attention(h, context);
-    return resnets[1](h, temb);
-  }
-
- private:
-  std::vector<nn::ResnetBlock2D> resnets;
-  nn::Transformer2DModel attention{nullptr};
-};
-TORCH_MODULE(MidBlock);
-
-// CrossAttnUpBlock2D or UpBlock2D: each resnet takes the running tensor concatenated with the
-// latest skip connection; upsamplers.0 unless it is the last block. `up` counts from the bottom.
-class UpBlockImpl : public torch::nn::Module {
- public:
-  UpBlockImpl(const UNetShape& s, size_t up, int64_t in_channels, int64_t prev_output_channels) {
-    const size_t n = s.block_out_channels.size();
-    const size_t block = n - 1 - up;  // the down block at the same resolution (reversed lists)
-    const int64_t out_channels = s.block_out_channels[block];
-    const bool cross = s.up_block_types[up] == "CrossAttnUpBlock2D";
-    const int64_t num_layers = s.layers_per_block[block] + 1;
-    auto resnet_list = register_module("resnets", torch::nn::ModuleList());
-    torch::nn::ModuleList attention_list;
-    if (cross) attention_list = register_module("attentions", torch::nn::ModuleList());
-    for (int64_t j = 0; j < num_layers; ++j) {
-      const int64_t skip_channels = j == num_layers - 1 ? in_channels : out_channels;
-      const int64_t resnet_in = j == 0 ? prev_output_channels : out_channels;
-      resnets.push_back(nn::ResnetBlock2D(resnet_options(s, resnet_in + skip_channels, out_channels)));
-      resnet_list->push_back(resnets.back());
-      if (cross) {
-        attentions.push_back(
-            nn::Transformer2DModel(transformer_options(s, block, out_channels, s.only_cross_attention[block])));
-        attention_list->push_back(attentions.back());
-      }
-    }
-    if (up + 1 < n) {
-      upsampler = nn::Upsample2D(out_channels, out_channels);
-      register_module("upsamplers", torch::nn::ModuleList(upsampler));
-    }
-  }
-
-  size_t num_resnets() const { return resnets.size(); }
-
-  torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
-                        std::vector<torch::Tensor>& skips, std::optional<std::vector<int64_t>> upsample_size) {
-    for (size_t j = 0; j < resnets.size(); ++j) {
-      h = torch::cat({h, skips.back()}, 1);
-      skips.pop_back();
-      h = resnets[j](h, temb);
-      if (!attentions.empty()) h = attentions[j](h, context);
-    }
-    if (upsampler) h = upsampler(h, std::move(upsample_size));
-    return h;
-  }
-
- private:
-  std::vector<nn::ResnetBlock2D> resnets;
-  std::vector<nn::Transformer2DModel> attentions;
-  nn::Upsample2D upsampler{nullptr};
-};
-TORCH_MODULE(UpBlock);
 
 }  // namespace
 

@@ -10,7 +10,7 @@
 
 namespace taiyi {
 
-class UNet2DConditionModelImpl;  // defined in unet.cpp
+class UNet2DConditionModelImpl;  // defined in unet_2d_condition.cpp
 
 class UNet2DConditionModel {
  public:
