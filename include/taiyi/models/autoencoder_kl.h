@@ -9,7 +9,7 @@
 
 namespace taiyi {
 
-class AutoencoderKLImpl;  // defined in vae.cpp
+class AutoencoderKLImpl;  // defined in autoencoder_kl.cpp
 
 class AutoencoderKL {
  public:
