@@ -1,6 +1,6 @@
-// Text encoders (src/models/text_encoder.cpp) against transformers' CLIPTextModel and BertModel: the goldens
-// of tests/reference/text_encoder.py (ref/text_encoder*.safetensors), the state-dict names, and the
-// errors for configs taiyi cannot run.
+// Text encoders (src/models/modeling_clip.cpp, modeling_bert.cpp) against transformers' CLIPTextModel
+// and BertModel: the goldens of tests/reference/text_encoder.py (ref/text_encoder*.safetensors), the
+// state-dict names, and the errors for configs taiyi cannot run.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -14,6 +14,8 @@
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/loaders/safetensors.h"
+#include "taiyi/models/modeling_bert.h"
+#include "taiyi/models/modeling_clip.h"
 #include "taiyi/models/text_encoder.h"
 #include "test_util.h"
 

@@ -1,8 +1,16 @@
-// Text encoders as libtorch modules whose parameter names are transformers' state-dict keys:
-// CLIPTextModel (text_model.encoder.layers.N.self_attn.q_proj.weight, ...) and BertModel
-// (embeddings.word_embeddings.weight, encoder.layer.N.attention.self.query.weight, ...).
-// Sizes come from text_encoder/config.json. Inference only; forward returns last_hidden_state.
+// The text encoders' shared interface: TextEncoderImpl (token ids -> last_hidden_state, what the
+// pipeline sees), make_text_encoder (the class model_index.json names, built from
+// text_encoder/config.json), and what the two ports share (taiyi::text_encoders: the options
+// CLIPTextConfig and BertConfig hold under the same keys, the transformers activations they use,
+// the attention core, the input checks). The ports: modeling_clip.h (transformers' CLIPTextModel)
+// and modeling_bert.h (BertModel), whose parameter names are transformers' state-dict keys.
+// Inference only.
 #pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -27,11 +35,42 @@ struct TextEncoderImpl : torch::nn::Module {
   virtual nn::EmbeddingImpl& token_embedding() = 0;
 };
 
-// Pre-LayerNorm transformer, causal mask, quick_gelu (or gelu per hidden_act), final LayerNorm.
-std::shared_ptr<TextEncoderImpl> make_clip_text_model(const Config& config);
-// Post-LayerNorm transformer, erf GELU, no attention mask, token types all zero (no pooler).
-std::shared_ptr<TextEncoderImpl> make_bert_model(const Config& config);
 // The text encoder named in model_index.json, built from its config (weights not loaded).
 std::shared_ptr<TextEncoderImpl> make_text_encoder(const ModelFolder& folder);
+
+// What modeling_clip.cpp and modeling_bert.cpp share.
+namespace text_encoders {
+
+// transformers' ACT2FN entries that the Taiyi encoders use.
+enum class Activation { QuickGelu, Gelu };
+// Reads hidden_act (fallback when absent); another name is config.unsupported("hidden_act", ...).
+Activation activation_from_config(const Config& config, const std::string& fallback);
+torch::Tensor activate(Activation activation, const torch::Tensor& x);
+
+// Multi-head attention core: q, k, v [B, L, hidden] -> [B, L, hidden], scale 1/sqrt(head_dim)
+// (SDPA's default, as both CLIP and BERT use); causal for CLIP.
+torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   int64_t num_heads, bool causal);
+
+// The transformer options that CLIPTextConfig and BertConfig both hold, under the same keys.
+struct EncoderOptions {
+  int64_t hidden = 0, num_heads = 0, intermediate = 0, num_layers = 0;
+  int64_t vocab_size = 0, max_positions = 0;
+  double eps = 0.0;
+  Activation activation = Activation::Gelu;
+};
+
+// Only the defaults of layer_norm_eps and hidden_act differ between the two configs.
+EncoderOptions read_encoder_options(const Config& config, double default_eps, const std::string& default_activation);
+
+// diffusers passes the tokenizer's attention mask when the config asks for it; taiyi's encoders
+// take none, so such a config cannot be reproduced.
+void reject_attention_mask(const Config& config);
+
+// Shape and range checks before the embedding lookups, whose own errors are opaque (or a device
+// assert on CUDA). `model` names the class in the Error.
+void check_input_ids(const torch::Tensor& input_ids, int64_t vocab_size, int64_t max_positions, const char* model);
+
+}  // namespace text_encoders
 
 }  // namespace taiyi
