@@ -4,18 +4,23 @@
 // caching allocator and peak RSS from getrusage. See include/taiyi/cli/bench.h.
 #include "taiyi/cli/bench.h"
 
+
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <iostream>
 #include <sstream>
 
+#include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
 #include "taiyi/utils/device.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/pipelines/pipeline_stable_diffusion.h"
+#include "taiyi/cli/options.h"
+#include "taiyi/utils/image.h"
 
 namespace taiyi {
 
@@ -282,5 +287,44 @@ std::string format_bench_table(const Json& bench) {
   }
   return out.str();
 }
+
+namespace cli {
+
+CLI::App* add_bench_command(CLI::App& app, BenchCommand& command) {
+  BenchOptions& o = command.options;
+  o.model = default_model();
+  CLI::App* bench = app.add_subcommand("bench", "benchmark: load, text encoding, UNet step, VAE decode, memory");
+  add_model_option(bench, o.model);
+  bench->add_flag("--random-weights", o.random_weights, "random weights from the folder's configs");
+  bench->add_option("--device", o.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  bench->add_option("--precision", o.precisions,
+                    "fp16, fp32, bf16 (a list; default fp32,bf16 on the CPU, fp16,fp32,bf16 on CUDA)")
+      ->delimiter(',');
+  bench->add_option("--batch-size", o.batch_sizes, "batch sizes (a list)")->delimiter(',');
+  bench->add_option("--resolution", o.resolutions, "square sizes in pixels (a list)")->delimiter(',');
+  bench->add_option("--steps", o.steps, "denoising steps")->capture_default_str();
+  bench->add_option("--prompt", o.prompts,
+                    "a prompt to time (repeat the option for several: the runs alternate between them)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  bench->add_option("--sampler", o.sampler, "sampler (as for generation; default: the folder's)");
+  bench->add_option("--schedule", o.schedule, "default, karras, exponential or beta");
+  bench->add_option("--scheduler", o.scheduler, "pndm or ddim (older form of --sampler)");
+  bench->add_option("-g,--cfg-scale", o.cfg_scale, "guidance scale")->capture_default_str();
+  bench->add_option("--warmup", o.warmup, "untimed runs per configuration")->capture_default_str();
+  bench->add_option("--repeat", o.repeat, "timed runs per configuration")->capture_default_str();
+  add_numerics_options(bench, o.tf32, o.cudnn_benchmark);
+  bench->add_flag("--channels-last", o.channels_last, "channels_last memory format on CUDA");
+  bench->add_option("--json", command.json_file, "also write the results as JSON to this file");
+  return bench;
+}
+
+int run_bench_command(const BenchCommand& command) {
+  Json results = run_bench(command.options, [](const std::string& line) { std::cerr << line << "\n"; });
+  std::cout << format_bench_table(results);
+  if (!command.json_file.empty()) write_file_atomically(command.json_file, results.dump(2) + "\n");
+  return 0;
+}
+
+}  // namespace cli
 
 }  // namespace taiyi

@@ -5,12 +5,15 @@
 // Problems are collected, never thrown; see include/taiyi/cli/info.h.
 #include "taiyi/cli/info.h"
 
+
 #include <algorithm>
 #include <cstdio>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <sstream>
 
+#include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
 #include "taiyi/loaders/model_folder.h"
@@ -22,6 +25,7 @@
 #include "taiyi/tokenizers/tokenizer.h"
 #include "taiyi/models/unet_2d_condition.h"
 #include "taiyi/models/autoencoder_kl.h"
+#include "taiyi/cli/options.h"
 
 namespace taiyi {
 
@@ -404,5 +408,25 @@ std::string format_lora_report(const Json& report) {
   out << "usable:    " << (report.value("usable", false) ? "yes" : "NO") << "\n";
   return out.str();
 }
+
+namespace cli {
+
+CLI::App* add_info_command(CLI::App& app, InfoCommand& command) {
+  command.model = default_model();
+  CLI::App* info = app.add_subcommand("info", "what taiyi sees in a model folder, and every problem found");
+  add_model_option(info, command.model);
+  info->add_option("--lora", command.lora, "list what this LoRA file would patch in the model, and every key it cannot place");
+  info->add_flag("--json", command.json, "JSON output");
+  return info;
+}
+
+int run_info(const InfoCommand& command) {
+  const Json report = command.lora.empty() ? inspect_model(command.model) : inspect_lora(command.model, command.lora);
+  if (command.json) std::cout << report.dump(2) << "\n";
+  else std::cout << (command.lora.empty() ? format_model_report(report) : format_lora_report(report));
+  return report.value("usable", false) ? 0 : 1;
+}
+
+}  // namespace cli
 
 }  // namespace taiyi

@@ -13,6 +13,10 @@
 
 #include "taiyi/utils/device.h"
 
+namespace CLI {
+class App;
+}
+
 namespace taiyi {
 
 struct BenchOptions {
@@ -47,5 +51,14 @@ struct BenchOptions {
 // `log` receives progress lines.
 nlohmann::json run_bench(const BenchOptions& options, const std::function<void(const std::string&)>& log = {});
 std::string format_bench_table(const nlohmann::json& results);
+
+namespace cli {
+struct BenchCommand {
+  BenchOptions options;
+  std::string json_file;  // --json FILE: the results also written there
+};
+CLI::App* add_bench_command(CLI::App& app, BenchCommand& command);
+int run_bench_command(const BenchCommand& command);
+}  // namespace cli
 
 }  // namespace taiyi

@@ -9,6 +9,10 @@
 
 #include <nlohmann/json.hpp>
 
+namespace CLI {
+class App;
+}
+
 namespace taiyi {
 
 // Never throws for a problem in the folder: problems go into report["problems"] (a list of one-line
@@ -22,5 +26,16 @@ std::string format_model_report(const nlohmann::json& report);
 // short hash, and every key it cannot place or shape; report["usable"] false when any.
 nlohmann::json inspect_lora(const std::filesystem::path& folder, const std::filesystem::path& lora);
 std::string format_lora_report(const nlohmann::json& report);
+
+namespace cli {
+struct InfoCommand {
+  std::string model;
+  std::string lora;  // --lora FILE: the LoRA report instead of the model's
+  bool json = false;
+};
+CLI::App* add_info_command(CLI::App& app, InfoCommand& command);
+// Prints the report; exit status 0 when usable, 1 otherwise.
+int run_info(const InfoCommand& command);
+}  // namespace cli
 
 }  // namespace taiyi

@@ -1,0 +1,32 @@
+// `taiyi "prompt"` / `taiyi --prompts FILE`: the generation options (the main command's), filled into a
+// job spec and run by the job library (include/taiyi/jobs/job_runner.h); this front end only prints.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "taiyi/jobs/job_runner.h"
+
+namespace CLI {
+class App;
+}
+
+namespace taiyi::cli {
+
+struct GenerateCommand {
+  std::string prompt;                // the positional prompt
+  std::string prompt_option;         // -p
+  JobSpec spec;                      // everything else a job is (its prompt set from the two above)
+  std::vector<std::string> loras;    // --lora FILE[:SCALE]
+  std::string model;
+  PipelineOptions pipeline;
+  bool json = false, quiet = false;
+};
+
+// Registers the generation options on the main command.
+void add_generate_options(CLI::App& app, GenerateCommand& command);
+// Exit status: 0 all written, 1 some requests failed (the rest written), 130 interrupted; an Error
+// (bad options, a single prompt's failure) is thrown for main to print.
+int run_generate(const GenerateCommand& command);
+
+}  // namespace taiyi::cli
