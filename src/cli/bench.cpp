@@ -28,10 +28,6 @@ using Json = nlohmann::json;
 
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 // User + system CPU time of the process: on a shared machine it varies less than wall time.
 double cpu_seconds() {
   struct rusage usage {};

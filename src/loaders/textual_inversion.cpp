@@ -6,6 +6,7 @@
 #include "taiyi/loaders/textual_inversion_layout.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/loaders/safetensors.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 
 namespace taiyi {
 
@@ -37,6 +38,46 @@ std::vector<fs::path> embedding_files(const fs::path& folder) {
     if (entry.is_regular_file(ec) && entry.path().extension() == ".safetensors") files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   return files;
+}
+
+// --- The pipeline's side: diffusers' TextualInversionLoaderMixin.load_textual_inversion ------------
+
+void Pipeline::add_embedding(const TextualInversion& embedding) const {
+  for (const TextualInversion& loaded : embeddings_)
+    if (loaded.name == embedding.name) return;
+  c10::InferenceMode normal_tensors(false);
+  torch::NoGradGuard no_grad;
+  nn::EmbeddingImpl& table = text_encoder_->token_embedding();
+  const int64_t rows = table.weight().size(0), dim = table.weight().size(1);
+  if (embedding.vectors.size(1) != dim)
+    throw Error(embedding.file + ": embedding '" + embedding.name + "' has vectors of " +
+                std::to_string(embedding.vectors.size(1)) + " values; this text encoder's tokens have " +
+                std::to_string(dim) + " (an embedding for another model?)");
+  if (static_cast<int64_t>(tokenizer_->vocab_size()) != rows)
+    throw Error(embedding.file + ": textual inversion needs the tokenizer's " + std::to_string(tokenizer_->vocab_size()) +
+                " tokens to match the text encoder's " + std::to_string(rows) + " token rows (" +
+                folder_.root().string() + ")");
+  std::vector<int64_t> ids = tokenizer_->add_embedding_tokens(embedding.name, static_cast<size_t>(embedding.vectors.size(0)));
+  table.append_rows(embedding.vectors);
+  if (text_encoder_fp32_ && text_encoder_fp32_ != text_encoder_) text_encoder_fp32_->token_embedding().append_rows(embedding.vectors);
+  embeddings_.push_back(embedding);
+}
+
+std::vector<std::string> Pipeline::embedding_names() const {
+  std::vector<std::string> names;
+  for (const TextualInversion& ti : embeddings_) names.push_back(ti.name);
+  return names;
+}
+
+void Pipeline::activate_embeddings(const std::string& text) const {
+  for (auto it = embedding_folder_.begin(); it != embedding_folder_.end();) {
+    if (text.find(it->first) != std::string::npos) {
+      add_embedding(read_embedding(it->second, it->first));  // an Error leaves it to fail again next time
+      it = embedding_folder_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 }  // namespace taiyi

@@ -16,18 +16,6 @@ namespace taiyi {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-void synchronize(const torch::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
-
-}  // namespace
-
 // Parameters in the range of PyTorch's default initialisers (uniform, +-1/sqrt(fan_in)); norm scales
 // near 1. Values that keep activations finite and normal (no denormals to slow the CPU down).
 static void fill_random(torch::nn::Module& module, torch::Dtype dtype, torch::Device device, uint64_t seed) {
@@ -392,97 +380,6 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
   return (images * 0.5 + 0.5).clamp(0, 1);
 }
 
-torch::Tensor Pipeline::preprocess_image(const std::string& path, int64_t width, int64_t height) const {
-  // VaeImageProcessor.preprocess of a PIL image opened with .convert("RGB"): resize (Lanczos), then
-  // np.array / 255 in float32, to NCHW, 2x - 1. numpy_to_pt's NCHW is a transposed view of the
-  // NHWC array, i.e. channels_last, and stays so: the VAE encoder's convolutions, and after them the
-  // latents and the UNet, then run in that memory format, whose rounding differs from contiguous
-  // NCHW. Keeping diffusers' layout keeps its numbers.
-  PixelImage image = read_image(path, 3);
-  image = resize_lanczos(image, width, height);
-  torch::Tensor pixels = torch::from_blob(image.pixels.data(), {1, image.height, image.width, 3}, torch::kUInt8);
-  torch::Tensor x = pixels.to(torch::kFloat).div(255.0).permute({0, 3, 1, 2});
-  return at::sub(at::mul(x, 2.0), 1.0).to(device_, dtype_);
-}
-
-int64_t Pipeline::first_index_for_strength(const Scheduler& scheduler, int64_t steps, double strength) {
-  // get_timesteps: init_timestep = min(int(steps * strength), steps); t_start = max(steps - init_timestep, 0)
-  const int64_t init_timestep = std::min(static_cast<int64_t>(static_cast<double>(steps) * strength), steps);
-  const int64_t t_start = std::max<int64_t>(steps - init_timestep, 0);
-  const int64_t first = t_start * scheduler.order();
-  if (first >= static_cast<int64_t>(scheduler.timesteps().size()))
-    throw Error("strength " + std::to_string(strength) + " with " + std::to_string(steps) +
-                " steps leaves no denoising step (strength x steps must be at least 1)");
-  return first;
-}
-
-bool Pipeline::inpainting_unet() const { return unet_->in_channels() == 2 * vae_->latent_channels() + 1; }
-
-torch::Tensor Pipeline::encode_image_latents(const torch::Tensor& images, std::vector<torch::Generator>& generators) {
-  AutoencoderKL& vae = vae_fp32_ ? *vae_fp32_ : *vae_;
-  std::vector<torch::Tensor> samples;
-  for (int64_t i = 0; i < images.size(0); ++i) {
-    torch::Tensor image = images.narrow(0, i, 1);
-    if (vae_fp32_) image = image.to(torch::kFloat);
-    auto [mean, std] = vae.encode_distribution(image);
-    const torch::Tensor draw =
-        torch::randn(mean.sizes(), generators.at(static_cast<size_t>(i)), torch::TensorOptions().dtype(mean.scalar_type()));
-    samples.push_back(at::add(mean, at::mul(std, draw.to(device_))).to(dtype_));
-  }
-  return at::mul(torch::cat(samples), vae.scaling_factor());
-}
-
-torch::Tensor Pipeline::preprocess_mask(const std::string& path, int64_t width, int64_t height) {
-  PixelImage mask = resize_lanczos(read_image(path, 1), width, height);
-  torch::Tensor pixels = torch::from_blob(mask.pixels.data(), {1, mask.height, mask.width, 1}, torch::kUInt8);
-  torch::Tensor x = pixels.to(torch::kFloat).div(255.0).permute({0, 3, 1, 2});
-  // binarize, in place as diffusers: image[image < 0.5] = 0; image[image >= 0.5] = 1
-  x.masked_fill_(x < 0.5, 0);
-  x.masked_fill_(x >= 0.5, 1);
-  return x;
-}
-
-// StableDiffusionInpaintPipeline: prepare_latents (noise, the image's latents when the UNet has 4
-// channels or strength < 1) and prepare_mask_latents (the mask at latent size, the masked image's
-// latents). diffusers encodes the one init image once, with the first image's generator, and repeats
-// the latents for the other images; the noise comes from each image's own generator.
-Pipeline::Inpainting Pipeline::prepare_inpainting(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
-                                                  std::vector<torch::Generator>& generators, int64_t* first_index) {
-  const GenerationRequest& first = batch.front();
-  *first_index = first_index_for_strength(scheduler, first.steps, first.strength);
-  const bool strength_max = first.strength == 1.0;
-  const bool four_channels = !inpainting_unet();
-  const int64_t factor = vae_->scale_factor();
-  std::vector<torch::Tensor> image_latents, noise, masks, masked_latents;
-  for (const GenerationRequest& r : batch) {
-    std::vector<torch::Generator> own;
-    for (int64_t i = 0; i < r.count; ++i) own.push_back(at::make_generator<at::CPUGeneratorImpl>(r.seed + static_cast<uint64_t>(i)));
-    const torch::Tensor init_image = preprocess_image(r.init_image, r.width, r.height).to(torch::kFloat);
-    torch::Tensor latents_of_image;
-    if (four_channels || !strength_max) latents_of_image = encode_image_latents(init_image.to(dtype_), own).repeat({r.count, 1, 1, 1});
-    const torch::Tensor own_noise = unit_noise({r.count, vae_->latent_channels(), r.height / factor, r.width / factor}, own);
-    const torch::Tensor mask_condition = preprocess_mask(r.mask, r.width, r.height);
-    const torch::Tensor masked_image = at::mul(init_image, at::lt(mask_condition, 0.5).to(init_image.device()));
-    torch::Tensor mask = torch::nn::functional::interpolate(
-        mask_condition, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{r.height / factor, r.width / factor}));
-    mask = mask.to(device_, dtype_);
-    const torch::Tensor masked = encode_image_latents(masked_image.to(device_, dtype_), own);
-    if (latents_of_image.defined()) image_latents.push_back(latents_of_image);
-    noise.push_back(own_noise);
-    masks.push_back(mask.repeat({r.count, 1, 1, 1}));
-    masked_latents.push_back(masked.repeat({r.count, 1, 1, 1}));
-    generators.insert(generators.end(), own.begin(), own.end());
-  }
-  Inpainting out;
-  out.noise = torch::cat(noise);
-  out.mask = torch::cat(masks);
-  out.masked_image_latents = torch::cat(masked_latents);
-  if (!image_latents.empty()) out.image_latents = torch::cat(image_latents);
-  out.latents = strength_max ? out.noise * scheduler.init_noise_sigma()
-                             : scheduler.add_noise(out.image_latents, out.noise, *first_index);
-  return out;
-}
-
 torch::Tensor Pipeline::unit_noise(at::IntArrayRef shape, const std::vector<torch::Generator>& generators) const {
   std::vector<int64_t> one_image = shape.vec();
   one_image[0] = 1;
@@ -539,9 +436,8 @@ std::vector<Image> Pipeline::generate(const GenerationRequest& request, const Pr
   return generate_batch({request}, progress);
 }
 
-std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>& requests,
-                                            const ProgressCallback& progress) {
-  if (requests.empty()) return {};
+// Requests batched together, completed; they must share what one UNet batch shares.
+std::vector<GenerationRequest> Pipeline::complete_batch(const std::vector<GenerationRequest>& requests) const {
   std::vector<GenerationRequest> batch;
   for (const GenerationRequest& request : requests) batch.push_back(complete(request));
   const GenerationRequest& first = batch.front();
@@ -552,11 +448,12 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
         r.loras != first.loras)
       throw Error("generate_batch: requests in one batch must share steps, cfg scale, size, sampler, strength and LoRAs");
   }
-  apply_loras(first.loras);
-  c10::InferenceMode inference;
-  const bool guidance = first.cfg_scale > 1.0;
+  return batch;
+}
 
-  auto start = std::chrono::steady_clock::now();
+// The batch's text embeddings, [images (x2 with guidance), chunks * max_length, D]: the unconditional
+// half first, as diffusers concatenates them.
+torch::Tensor Pipeline::encode_batch_prompts(const std::vector<GenerationRequest>& batch, bool guidance) {
   std::map<std::pair<std::string, int64_t>, torch::Tensor> encoded;  // the same (negative) prompt is encoded once
   auto encode = [&](const std::string& text, int64_t clip_skip) {
     auto key = std::make_pair(text, clip_skip);
@@ -586,69 +483,29 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
       unconditional.push_back(u.expand({r.count, u.size(1), u.size(2)}));
     }
   }
-  // Unconditional half first, as diffusers concatenates them.
-  torch::Tensor embeddings = guidance ? torch::cat({torch::cat(unconditional), torch::cat(conditional)})
-                                      : torch::cat(conditional);
-  synchronize(device_);
-  times_.encode += seconds_since(start);
+  return guidance ? torch::cat({torch::cat(unconditional), torch::cat(conditional)}) : torch::cat(conditional);
+}
 
-  start = std::chrono::steady_clock::now();
-  // As StableDiffusionPipeline: set_timesteps first (init_noise_sigma depends on the schedule), then
-  // the latents, scaled by it.
-  Scheduler& scheduler = scheduler_for(sampler_setting(first));
-  scheduler.set_timesteps(first.steps);
-  std::vector<torch::Generator> generators;
-  torch::Tensor latents;
-  int64_t first_index = 0;
-  Inpainting inpaint;
-  if (first.init_image.empty()) {
-    std::vector<torch::Tensor> initial;
-    for (const GenerationRequest& r : batch) initial.push_back(initial_latents(r, &generators));
-    latents = torch::cat(initial) * scheduler.init_noise_sigma();
-  } else if (first.mask.empty()) {
-    // StableDiffusionImg2ImgPipeline.prepare_latents: each image's latent_dist.sample from its own
-    // generator, times scaling_factor, then the scheduler's add_noise at the first kept timestep with
-    // noise drawn per image from the same generators.
-    first_index = first_index_for_strength(scheduler, first.steps, first.strength);
-    std::vector<torch::Tensor> samples;
-    for (const GenerationRequest& r : batch) {
-      const torch::Tensor image = preprocess_image(r.init_image, r.width, r.height);
-      std::vector<torch::Generator> own;
-      for (int64_t i = 0; i < r.count; ++i)
-        own.push_back(at::make_generator<at::CPUGeneratorImpl>(r.seed + static_cast<uint64_t>(i)));
-      // torch.cat([image] * batch_size) as diffusers (a copy in the image's memory format, which the
-      // encoder's convolutions follow), then image[i:i+1] from generator i.
-      samples.push_back(encode_image_latents(torch::cat(std::vector<torch::Tensor>(static_cast<size_t>(r.count), image)), own));
-      generators.insert(generators.end(), own.begin(), own.end());
-    }
-    const torch::Tensor init_latents = torch::cat(samples);
-    latents = scheduler.add_noise(init_latents, unit_noise(init_latents.sizes(), generators), first_index);
-  } else {
-    inpaint = prepare_inpainting(scheduler, batch, generators, &first_index);
-    latents = inpaint.latents;
+// The starting latents of text-to-image (unit noise times init_noise_sigma), img2img
+// (pipeline_stable_diffusion_img2img.cpp) or inpainting (pipeline_stable_diffusion_inpaint.cpp), after
+// set_timesteps (init_noise_sigma depends on the schedule).
+Pipeline::PreparedLatents Pipeline::prepare_latents(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
+                                                    std::vector<torch::Generator>& generators, bool guidance) {
+  const GenerationRequest& first = batch.front();
+  if (!first.mask.empty()) return prepare_inpainting_latents(scheduler, batch, generators, guidance);
+  PreparedLatents prepared;
+  if (!first.init_image.empty()) {
+    prepared.first_index = first_index_for_strength(scheduler, first.steps, first.strength);
+    prepared.latents = prepare_img2img_latents(scheduler, batch, generators, prepared.first_index);
+    return prepared;
   }
-  StepHook blend;
-  std::vector<torch::Tensor> extra_inputs;
-  if (inpaint.mask.defined()) {
-    if (inpainting_unet()) {
-      extra_inputs = guidance ? std::vector<torch::Tensor>{torch::cat({inpaint.mask, inpaint.mask}),
-                                                          torch::cat({inpaint.masked_image_latents, inpaint.masked_image_latents})}
-                              : std::vector<torch::Tensor>{inpaint.mask, inpaint.masked_image_latents};
-    } else {
-      // After each step the kept region goes back to the image's latents, noised to the next timestep.
-      const auto total = static_cast<int64_t>(scheduler.timesteps().size());
-      blend = [&scheduler, &inpaint, total](const torch::Tensor& x, int64_t index) {
-        torch::Tensor proper = inpaint.image_latents;
-        if (index < total - 1) proper = scheduler.add_noise(inpaint.image_latents, inpaint.noise, index + 1);
-        return at::add(at::mul(at::rsub(inpaint.mask, 1), proper), at::mul(inpaint.mask, x));
-      };
-    }
-  }
-  latents = denoise(scheduler, latents, embeddings, first, generators, progress, first_index, blend, extra_inputs);
-  synchronize(device_);
-  times_.denoise += seconds_since(start);
+  std::vector<torch::Tensor> initial;
+  for (const GenerationRequest& r : batch) initial.push_back(initial_latents(r, &generators));
+  prepared.latents = torch::cat(initial) * scheduler.init_noise_sigma();
+  return prepared;
+}
 
-  start = std::chrono::steady_clock::now();
+std::vector<Image> Pipeline::decode_images(const std::vector<GenerationRequest>& batch, const torch::Tensor& latents) {
   torch::Tensor decoded = decode(latents);
   std::vector<Image> images;
   int64_t offset = 0;
@@ -656,190 +513,38 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
     for (Image& image : to_images(decoded.narrow(0, offset, r.count), r.seed)) images.push_back(std::move(image));
     offset += r.count;
   }
-  times_.decode += seconds_since(start);
   return images;
 }
 
-}  // namespace taiyi
+std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>& requests,
+                                            const ProgressCallback& progress) {
+  if (requests.empty()) return {};
+  const std::vector<GenerationRequest> batch = complete_batch(requests);
+  const GenerationRequest& first = batch.front();
+  apply_loras(first.loras);
+  c10::InferenceMode inference;
+  const bool guidance = first.cfg_scale > 1.0;
 
-namespace taiyi {
-
-// --- LoRA -------------------------------------------------------------------------------------
-
-fs::path Pipeline::find_lora(const std::string& name) const {
-  if (options_.lora_dir.empty()) throw Error("<lora:" + name + ">: no LoRA folder (--lora-dir)");
-  const fs::path dir = options_.lora_dir;
-  const fs::path direct = dir / (name + ".safetensors");
-  std::error_code ec;
-  if (fs::is_regular_file(direct, ec)) return direct;
-  // The web UI finds a LoRA by file stem anywhere below its folder; the first in path order wins.
-  std::vector<fs::path> found;
-  if (fs::is_directory(dir, ec)) {
-    for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
-         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (it->path().extension() == ".safetensors" && it->path().stem() == name && it->is_regular_file(ec))
-        found.push_back(it->path());
-    }
-  }
-  if (found.empty())
-    throw Error("<lora:" + name + ">: no " + name + ".safetensors in " + dir.string() + " (--lora-dir)");
-  std::sort(found.begin(), found.end());
-  return found.front();
-}
-
-std::vector<std::pair<torch::nn::Module*, std::string>> Pipeline::lora_copies(const std::string& component) {
-  if (component == "unet") return {{&unet_->module(), ""}};
-  std::vector<std::pair<torch::nn::Module*, std::string>> copies = {{text_encoder_.get(), ""}};
-  if (text_encoder_fp32_ && text_encoder_fp32_ != text_encoder_) copies.push_back({text_encoder_fp32_.get(), "|fp32"});
-  return copies;
-}
-
-torch::Tensor Pipeline::in_model_layout(torch::Tensor weight) const {
-  if (options_.channels_last && device_.is_cuda() && weight.dim() == 4)
-    return weight.contiguous(torch::MemoryFormat::ChannelsLast);
-  return weight;
-}
-
-// New values for a weight, in place where it can be: on the CPU the weights are private mappings of
-// the files, and writing them replaces the touched pages by private ones of the same size, so the
-// resident memory does not grow (a fresh tensor would add the weight's size while the mapping stays).
-// Inference tensors (an fp32 text-encoder copy made under InferenceMode) take new storage instead.
-void Pipeline::replace_weight(torch::Tensor& weight, const torch::Tensor& values) const {
-  if (!weight.is_inference()) weight.copy_(values);
-  else weight.set_data(in_model_layout(values.to(weight.scalar_type())));
-}
-
-void Pipeline::merge_lora_weight(torch::nn::Module& module, const std::string& param,
-                                 const std::vector<LoraUpdate>& updates, const std::string& original_key) {
-  auto parameters = module.named_parameters();  // the dict's tensors share the module's
-  torch::Tensor* weight = parameters.find(param);
-  if (!weight) throw Error("LoRA: the model has no parameter " + param);
-  if (random_weights_ && !lora_originals_.count(original_key)) lora_originals_[original_key] = weight->clone();
-  // peft's merge: W += delta per adapter in order, here always in fp32, then cast once.
-  torch::Tensor merged = weight->to(torch::kFloat, /*non_blocking=*/false, /*copy=*/true);
-  for (const LoraUpdate& u : updates) merged += lora_delta(*u.file, u.patch, u.scale, device_);
-  replace_weight(*weight, merged.to(weight->scalar_type()));
-}
-
-void Pipeline::restore_lora_weights() {
-  std::map<std::string, std::vector<std::shared_ptr<SafetensorsFile>>> files;  // by component, opened once
-  for (const auto& [key, updates] : lora_updates_) {
-    const size_t bar = key.find('|');
-    const std::string component = key.substr(0, bar), param = key.substr(bar + 1);
-    for (auto [module, suffix] : lora_copies(component)) {
-      auto parameters = module->named_parameters();
-      torch::Tensor* weight = parameters.find(param);
-      if (!weight) continue;
-      if (random_weights_) {
-        auto original = lora_originals_.find(key + suffix);
-        if (original == lora_originals_.end()) continue;  // a copy made after the merge holds its own
-        replace_weight(*weight, original->second);
-        lora_originals_.erase(original);
-        continue;
-      }
-      if (!files.count(component))
-        for (const fs::path& path : folder_.weight_files(component))
-          files[component].push_back(std::make_shared<SafetensorsFile>(path));
-      bool restored = false;
-      for (const auto& file : files[component]) {
-        if (!file->find(param)) continue;
-        replace_weight(*weight, load_tensor(*file, param, weight->scalar_type(), device_));
-        release_pages(file->tensor(param));  // the fresh mapping's pages, read once
-        restored = true;
-        break;
-      }
-      if (!restored) throw Error(folder_.root().string() + ": " + component + " weight " + param + " is no longer in its files");
-    }
-  }
-  lora_updates_.clear();
-  active_loras_.clear();
-}
-
-void Pipeline::apply_loras(const std::vector<LoraSelection>& loras) {
-  if (loras == active_loras_) return;
-  const auto start = std::chrono::steady_clock::now();
-  // Normal tensors, no autograd: the weights are written in place (replace_weight).
-  c10::InferenceMode normal_tensors(false);
-  torch::NoGradGuard no_grad;
-  std::vector<std::shared_ptr<LoraFile>> files;
-  for (const LoraSelection& selection : loras)
-    files.push_back(std::make_shared<LoraFile>(read_lora(selection.file, lora_targets_)));
-  restore_lora_weights();
-  std::vector<std::pair<std::string, std::vector<LoraUpdate>>> updates;
-  std::map<std::string, size_t> index;
-  for (size_t i = 0; i < loras.size(); ++i) {
-    for (const LoraPatch& patch : files[i]->plan.patches) {
-      const double multiplier = patch.component == "unet" ? loras[i].unet_multiplier : loras[i].te_multiplier;
-      if (multiplier == 0) continue;  // exactly the model without it (not W + 0 * delta, which can flip -0)
-      const std::string key = patch.component + "|" + patch.module + ".weight";
-      auto [it, fresh] = index.emplace(key, updates.size());
-      if (fresh) updates.push_back({key, {}});
-      // peft's set_scale: scaling = scale * lora_alpha / r.
-      updates[it->second].second.push_back(
-          LoraUpdate{files[i], patch, multiplier * patch.alpha / static_cast<double>(patch.rank)});
-    }
-  }
-  try {
-    for (const auto& [key, list] : updates) {
-      const size_t bar = key.find('|');
-      for (auto [module, suffix] : lora_copies(key.substr(0, bar)))
-        merge_lora_weight(*module, key.substr(bar + 1), list, key + suffix);
-      lora_updates_.push_back({key, list});
-    }
-  } catch (...) {
-    restore_lora_weights();
-    throw;
-  }
-  active_loras_ = loras;
+  auto start = std::chrono::steady_clock::now();
+  const torch::Tensor embeddings = encode_batch_prompts(batch, guidance);
   synchronize(device_);
-  times_.lora += seconds_since(start);
-  ++times_.lora_merges;
-}
+  times_.encode += seconds_since(start);
 
-int64_t Pipeline::lora_kept_bytes() const {
-  int64_t bytes = 0;
-  for (const auto& [key, tensor] : lora_originals_) bytes += tensor.numel() * tensor.element_size();
-  return bytes;
-}
+  start = std::chrono::steady_clock::now();
+  // As StableDiffusionPipeline: set_timesteps first, then the latents.
+  Scheduler& scheduler = scheduler_for(sampler_setting(first));
+  scheduler.set_timesteps(first.steps);
+  std::vector<torch::Generator> generators;
+  PreparedLatents prepared = prepare_latents(scheduler, batch, generators, guidance);
+  const torch::Tensor latents = denoise(scheduler, prepared.latents, embeddings, first, generators, progress,
+                                        prepared.first_index, prepared.after_step, prepared.extra_inputs);
+  synchronize(device_);
+  times_.denoise += seconds_since(start);
 
-// --- Textual inversion --------------------------------------------------------------------------
-
-void Pipeline::add_embedding(const TextualInversion& embedding) const {
-  for (const TextualInversion& loaded : embeddings_)
-    if (loaded.name == embedding.name) return;
-  c10::InferenceMode normal_tensors(false);
-  torch::NoGradGuard no_grad;
-  nn::EmbeddingImpl& table = text_encoder_->token_embedding();
-  const int64_t rows = table.weight().size(0), dim = table.weight().size(1);
-  if (embedding.vectors.size(1) != dim)
-    throw Error(embedding.file + ": embedding '" + embedding.name + "' has vectors of " +
-                std::to_string(embedding.vectors.size(1)) + " values; this text encoder's tokens have " +
-                std::to_string(dim) + " (an embedding for another model?)");
-  if (static_cast<int64_t>(tokenizer_->vocab_size()) != rows)
-    throw Error(embedding.file + ": textual inversion needs the tokenizer's " + std::to_string(tokenizer_->vocab_size()) +
-                " tokens to match the text encoder's " + std::to_string(rows) + " token rows (" +
-                folder_.root().string() + ")");
-  std::vector<int64_t> ids = tokenizer_->add_embedding_tokens(embedding.name, static_cast<size_t>(embedding.vectors.size(0)));
-  table.append_rows(embedding.vectors);
-  if (text_encoder_fp32_ && text_encoder_fp32_ != text_encoder_) text_encoder_fp32_->token_embedding().append_rows(embedding.vectors);
-  embeddings_.push_back(embedding);
-}
-
-std::vector<std::string> Pipeline::embedding_names() const {
-  std::vector<std::string> names;
-  for (const TextualInversion& ti : embeddings_) names.push_back(ti.name);
-  return names;
-}
-
-void Pipeline::activate_embeddings(const std::string& text) const {
-  for (auto it = embedding_folder_.begin(); it != embedding_folder_.end();) {
-    if (text.find(it->first) != std::string::npos) {
-      add_embedding(read_embedding(it->second, it->first));  // an Error leaves it to fail again next time
-      it = embedding_folder_.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  start = std::chrono::steady_clock::now();
+  std::vector<Image> images = decode_images(batch, latents);
+  times_.decode += seconds_since(start);
+  return images;
 }
 
 }  // namespace taiyi

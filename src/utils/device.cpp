@@ -141,6 +141,14 @@ std::string describe_device(const torch::Device& device) {
   return "cpu (" + std::to_string(at::get_num_threads()) + " threads)";
 }
 
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 void reset_gpu_peak(const torch::Device& device) {
 #if TAIYI_HAS_CUDA_HEADERS
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());

@@ -149,7 +149,7 @@ class Pipeline {
                                     const ProgressCallback& progress = {});
   bool inpainting_unet() const;  // unet in_channels == 9
 
-  // LoRA (include/taiyi/loaders/lora_weights.h): merges a set into the weights, W += multiplier * alpha / rank *
+  // LoRA (include/taiyi/loaders/lora_weights.h; defined in src/loaders/lora_pipeline.cpp): merges a set into the weights, W += multiplier * alpha / rank *
   // up @ down in fp32 per weight, cast to the model dtype; several stack in order. The set merged before
   // is taken out first by restoring the touched weights' originals, bit for bit: re-read from the
   // model's weight files (nothing kept in memory), or for random weights from copies kept of them.
@@ -162,7 +162,7 @@ class Pipeline {
   const std::vector<LoraTarget>& lora_targets() const { return lora_targets_; }
   // The file a <lora:NAME> tag means (PipelineOptions::lora_dir), Error when there is none.
   std::filesystem::path find_lora(const std::string& name) const;
-  // Textual inversion (include/taiyi/loaders/textual_inversion.h): the embedding's tokens added to the tokenizer and
+  // Textual inversion (include/taiyi/loaders/textual_inversion.h, defined there too): the embedding's tokens added to the tokenizer and
   // its vectors as their rows of the token table, as diffusers' load_textual_inversion. Error when its
   // width is not the table's or a token clashes. Loading one twice is a no-op.
   void add_embedding(const TextualInversion& embedding) const;
@@ -234,6 +234,23 @@ class Pipeline {
   };
   Inpainting prepare_inpainting(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
                                 std::vector<torch::Generator>& generators, int64_t* first_index);
+  // generate_batch's steps: the batch completed and checked, its prompts encoded, its starting latents
+  // (with what the loop needs for img2img and inpainting), its images decoded.
+  struct PreparedLatents {
+    torch::Tensor latents;
+    int64_t first_index = 0;                  // where in the schedule the loop starts
+    StepHook after_step;                      // a 4-channel UNet's inpainting blend
+    std::vector<torch::Tensor> extra_inputs;  // a 9-channel UNet's mask and masked-image latents
+  };
+  std::vector<GenerationRequest> complete_batch(const std::vector<GenerationRequest>& requests) const;
+  torch::Tensor encode_batch_prompts(const std::vector<GenerationRequest>& batch, bool guidance);
+  PreparedLatents prepare_latents(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
+                                  std::vector<torch::Generator>& generators, bool guidance);
+  torch::Tensor prepare_img2img_latents(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
+                                        std::vector<torch::Generator>& generators, int64_t first_index);
+  PreparedLatents prepare_inpainting_latents(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
+                                             std::vector<torch::Generator>& generators, bool guidance);
+  std::vector<Image> decode_images(const std::vector<GenerationRequest>& batch, const torch::Tensor& latents);
   // randn of `shape`, image i from generators[i] (randn_tensor with a list of CPU generators), on the device.
   torch::Tensor unit_noise(at::IntArrayRef shape, const std::vector<torch::Generator>& generators) const;
   // _encode_vae_image: latent_dist.sample of [N, 3, H, W] images, image i from generators[i], scaled.

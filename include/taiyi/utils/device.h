@@ -3,6 +3,7 @@
 // resolve_device() initialises the device it returns, and the helpers below take that device.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -47,6 +48,11 @@ std::string describe_device(const torch::Device& device);
 
 // The CUDA caching allocator's peak statistics and cache (nothing on the CPU; the device must have
 // come from resolve_device).
+// Waits for the device's queued work (CUDA; nothing on the CPU), so that a stage's time is its own.
+void synchronize(const torch::Device& device);
+// Seconds of wall time since `start` (stage timings).
+double seconds_since(std::chrono::steady_clock::time_point start);
+
 void reset_gpu_peak(const torch::Device& device);
 std::pair<double, double> gpu_peak_mb(const torch::Device& device);  // {allocated, reserved} since reset
 void release_gpu_cache(const torch::Device& device);
