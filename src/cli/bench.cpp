@@ -64,161 +64,224 @@ std::string format(const char* pattern, double value) {
   return buf;
 }
 
-}  // namespace
+using Log = std::function<void(const std::string&)>;
 
-Json run_bench(const BenchOptions& o, const std::function<void(const std::string&)>& log) {
-  check_options(o);
-  auto say = [&](const std::string& line) {
-    if (log) log(line);
-  };
-  // resolve_device initialises CUDA: every allocator call below comes after it.
-  const torch::Device device = resolve_device(o.device);
+// Passes a progress line to `log`, if there is one.
+void say(const Log& log, const std::string& line) {
+  if (log) log(line);
+}
+
+// The precisions to time: those asked for, else the device's default grid.
+std::vector<std::string> grid_precisions(const BenchOptions& o, const torch::Device& device) {
   // Default grid: the CPU's exact fp32 beside bf16; on CUDA fp16, fp32 and bf16 (where the GPU has it).
   std::vector<std::string> precisions = o.precisions;
   if (precisions.empty()) {
     precisions = device.is_cuda() ? std::vector<std::string>{"fp16", "fp32"} : std::vector<std::string>{"fp32"};
     if (supports_bf16(device)) precisions.push_back("bf16");
   }
+  return precisions;
+}
+
+// The report before any result: the device, the model and the settings every configuration shares.
+Json bench_header(const BenchOptions& o, const torch::Device& device, const Numerics& numerics) {
+  Json header = {{"device", describe_device(device)},
+                {"model", o.model},
+                {"random_weights", o.random_weights},
+                {"steps", o.steps},
+                {"cfg_scale", o.cfg_scale},
+                {"warmup", o.warmup},
+                {"repeat", o.repeat},
+                {"numerics", numerics.to_json()},
+                {"channels_last", o.channels_last},
+                {"results", Json::array()}};
+  return header;
+}
+
+// Loads the model at `precision`, after releasing the GPU cache and resetting its peak (so that the
+// peak read after it is the load's).
+Pipeline load_pipeline(const BenchOptions& o, const std::string& precision, const torch::Device& device,
+                       const Log& log) {
+  PipelineOptions options;
+  options.device = o.device;
+  options.precision = precision;
+  options.scheduler = o.scheduler;
+  options.sampler = o.sampler;
+  options.schedule = o.schedule;
+  options.tf32 = o.tf32;
+  options.cudnn_benchmark = o.cudnn_benchmark;
+  options.channels_last = o.channels_last;
+  release_gpu_cache(device);
+  reset_gpu_peak(device);
+  say(log, "bench: loading " + o.model + (o.random_weights ? " (random weights)" : "") + ", " + precision);
+  return o.random_weights ? Pipeline::load_random(o.model, options) : Pipeline::load(o.model, options);
+}
+
+// The pipeline loaded at one precision and what its load cost: shared by that precision's configurations.
+struct Loaded {
+  Pipeline& pipe;
+  std::string precision_name;
+  double load_s;
+  double load_peak_gpu_mb;
+};
+
+// One configuration (batch size x resolution at a precision): a request per prompt, each with its label.
+struct Configuration {
+  int64_t batch;
+  std::vector<GenerationRequest> requests;
+  std::vector<std::string> labels;
+};
+
+// Builds the configuration's requests (completed and validated by the pipeline) and their labels.
+Configuration make_configuration(const BenchOptions& o, const Loaded& loaded, int64_t batch, int64_t resolution) {
+  Configuration c;
+  c.batch = batch;
+  // One request per prompt; the timed runs alternate between them, so a slow spell of the machine
+  // falls on every prompt alike.
+  for (const std::string& prompt : o.prompts) {
+    GenerationRequest request;
+    request.prompt = prompt;
+    request.steps = o.steps;
+    request.cfg_scale = o.cfg_scale;
+    request.seed = 0;
+    request.width = resolution;
+    request.height = resolution;
+    request.count = batch;
+    request = loaded.pipe.complete(request);  // fills the default size, Error for a bad one
+    loaded.pipe.validate(request);
+    c.requests.push_back(request);
+    std::string label = loaded.precision_name + " batch " + std::to_string(batch) + " " +
+                        std::to_string(request.width) + "x" + std::to_string(request.height);
+    if (o.prompts.size() > 1) label += " prompt " + std::to_string(c.requests.size());
+    c.labels.push_back(label);
+  }
+  return c;
+}
+
+// The untimed runs: `warmup` rounds over the configuration's requests.
+void warm_up(const BenchOptions& o, Pipeline& pipe, const Configuration& c, const Log& log) {
+  for (int64_t i = 0; i < o.warmup; ++i) {
+    for (size_t k = 0; k < c.requests.size(); ++k) {
+      say(log, "bench: " + c.labels[k] + ": warm-up " + std::to_string(i + 1) + "/" + std::to_string(o.warmup));
+      pipe.generate(c.requests[k]);
+    }
+  }
+}
+
+// What the timed runs of one request add up to.
+struct Totals {
+  StageTimes stages;
+  double cpu_s = 0;
+  std::vector<double> walls;
+};
+
+// The timed runs: `repeat` rounds over the configuration's requests; returns the totals per request.
+std::vector<Totals> timed_runs(const BenchOptions& o, Pipeline& pipe, const Configuration& c, const Log& log) {
+  std::vector<Totals> totals(c.requests.size());
+  for (int64_t i = 0; i < o.repeat; ++i) {
+    for (size_t k = 0; k < c.requests.size(); ++k) {
+      const StageTimes before = pipe.times();
+      const double cpu_before = cpu_seconds();
+      auto start = std::chrono::steady_clock::now();
+      pipe.generate(c.requests[k]);
+      totals[k].walls.push_back(seconds_since(start));
+      totals[k].cpu_s += cpu_seconds() - cpu_before;
+      const StageTimes& after = pipe.times();
+      totals[k].stages.encode += after.encode - before.encode;
+      totals[k].stages.denoise += after.denoise - before.denoise;
+      totals[k].stages.decode += after.decode - before.decode;
+      totals[k].stages.unet_calls += after.unet_calls - before.unet_calls;
+      say(log, "bench: " + c.labels[k] + ": run " + std::to_string(i + 1) + "/" + std::to_string(o.repeat) + " " +
+                   format("%.3f", totals[k].walls.back()) + " s");
+    }
+  }
+  return totals;
+}
+
+// The result record of one request: its timings per run (mean, median, extremes) and the memory peaks.
+Json result_record(const BenchOptions& o, const torch::Device& device, const Loaded& loaded, int64_t batch,
+                   const GenerationRequest& request, const Totals& t, std::pair<double, double> gpu_peak) {
+  const auto [peak_allocated, peak_reserved] = gpu_peak;
+  const double runs = static_cast<double>(o.repeat);
+  const int64_t unet_calls = t.stages.unet_calls;
+  const double unet_step_s = unet_calls ? t.stages.denoise / unet_calls : 0.0;
+  double wall_s = 0;
+  for (double w : t.walls) wall_s += w;
+  wall_s /= runs;
+  std::vector<double> sorted = t.walls;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t n = sorted.size();
+  const double median = n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+  const int64_t chunks = loaded.pipe.context_chunks(request);
+
+  Json result = {{"precision", loaded.precision_name},
+                 {"batch_size", batch},
+                 {"width", request.width},
+                 {"height", request.height},
+                 {"steps", o.steps},
+                 {"prompt", request.prompt},
+                 {"prompt_chunks", chunks},
+                 {"context_tokens", chunks * static_cast<int64_t>(loaded.pipe.tokenizer().max_length())},
+                 {"unet_calls_per_run", unet_calls / o.repeat},
+                 {"load_s", loaded.load_s},
+                 {"encode_s", t.stages.encode / runs},
+                 {"denoise_s", t.stages.denoise / runs},
+                 {"unet_step_s", unet_step_s},
+                 {"it_per_s", unet_step_s > 0 ? 1.0 / unet_step_s : 0.0},
+                 {"decode_s", t.stages.decode / runs},
+                 {"run_s", wall_s},
+                 {"run_median_s", median},
+                 {"run_min_s", sorted.front()},
+                 {"run_max_s", sorted.back()},
+                 {"run_cpu_s", t.cpu_s / runs},
+                 {"s_per_image", wall_s / batch},
+                 {"images_per_s", batch / wall_s},
+                 {"peak_rss_mb", peak_rss_mb()}};
+  if (device.is_cuda()) {  // absent on the CPU, where the RSS is the memory figure
+    result["peak_gpu_mb"] = peak_allocated;
+    result["peak_gpu_reserved_mb"] = peak_reserved;
+    result["load_peak_gpu_mb"] = loaded.load_peak_gpu_mb;
+  }
+  return result;
+}
+
+// Times one configuration (warm-up, then the timed runs) and appends a result per prompt to `results`.
+void bench_configuration(const BenchOptions& o, const torch::Device& device, const Loaded& loaded, int64_t batch,
+                         int64_t resolution, Json& results, const Log& log) {
+  const Configuration c = make_configuration(o, loaded, batch, resolution);
+  // The peak covers the weights (still allocated) and the largest generation of this configuration.
+  reset_gpu_peak(device);
+  warm_up(o, loaded.pipe, c, log);
+  const std::vector<Totals> totals = timed_runs(o, loaded.pipe, c, log);
+  const std::pair<double, double> gpu_peak = gpu_peak_mb(device);
+  for (size_t k = 0; k < c.requests.size(); ++k) {
+    Json result = result_record(o, device, loaded, batch, c.requests[k], totals[k], gpu_peak);
+    say(log, "bench: " + c.labels[k] + ": " + format("%.3f", result["run_s"].get<double>()) + " s per run, " +
+                 format("%.2f", result["it_per_s"].get<double>()) + " it/s");
+    results.push_back(result);
+  }
+}
+
+}  // namespace
+
+Json run_bench(const BenchOptions& o, const std::function<void(const std::string&)>& log) {
+  check_options(o);
+  // resolve_device initialises CUDA: every allocator call below comes after it.
+  const torch::Device device = resolve_device(o.device);
+  const std::vector<std::string> precisions = grid_precisions(o, device);
   const Numerics numerics = apply_numerics(device, o.tf32, o.cudnn_benchmark);
-  Json out = {{"device", describe_device(device)},
-              {"model", o.model},
-              {"random_weights", o.random_weights},
-              {"steps", o.steps},
-              {"cfg_scale", o.cfg_scale},
-              {"warmup", o.warmup},
-              {"repeat", o.repeat},
-              {"numerics", numerics.to_json()},
-              {"channels_last", o.channels_last},
-              {"results", Json::array()}};
+  Json out = bench_header(o, device, numerics);
 
   for (const std::string& precision : precisions) {
-    PipelineOptions options;
-    options.device = o.device;
-    options.precision = precision;
-    options.scheduler = o.scheduler;
-    options.sampler = o.sampler;
-    options.schedule = o.schedule;
-    options.tf32 = o.tf32;
-    options.cudnn_benchmark = o.cudnn_benchmark;
-    options.channels_last = o.channels_last;
-    release_gpu_cache(device);
-    reset_gpu_peak(device);
-    say("bench: loading " + o.model + (o.random_weights ? " (random weights)" : "") + ", " + precision);
-    Pipeline pipe = o.random_weights ? Pipeline::load_random(o.model, options) : Pipeline::load(o.model, options);
-    const std::string precision_name = taiyi::precision_name(pipe.dtype());
-    const double load_s = pipe.times().load;
-    const double load_peak_gpu_mb = gpu_peak_mb(device).first;
-    say("bench: loaded in " + format("%.2f", load_s) + " s");
+    Pipeline pipe = load_pipeline(o, precision, device, log);
+    const Loaded loaded{pipe, taiyi::precision_name(pipe.dtype()), pipe.times().load, gpu_peak_mb(device).first};
+    say(log, "bench: loaded in " + format("%.2f", loaded.load_s) + " s");
     if (out.find("scheduler") == out.end()) {
       const SamplerSetting setting = pipe.sampler_setting(GenerationRequest{});
       out["scheduler"] = setting.web_ui_name + (setting.schedule_type.empty() ? "" : " (" + setting.schedule_type + ")");
     }
-
-    for (int64_t batch : o.batch_sizes) {
-      for (int64_t resolution : o.resolutions) {
-        // One request per prompt; the timed runs alternate between them, so a slow spell of the machine
-        // falls on every prompt alike.
-        std::vector<GenerationRequest> requests;
-        std::vector<std::string> labels;
-        for (const std::string& prompt : o.prompts) {
-          GenerationRequest request;
-          request.prompt = prompt;
-          request.steps = o.steps;
-          request.cfg_scale = o.cfg_scale;
-          request.seed = 0;
-          request.width = resolution;
-          request.height = resolution;
-          request.count = batch;
-          request = pipe.complete(request);  // fills the default size, Error for a bad one
-          pipe.validate(request);
-          requests.push_back(request);
-          std::string label = precision_name + " batch " + std::to_string(batch) + " " + std::to_string(request.width) +
-                              "x" + std::to_string(request.height);
-          if (o.prompts.size() > 1) label += " prompt " + std::to_string(requests.size());
-          labels.push_back(label);
-        }
-
-        // The peak covers the weights (still allocated) and the largest generation of this configuration.
-        reset_gpu_peak(device);
-        for (int64_t i = 0; i < o.warmup; ++i) {
-          for (size_t k = 0; k < requests.size(); ++k) {
-            say("bench: " + labels[k] + ": warm-up " + std::to_string(i + 1) + "/" + std::to_string(o.warmup));
-            pipe.generate(requests[k]);
-          }
-        }
-        struct Totals {
-          StageTimes stages;
-          double cpu_s = 0;
-          std::vector<double> walls;
-        };
-        std::vector<Totals> totals(requests.size());
-        for (int64_t i = 0; i < o.repeat; ++i) {
-          for (size_t k = 0; k < requests.size(); ++k) {
-            const StageTimes before = pipe.times();
-            const double cpu_before = cpu_seconds();
-            auto start = std::chrono::steady_clock::now();
-            pipe.generate(requests[k]);
-            totals[k].walls.push_back(seconds_since(start));
-            totals[k].cpu_s += cpu_seconds() - cpu_before;
-            const StageTimes& after = pipe.times();
-            totals[k].stages.encode += after.encode - before.encode;
-            totals[k].stages.denoise += after.denoise - before.denoise;
-            totals[k].stages.decode += after.decode - before.decode;
-            totals[k].stages.unet_calls += after.unet_calls - before.unet_calls;
-            say("bench: " + labels[k] + ": run " + std::to_string(i + 1) + "/" + std::to_string(o.repeat) + " " +
-                format("%.3f", totals[k].walls.back()) + " s");
-          }
-        }
-        const auto [peak_allocated, peak_reserved] = gpu_peak_mb(device);
-        for (size_t k = 0; k < requests.size(); ++k) {
-          const GenerationRequest& request = requests[k];
-          const Totals& t = totals[k];
-          const double runs = static_cast<double>(o.repeat);
-          const int64_t unet_calls = t.stages.unet_calls;
-          const double unet_step_s = unet_calls ? t.stages.denoise / unet_calls : 0.0;
-          double wall_s = 0;
-          for (double w : t.walls) wall_s += w;
-          wall_s /= runs;
-          std::vector<double> sorted = t.walls;
-          std::sort(sorted.begin(), sorted.end());
-          const size_t n = sorted.size();
-          const double median = n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
-          const int64_t chunks = pipe.context_chunks(request);
-
-          Json result = {{"precision", precision_name},
-                         {"batch_size", batch},
-                         {"width", request.width},
-                         {"height", request.height},
-                         {"steps", o.steps},
-                         {"prompt", request.prompt},
-                         {"prompt_chunks", chunks},
-                         {"context_tokens", chunks * static_cast<int64_t>(pipe.tokenizer().max_length())},
-                         {"unet_calls_per_run", unet_calls / o.repeat},
-                         {"load_s", load_s},
-                         {"encode_s", t.stages.encode / runs},
-                         {"denoise_s", t.stages.denoise / runs},
-                         {"unet_step_s", unet_step_s},
-                         {"it_per_s", unet_step_s > 0 ? 1.0 / unet_step_s : 0.0},
-                         {"decode_s", t.stages.decode / runs},
-                         {"run_s", wall_s},
-                         {"run_median_s", median},
-                         {"run_min_s", sorted.front()},
-                         {"run_max_s", sorted.back()},
-                         {"run_cpu_s", t.cpu_s / runs},
-                         {"s_per_image", wall_s / batch},
-                         {"images_per_s", batch / wall_s},
-                         {"peak_rss_mb", peak_rss_mb()}};
-          if (device.is_cuda()) {  // absent on the CPU, where the RSS is the memory figure
-            result["peak_gpu_mb"] = peak_allocated;
-            result["peak_gpu_reserved_mb"] = peak_reserved;
-            result["load_peak_gpu_mb"] = load_peak_gpu_mb;
-          }
-          say("bench: " + labels[k] + ": " + format("%.3f", wall_s) + " s per run, " +
-              format("%.2f", result["it_per_s"].get<double>()) + " it/s");
-          out["results"].push_back(result);
-        }
-      }
-    }
+    for (int64_t batch : o.batch_sizes)
+      for (int64_t resolution : o.resolutions)
+        bench_configuration(o, device, loaded, batch, resolution, out["results"], log);
   }
   return out;
 }
