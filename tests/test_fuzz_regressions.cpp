@@ -10,7 +10,7 @@
 
 #include "fuzz_targets.h"
 #include "taiyi/jobs/prompt_file.h"
-#include "taiyi/loaders/model_folder.h"
+#include "taiyi/utils/json.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
 #include "taiyi/pipelines/prompt_parser.h"

@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "taiyi/loaders/model_folder.h"
+#include "taiyi/utils/json.h"
 #include "taiyi/utils/error.h"
 
 namespace taiyi {

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "taiyi/loaders/model_folder.h"
+#include "taiyi/utils/json.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/tokenizers/tokenizer.h"
 
@@ -141,7 +141,7 @@ LoraPlan plan_lora(const std::vector<LoraTensor>& tensors, const std::map<std::s
   Json adapter;
   if (auto it = metadata.find("lora_adapter_metadata"); it != metadata.end()) {
     try {
-      adapter = parse_json_text(it->second, "lora_adapter_metadata");  // nesting bounded (config.h)
+      adapter = parse_json_text(it->second, "lora_adapter_metadata");  // nesting bounded (utils/json.h)
     } catch (const Error&) {
       adapter = Json();  // not JSON: no alphas from it, as peft would find none
     }

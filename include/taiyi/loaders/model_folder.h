@@ -16,21 +16,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "taiyi/utils/json.h"
+
 namespace taiyi {
-
-// Limits on JSON read from outside (configs, model_index.json, tokenizer files, prompt-file lines): the
-// largest real one is a fast tokenizer.json of a few MB; real nesting is under 10 levels.
-constexpr size_t kMaxJsonFile = 64u << 20;
-constexpr int kMaxJsonDepth = 64;
-
-// Parses JSON text; Error "<file>: malformed JSON at byte N, near \"...\"" (quoted escaped and briefly)
-// or "<file>: JSON nested more than 64 levels deep".
-nlohmann::json parse_json_text(std::string_view text, const std::string& file);
-// A JSON value in a message: its JSON text (control characters escaped, invalid UTF-8 replaced), cut to
-// 80 bytes.
-std::string json_excerpt(const nlohmann::json& value);
-// Reads and parses a JSON file (at most kMaxJsonFile bytes); Error "<file>: cannot open", or as above.
-nlohmann::json read_json_file(const std::filesystem::path& path);
 
 // A parsed config.json with typed getters whose errors name the file, the key, the value and the
 // expected type. Getters with a default return it when the key is absent or null.
