@@ -68,7 +68,7 @@ void config_json(const uint8_t* data, size_t size) {
   } catch (const Error&) {
     return;
   }
-  // The getters every component's config goes through (unet.cpp, vae.cpp, text_encoder.cpp, scheduler.cpp).
+  // The getters every component's config goes through (the models' and the schedulers' constructors).
   try {
     const Config config(json, "config.json");
     for (const char* key : {"in_channels", "layers_per_block", "sample_size", "num_train_timesteps", "hidden_size"}) {

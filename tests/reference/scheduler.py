@@ -1,4 +1,4 @@
-"""Goldens for the schedulers (src/scheduler.cpp): diffusers' PNDMScheduler and DDIMScheduler, loaded
+"""Goldens for the schedulers (src/schedulers/pndm.cpp, ddim.cpp): diffusers' PNDMScheduler and DDIMScheduler, loaded
 from scheduler_config.json files with from_pretrained, and DDIM built from a PNDM config with
 DDIMScheduler.from_config(pndm.config) as users switch schedulers. Float32 (two cases float16) on the CPU.
 

@@ -1,4 +1,4 @@
-"""Goldens for the text encoders (src/models/text_encoder.cpp): transformers' CLIPTextModel and BertModel,
+"""Goldens for the text encoders (src/models/modeling_clip.cpp, modeling_bert.cpp): transformers' CLIPTextModel and BertModel,
 loaded with from_pretrained(subfolder="text_encoder") as diffusers loads them, run in float32 on
 the CPU with no attention mask (as StableDiffusionPipeline calls them). Output last_hidden_state.
 

@@ -1,4 +1,4 @@
-"""Goldens for the tokenizers (src/tokenizers/tokenizer.cpp): transformers' slow CLIPTokenizer and BertTokenizer,
+"""Goldens for the tokenizers (src/tokenizers/tokenization_clip.cpp, tokenization_bert.cpp): transformers' slow CLIPTokenizer and BertTokenizer,
 loaded with from_pretrained from the fixture pipelines' tokenizer folders as diffusers loads them, and
 called as StableDiffusionPipeline calls them:
 tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).

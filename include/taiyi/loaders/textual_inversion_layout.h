@@ -1,5 +1,5 @@
 // Which tensor of a textual-inversion file holds the vectors, and the token name: the key mapping of
-// read_embedding (embeddings.h), without libtorch so that it is fuzzed with the other parsers of
+// read_embedding (textual_inversion.h), without libtorch so that it is fuzzed with the other parsers of
 // outside input (tests/fuzz).
 #pragma once
 
