@@ -146,20 +146,10 @@ void check_class(const ModelFolder& folder, const std::string& component, const 
                 "' is not supported (expected " + expected + ")");
 }
 
-}  // namespace
-
-Json inspect_model(const fs::path& root) {
-  Json report = {{"folder", root.string()}, {"usable", false}};
-  std::vector<std::string> problems, notes;
-  auto finish = [&]() {
-    report["problems"] = problems;
-    report["notes"] = notes;
-    report["usable"] = problems.empty();
-    return report;
-  };
-
-  ModelFolder folder;
-  if (!attempt("model_index.json", problems, [&] { folder = ModelFolder::open(root); })) return finish();
+// model_index.json: the pipeline class, the diffusers version, the classes of the components taiyi
+// uses (into `report`) and a note for each entry it does not use.
+void inspect_index(const fs::path& root, Json& report, std::vector<std::string>& problems,
+                   std::vector<std::string>& notes) {
   Json index;
   attempt("model_index.json", problems, [&] { index = read_json_file(root / "model_index.json"); });
   report["pipeline_class"] = index.value("_class_name", "");
@@ -178,75 +168,103 @@ Json inspect_model(const fs::path& root) {
     classes[name] = {{"library", value[0]}, {"class", value[1]}};
   }
   report["classes"] = classes;
+}
 
+// Tokenizer: its kind and length come from the tokenizer files.
+Json inspect_tokenizer(const ModelFolder& folder, std::vector<std::string>& problems) {
+  Json entry = Json::object();
+  attempt("tokenizer", problems, [&] {
+    entry["class"] = folder.class_name("tokenizer");
+    std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(folder);
+    entry["kind"] = tokenizer->kind();
+    entry["max_length"] = tokenizer->max_length();
+  });
+  return entry;
+}
+
+// Text encoder, UNet, VAE: config, module, weights (as Pipeline::load checks and loads them);
+// here the text encoder's.
+Json inspect_text_encoder(const ModelFolder& folder, std::vector<std::string>& problems) {
+  Json entry = Json::object();
+  std::shared_ptr<TextEncoderImpl> module;
+  LoadOptions options;
+  attempt("text_encoder", problems, [&] {
+    entry["class"] = folder.class_name("text_encoder");
+    entry["config"] = config_summary(folder.config("text_encoder"), "text_encoder");
+    module = make_text_encoder(folder);
+    options.ignore_unexpected = module->ignored_checkpoint_keys();
+  });
+  inspect_weights(folder, "text_encoder", module.get(), options, entry, problems);
+  return entry;
+}
+
+// The UNet's class, config summary and weights.
+Json inspect_unet(const ModelFolder& folder, std::vector<std::string>& problems) {
+  Json entry = Json::object();
+  std::unique_ptr<UNet2DConditionModel> module;
+  attempt("unet", problems, [&] {
+    entry["class"] = folder.class_name("unet");
+    check_class(folder, "unet", "UNet2DConditionModel");
+    Config config = folder.config("unet");
+    entry["config"] = config_summary(config, "unet");
+    module = std::make_unique<UNet2DConditionModel>(config);
+  });
+  inspect_weights(folder, "unet", module ? &module->module() : nullptr, {}, entry, problems);
+  return entry;
+}
+
+// The VAE's class, config summary, scale factors and weights.
+Json inspect_vae(const ModelFolder& folder, std::vector<std::string>& problems) {
+  Json entry = Json::object();
+  std::unique_ptr<AutoencoderKL> module;
+  attempt("vae", problems, [&] {
+    entry["class"] = folder.class_name("vae");
+    check_class(folder, "vae", "AutoencoderKL");
+    Config config = folder.config("vae");
+    entry["config"] = config_summary(config, "vae");
+    module = std::make_unique<AutoencoderKL>(config);
+    entry["scale_factor"] = module->scale_factor();
+    entry["scaling_factor"] = module->scaling_factor();
+  });
+  inspect_weights(folder, "vae", module ? &module->module() : nullptr, {}, entry, problems);
+  return entry;
+}
+
+// Scheduler: the folder's class, as taiyi builds it by default.
+Json inspect_scheduler(const ModelFolder& folder, std::vector<std::string>& problems) {
+  Json entry = Json::object();
+  attempt("scheduler", problems, [&] {
+    entry["class"] = folder.class_name("scheduler");
+    Config config = folder.config("scheduler");
+    entry["config"] = config_summary(config, "scheduler");
+    entry["name"] = make_scheduler(config, "")->name();
+  });
+  return entry;
+}
+
+}  // namespace
+
+Json inspect_model(const fs::path& root) {
+  Json report = {{"folder", root.string()}, {"usable", false}};
+  std::vector<std::string> problems, notes;
+  auto finish = [&]() {
+    report["problems"] = problems;
+    report["notes"] = notes;
+    report["usable"] = problems.empty();
+    return report;
+  };
+
+  ModelFolder folder;
+  if (!attempt("model_index.json", problems, [&] { folder = ModelFolder::open(root); })) return finish();
+  inspect_index(root, report, problems, notes);
+
+  // The components in the order data flows through them.
   Json components = Json::object();
-
-  // Tokenizer: its kind and length come from the tokenizer files.
-  {
-    Json entry = Json::object();
-    attempt("tokenizer", problems, [&] {
-      entry["class"] = folder.class_name("tokenizer");
-      std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(folder);
-      entry["kind"] = tokenizer->kind();
-      entry["max_length"] = tokenizer->max_length();
-    });
-    components["tokenizer"] = entry;
-  }
-
-  // Text encoder, UNet, VAE: config, module, weights (as Pipeline::load checks and loads them).
-  {
-    Json entry = Json::object();
-    std::shared_ptr<TextEncoderImpl> module;
-    LoadOptions options;
-    attempt("text_encoder", problems, [&] {
-      entry["class"] = folder.class_name("text_encoder");
-      entry["config"] = config_summary(folder.config("text_encoder"), "text_encoder");
-      module = make_text_encoder(folder);
-      options.ignore_unexpected = module->ignored_checkpoint_keys();
-    });
-    inspect_weights(folder, "text_encoder", module.get(), options, entry, problems);
-    components["text_encoder"] = entry;
-  }
-  {
-    Json entry = Json::object();
-    std::unique_ptr<UNet2DConditionModel> module;
-    attempt("unet", problems, [&] {
-      entry["class"] = folder.class_name("unet");
-      check_class(folder, "unet", "UNet2DConditionModel");
-      Config config = folder.config("unet");
-      entry["config"] = config_summary(config, "unet");
-      module = std::make_unique<UNet2DConditionModel>(config);
-    });
-    inspect_weights(folder, "unet", module ? &module->module() : nullptr, {}, entry, problems);
-    components["unet"] = entry;
-  }
-  {
-    Json entry = Json::object();
-    std::unique_ptr<AutoencoderKL> module;
-    attempt("vae", problems, [&] {
-      entry["class"] = folder.class_name("vae");
-      check_class(folder, "vae", "AutoencoderKL");
-      Config config = folder.config("vae");
-      entry["config"] = config_summary(config, "vae");
-      module = std::make_unique<AutoencoderKL>(config);
-      entry["scale_factor"] = module->scale_factor();
-      entry["scaling_factor"] = module->scaling_factor();
-    });
-    inspect_weights(folder, "vae", module ? &module->module() : nullptr, {}, entry, problems);
-    components["vae"] = entry;
-  }
-
-  // Scheduler: the folder's class, as taiyi builds it by default.
-  {
-    Json entry = Json::object();
-    attempt("scheduler", problems, [&] {
-      entry["class"] = folder.class_name("scheduler");
-      Config config = folder.config("scheduler");
-      entry["config"] = config_summary(config, "scheduler");
-      entry["name"] = make_scheduler(config, "")->name();
-    });
-    components["scheduler"] = entry;
-  }
+  components["tokenizer"] = inspect_tokenizer(folder, problems);
+  components["text_encoder"] = inspect_text_encoder(folder, problems);
+  components["unet"] = inspect_unet(folder, problems);
+  components["vae"] = inspect_vae(folder, problems);
+  components["scheduler"] = inspect_scheduler(folder, problems);
   report["components"] = components;
   return finish();
 }
