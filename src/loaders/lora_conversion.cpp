@@ -97,6 +97,130 @@ std::optional<double> metadata_alpha(const Json& adapter, const std::string& com
   return std::nullopt;
 }
 
+// The layout: any kohya-prefixed key makes it kohya (a file mixing both is reported key by key).
+LoraLayout detect_layout(const std::vector<LoraTensor>& tensors) {
+  return std::any_of(tensors.begin(), tensors.end(), [](const LoraTensor& t) { return starts_with(t.name, "lora_"); })
+             ? LoraLayout::Kohya
+             : LoraLayout::Peft;
+}
+
+// The targets, looked up by component and module name as the layout writes them.
+std::unordered_map<std::string, const LoraTarget*> targets_by_name(const std::vector<LoraTarget>& targets,
+                                                                    LoraLayout layout) {
+  std::unordered_map<std::string, const LoraTarget*> by_name;  // "component|module as the layout writes it"
+  for (const LoraTarget& target : targets) {
+    const std::string module = layout == LoraLayout::Kohya ? underscored(target.module) : target.module;
+    by_name.emplace(target.component + "|" + module, &target);
+  }
+  return by_name;
+}
+
+// The file's lora_adapter_metadata (PEFT's alphas) as JSON; null when it has none or it is not JSON.
+Json adapter_metadata(const std::map<std::string, std::string>& metadata) {
+  Json adapter;
+  if (auto it = metadata.find("lora_adapter_metadata"); it != metadata.end()) {
+    try {
+      adapter = parse_json_text(it->second, "lora_adapter_metadata");  // nesting bounded (utils/json.h)
+    } catch (const Error&) {
+      adapter = Json();  // not JSON: no alphas from it, as peft would find none
+    }
+  }
+  return adapter;
+}
+
+// The keys placed on one target so far; `order` is that of its down key in the file.
+struct Pending {
+  const LoraTarget* target = nullptr;
+  const LoraTensor* down = nullptr;
+  const LoraTensor* up = nullptr;
+  std::optional<double> alpha;
+  size_t order = 0;
+};
+
+// An alpha key: its value onto `p` when it is a finite scalar, else a mis-shaped entry of the plan.
+void place_alpha(const LoraTensor& tensor, const std::map<std::string, double>& alphas, Pending& p, LoraPlan& plan) {
+  auto value = alphas.find(tensor.name);
+  if (!tensor.shape.empty() && !(tensor.shape.size() == 1 && tensor.shape[0] == 1)) {
+    plan.mis_shaped.push_back(tensor.name + ": alpha of shape " + shape_text(tensor.shape) + ", expected a scalar");
+  } else if (value == alphas.end() || !std::isfinite(value->second)) {
+    plan.mis_shaped.push_back(tensor.name + ": alpha is not a finite number");
+  } else {
+    p.alpha = value->second;
+  }
+}
+
+// Places each key on the target it names (down, up or alpha); keys naming none go to plan.unplaced.
+// Returns the targets' keys in file order of their down keys.
+std::vector<Pending> place_keys(const std::vector<LoraTensor>& tensors, const std::map<std::string, double>& alphas,
+                                const std::unordered_map<std::string, const LoraTarget*>& by_name, LoraPlan& plan) {
+  std::map<const LoraTarget*, Pending> pending;
+  size_t order = 0;
+  for (const LoraTensor& tensor : tensors) {
+    auto parts = plan.layout == LoraLayout::Kohya ? kohya_parts(tensor.name) : peft_parts(tensor.name);
+    auto found = parts ? by_name.find(parts->component + "|" + parts->module) : by_name.end();
+    if (found == by_name.end()) {
+      plan.unplaced.push_back(tensor.name);
+      continue;
+    }
+    Pending& p = pending[found->second];
+    p.target = found->second;
+    if (parts->part == Part::Down) {
+      p.down = &tensor;
+      p.order = order++;
+    } else if (parts->part == Part::Up) {
+      p.up = &tensor;
+    } else {
+      place_alpha(tensor, alphas, p, plan);
+    }
+  }
+  std::vector<Pending> ordered;
+  for (auto& [target, p] : pending) ordered.push_back(p);
+  std::sort(ordered.begin(), ordered.end(), [](const Pending& a, const Pending& b) { return a.order < b.order; });
+  return ordered;
+}
+
+// One target's keys: a patch onto plan.patches when both halves are there and fit the weight's shape,
+// else a mis-shaped entry. The alpha: the file's, else the adapter metadata's, else the rank.
+void add_patch(const Pending& p, const Json& adapter, LoraPlan& plan) {
+  const LoraTarget& t = *p.target;
+  const std::string where = t.component + " " + t.module;
+  if (!p.down || !p.up) {
+    plan.mis_shaped.push_back(where + ": " + (p.down ? "lora_down / lora_A" : "lora_up / lora_B") +
+                              " given without its other half");
+    return;
+  }
+  // Linear [out, in]: down [r, in], up [out, r]. Conv2d [out, in, kh, kw]: down [r, in, kh, kw],
+  // up [out, r, 1, 1]; a 1x1 conv also takes linear-shaped halves (and a linear 1x1-shaped ones).
+  const auto& w = t.weight_shape;
+  const auto& d = p.down->shape;
+  const auto& u = p.up->shape;
+  const bool conv = w.size() == 4;
+  const bool pointwise = !conv || (w[2] == 1 && w[3] == 1);
+  auto is = [](const std::vector<int64_t>& s, std::vector<int64_t> expected) { return s == expected; };
+  const int64_t rank = d.empty() ? 0 : d[0];
+  bool down_ok = false, up_ok = false;
+  if (rank > 0 && w.size() >= 2) {
+    down_ok = (conv && is(d, {rank, w[1], w[2], w[3]})) || (pointwise && (is(d, {rank, w[1]}) || is(d, {rank, w[1], 1, 1})));
+    up_ok = is(u, {w[0], rank}) || is(u, {w[0], rank, 1, 1});
+  }
+  if (!down_ok || !up_ok) {
+    plan.mis_shaped.push_back(where + " " + shape_text(w) + ": down " + shape_text(d) + ", up " + shape_text(u) +
+                              (u.size() >= 2 && rank > 0 && u[1] != rank
+                                   ? " (ranks differ: down " + std::to_string(rank) + ", up " + std::to_string(u[1]) + ")"
+                                   : ""));
+    return;
+  }
+  LoraPatch patch;
+  patch.component = t.component;
+  patch.module = t.module;
+  patch.weight_shape = w;
+  patch.down_key = p.down->name;
+  patch.up_key = p.up->name;
+  patch.rank = rank;
+  patch.alpha = p.alpha ? *p.alpha : metadata_alpha(adapter, t.component, t.module).value_or(static_cast<double>(rank));
+  plan.patches.push_back(std::move(patch));
+}
+
 }  // namespace
 
 const char* to_string(LoraLayout layout) { return layout == LoraLayout::Kohya ? "kohya" : "diffusers (PEFT)"; }
@@ -128,101 +252,10 @@ std::string LoraPlan::message(const std::string& file) const {
 LoraPlan plan_lora(const std::vector<LoraTensor>& tensors, const std::map<std::string, double>& alphas,
                    const std::map<std::string, std::string>& metadata, const std::vector<LoraTarget>& targets) {
   LoraPlan plan;
-  // The layout: any kohya-prefixed key makes it kohya (a file mixing both is reported key by key).
-  plan.layout = std::any_of(tensors.begin(), tensors.end(),
-                            [](const LoraTensor& t) { return starts_with(t.name, "lora_"); })
-                    ? LoraLayout::Kohya
-                    : LoraLayout::Peft;
-  std::unordered_map<std::string, const LoraTarget*> by_name;  // "component|module as the layout writes it"
-  for (const LoraTarget& target : targets) {
-    const std::string module = plan.layout == LoraLayout::Kohya ? underscored(target.module) : target.module;
-    by_name.emplace(target.component + "|" + module, &target);
-  }
-  Json adapter;
-  if (auto it = metadata.find("lora_adapter_metadata"); it != metadata.end()) {
-    try {
-      adapter = parse_json_text(it->second, "lora_adapter_metadata");  // nesting bounded (utils/json.h)
-    } catch (const Error&) {
-      adapter = Json();  // not JSON: no alphas from it, as peft would find none
-    }
-  }
-
-  struct Pending {
-    const LoraTarget* target = nullptr;
-    const LoraTensor* down = nullptr;
-    const LoraTensor* up = nullptr;
-    std::optional<double> alpha;
-    size_t order = 0;
-  };
-  std::map<const LoraTarget*, Pending> pending;
-  size_t order = 0;
-  for (const LoraTensor& tensor : tensors) {
-    auto parts = plan.layout == LoraLayout::Kohya ? kohya_parts(tensor.name) : peft_parts(tensor.name);
-    auto found = parts ? by_name.find(parts->component + "|" + parts->module) : by_name.end();
-    if (found == by_name.end()) {
-      plan.unplaced.push_back(tensor.name);
-      continue;
-    }
-    Pending& p = pending[found->second];
-    p.target = found->second;
-    if (parts->part == Part::Down) {
-      p.down = &tensor;
-      p.order = order++;
-    } else if (parts->part == Part::Up) {
-      p.up = &tensor;
-    } else {
-      auto value = alphas.find(tensor.name);
-      if (!tensor.shape.empty() && !(tensor.shape.size() == 1 && tensor.shape[0] == 1)) {
-        plan.mis_shaped.push_back(tensor.name + ": alpha of shape " + shape_text(tensor.shape) + ", expected a scalar");
-      } else if (value == alphas.end() || !std::isfinite(value->second)) {
-        plan.mis_shaped.push_back(tensor.name + ": alpha is not a finite number");
-      } else {
-        p.alpha = value->second;
-      }
-    }
-  }
-  std::vector<Pending> ordered;
-  for (auto& [target, p] : pending) ordered.push_back(p);
-  std::sort(ordered.begin(), ordered.end(), [](const Pending& a, const Pending& b) { return a.order < b.order; });
-  for (const Pending& p : ordered) {
-    const LoraTarget& t = *p.target;
-    const std::string where = t.component + " " + t.module;
-    if (!p.down || !p.up) {
-      plan.mis_shaped.push_back(where + ": " + (p.down ? "lora_down / lora_A" : "lora_up / lora_B") +
-                                " given without its other half");
-      continue;
-    }
-    // Linear [out, in]: down [r, in], up [out, r]. Conv2d [out, in, kh, kw]: down [r, in, kh, kw],
-    // up [out, r, 1, 1]; a 1x1 conv also takes linear-shaped halves (and a linear 1x1-shaped ones).
-    const auto& w = t.weight_shape;
-    const auto& d = p.down->shape;
-    const auto& u = p.up->shape;
-    const bool conv = w.size() == 4;
-    const bool pointwise = !conv || (w[2] == 1 && w[3] == 1);
-    auto is = [](const std::vector<int64_t>& s, std::vector<int64_t> expected) { return s == expected; };
-    const int64_t rank = d.empty() ? 0 : d[0];
-    bool down_ok = false, up_ok = false;
-    if (rank > 0 && w.size() >= 2) {
-      down_ok = (conv && is(d, {rank, w[1], w[2], w[3]})) || (pointwise && (is(d, {rank, w[1]}) || is(d, {rank, w[1], 1, 1})));
-      up_ok = is(u, {w[0], rank}) || is(u, {w[0], rank, 1, 1});
-    }
-    if (!down_ok || !up_ok) {
-      plan.mis_shaped.push_back(where + " " + shape_text(w) + ": down " + shape_text(d) + ", up " + shape_text(u) +
-                                (u.size() >= 2 && rank > 0 && u[1] != rank
-                                     ? " (ranks differ: down " + std::to_string(rank) + ", up " + std::to_string(u[1]) + ")"
-                                     : ""));
-      continue;
-    }
-    LoraPatch patch;
-    patch.component = t.component;
-    patch.module = t.module;
-    patch.weight_shape = w;
-    patch.down_key = p.down->name;
-    patch.up_key = p.up->name;
-    patch.rank = rank;
-    patch.alpha = p.alpha ? *p.alpha : metadata_alpha(adapter, t.component, t.module).value_or(static_cast<double>(rank));
-    plan.patches.push_back(std::move(patch));
-  }
+  plan.layout = detect_layout(tensors);
+  const std::unordered_map<std::string, const LoraTarget*> by_name = targets_by_name(targets, plan.layout);
+  const Json adapter = adapter_metadata(metadata);
+  for (const Pending& p : place_keys(tensors, alphas, by_name, plan)) add_patch(p, adapter, plan);
   return plan;
 }
 
