@@ -109,20 +109,29 @@ nlohmann::json Numerics::to_json() const {
   return {{"tf32_matmul", tf32_matmul}, {"tf32_conv", tf32_conv}, {"cudnn_benchmark", cudnn_benchmark}};
 }
 
+void set_tf32_flags(Tf32Mode tf32) {
+  auto& context = at::globalContext();
+  // The setters behind torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32: in
+  // libtorch 2.11 each writes both the legacy flag and the fp32_precision map. Setting only the map
+  // (setFloat32Precision) leaves them disagreeing, and the legacy getters then throw ("mix of legacy
+  // and new APIs"): allowTF32CuBLAS() and float32MatmulPrecision() after TF32 matmuls, allowTF32CuDNN()
+  // after IEEE convolutions (conv changed, rnn not). setAllowTF32CuBLAS rather than
+  // setFloat32MatmulPrecision("high"), which also sets oneDNN's CPU matmuls to TF32.
+  context.setAllowTF32CuBLAS(tf32 == Tf32Mode::kOn);
+  context.setAllowTF32CuDNN(tf32 != Tf32Mode::kOff);
+}
+
 Numerics apply_numerics(const torch::Device& device, Tf32Mode tf32, bool cudnn_benchmark) {
   Numerics n;
   if (!device.is_cuda()) return n;
+  set_tf32_flags(tf32);
+  auto& context = at::globalContext();
+  context.setBenchmarkCuDNN(cudnn_benchmark);
+  n.cuda = true;
+  // The per-operation precisions, which is what libtorch's GEMMs and convolutions consult.
   using at::Float32Backend;
   using at::Float32Op;
   using at::Float32Precision;
-  auto& context = at::globalContext();
-  // PyTorch 2.9+'s fp32_precision API; the legacy allow_tf32 setters may not be mixed with it.
-  const Float32Precision matmul = tf32 == Tf32Mode::kOn ? Float32Precision::TF32 : Float32Precision::IEEE;
-  const Float32Precision conv = tf32 == Tf32Mode::kOff ? Float32Precision::IEEE : Float32Precision::TF32;
-  context.setFloat32Precision(Float32Backend::CUDA, Float32Op::MATMUL, matmul);
-  context.setFloat32Precision(Float32Backend::CUDA, Float32Op::CONV, conv);
-  context.setBenchmarkCuDNN(cudnn_benchmark);
-  n.cuda = true;
   n.tf32_matmul = context.float32Precision(Float32Backend::CUDA, Float32Op::MATMUL) == Float32Precision::TF32;
   n.tf32_conv = context.float32Precision(Float32Backend::CUDA, Float32Op::CONV) == Float32Precision::TF32;
   n.cudnn_benchmark = context.benchmarkCuDNN();

@@ -42,6 +42,10 @@ struct Numerics {  // what is in force on a device, for the outputs' records
 // returns what is then in force. cuDNN's benchmark mode is PyTorch's default (off) unless asked for:
 // its autotuning costs more than it saves on a one-image run.
 Numerics apply_numerics(const torch::Device& device, Tf32Mode tf32, bool cudnn_benchmark);
+// The TF32 part of apply_numerics, which needs no GPU: sets PyTorch's process-global TF32 flags for CUDA
+// matmuls (cuBLAS) and cuDNN (convolutions and RNNs), legacy and new API alike, so that every getter of
+// at::Context agrees and none throws.
+void set_tf32_flags(Tf32Mode tf32);
 
 // "cuda:0 (NVIDIA H200)" or "cpu (2 threads)".
 std::string describe_device(const torch::Device& device);
