@@ -14,6 +14,7 @@
 // is no GPU to ask.
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
 #define TAIYI_HAS_CUDA_HEADERS 1
 #else
@@ -221,7 +222,11 @@ std::optional<uint64_t> available_memory(const torch::Device& device) {
 #if TAIYI_HAS_CUDA_HEADERS
   if (device.is_cuda()) {
     size_t free = 0, total = 0;
-    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return std::nullopt;
+    {
+      // cudaMemGetInfo reports the current device, which need not be this one (cuda:N).
+      const c10::cuda::CUDAGuard guard(device.index());
+      if (cudaMemGetInfo(&free, &total) != cudaSuccess) return std::nullopt;
+    }
     // What the caching allocator holds but does not use is available to it too.
     auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
     const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
