@@ -263,7 +263,8 @@ void bench_configuration(const BenchOptions& o, const torch::Device& device, con
 
 }  // namespace
 
-Json run_bench(const BenchOptions& o, const std::function<void(const std::string&)>& log) {
+Json run_bench(const BenchOptions& o, const std::function<void(const std::string&)>& log,
+               const std::function<void(const Json&)>& on_configuration) {
   check_options(o);
   // resolve_device initialises CUDA: every allocator call below comes after it.
   const torch::Device device = resolve_device(o.device);
@@ -279,9 +280,12 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
       const SamplerSetting setting = pipe.sampler_setting(GenerationRequest{});
       out["scheduler"] = setting.web_ui_name + (setting.schedule_type.empty() ? "" : " (" + setting.schedule_type + ")");
     }
-    for (int64_t batch : o.batch_sizes)
-      for (int64_t resolution : o.resolutions)
+    for (int64_t batch : o.batch_sizes) {
+      for (int64_t resolution : o.resolutions) {
         bench_configuration(o, device, loaded, batch, resolution, out["results"], log);
+        if (on_configuration) on_configuration(out);
+      }
+    }
   }
   return out;
 }
@@ -378,9 +382,15 @@ CLI::App* add_bench_command(CLI::App& app, BenchCommand& command) {
 }
 
 int run_bench_command(const BenchCommand& command) {
-  Json results = run_bench(command.options, [](const std::string& line) { std::cerr << line << "\n"; });
+  // The JSON file is rewritten whole (atomically) after each configuration rather than once at the end:
+  // a run killed by a time limit (scripts/gpu_check.sh's stages) keeps what it measured. After the last
+  // configuration it holds the complete results.
+  std::function<void(const Json&)> save;
+  if (!command.json_file.empty())
+    save = [&](const Json& partial) { write_file_atomically(command.json_file, partial.dump(2) + "\n"); };
+  Json results = run_bench(
+      command.options, [](const std::string& line) { std::cerr << line << "\n"; }, save);
   std::cout << format_bench_table(results);
-  if (!command.json_file.empty()) write_file_atomically(command.json_file, results.dump(2) + "\n");
   return 0;
 }
 

@@ -317,8 +317,14 @@ TEST(Bench, RandomWeightsGridOnCpu) {
   taiyi::BenchOptions o = tiny_bench_options();
   o.random_weights = true;
   std::vector<std::string> log;
-  Json bench = taiyi::run_bench(o, [&](const std::string& line) { log.push_back(line); });
+  std::vector<Json> saved;  // what `taiyi bench --json` writes after each configuration
+  Json bench = taiyi::run_bench(
+      o, [&](const std::string& line) { log.push_back(line); }, [&](const Json& partial) { saved.push_back(partial); });
   ASSERT_EQ(bench.at("results").size(), 2u) << bench.dump(2);
+  ASSERT_EQ(saved.size(), 2u);
+  EXPECT_EQ(saved[0].at("results").size(), 1u);
+  EXPECT_EQ(saved[0].at("results")[0], bench.at("results")[0]);
+  EXPECT_EQ(saved[1], bench);  // the last save is the whole document
   const int64_t calls = unet_calls_for(o.model, o.steps);
   expect_consistent(bench.at("results")[0], 1, calls);
   expect_consistent(bench.at("results")[1], 2, calls);

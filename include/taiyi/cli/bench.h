@@ -48,14 +48,17 @@ struct BenchOptions {
 // Also per result: denoise_s, run_s (mean wall time of a timed run), run_median_s, run_min_s, run_max_s,
 // run_cpu_s (the process's user + system CPU time per run), unet_calls_per_run, and on CUDA
 // peak_gpu_reserved_mb and load_peak_gpu_mb. peak_gpu_mb is absent on the CPU.
-// `log` receives progress lines.
-nlohmann::json run_bench(const BenchOptions& options, const std::function<void(const std::string&)>& log = {});
+// `log` receives progress lines; `on_configuration`, if given, receives the whole document so far after each
+// configuration (batch size x resolution at a precision) is measured, so that a caller can save it then: a
+// run cut short (a time limit, an out-of-memory at a later size) keeps every configuration already measured.
+nlohmann::json run_bench(const BenchOptions& options, const std::function<void(const std::string&)>& log = {},
+                         const std::function<void(const nlohmann::json&)>& on_configuration = {});
 std::string format_bench_table(const nlohmann::json& results);
 
 namespace cli {
 struct BenchCommand {
   BenchOptions options;
-  std::string json_file;  // --json FILE: the results also written there
+  std::string json_file;  // --json FILE: the results also written there, rewritten after each configuration
 };
 CLI::App* add_bench_command(CLI::App& app, BenchCommand& command);
 int run_bench_command(const BenchCommand& command);
