@@ -15,7 +15,9 @@ folder's: PNDM for the Taiyi configs). Measured per tool:
   *_cpu_s         the same spans in user + system CPU time of the process: steadier than wall time
                   on a shared machine (both tools use torch's intra-op thread pool).
 and the two first-image PNGs compared: fraction of pixels whose channels all lie within 1/255,
-the largest difference, PSNR. Ratios are taiyi / diffusers. Results go to OUT/vs_diffusers.json.
+the largest difference, PSNR. Ratios are taiyi / diffusers. Results go to OUT/vs_diffusers.json,
+rewritten whole (atomically) as each measurement of each precision ends, so that a run killed by a time
+limit keeps what it measured; a precision still being measured there carries "incomplete": true.
 
     bench_vs_diffusers.py --cpu                      # CPU, fp32, tiny random pipeline, 256x256, 4 steps
     bench_vs_diffusers.py --cpu --full --size 256    # CPU, the real configs (random weights)
@@ -166,6 +168,14 @@ def run_timed(cmd, env=None):
 LAST_USAGE = None  # the rusage of the last run_timed child (page faults, user and system time)
 
 
+def write_json_atomically(path: Path, document):
+    """Writes document as JSON to path through a temporary file in the same folder and os.replace: a
+    reader, or a run killed mid-write, finds the previous whole file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    os.replace(tmp, path)
+
+
 def alternating_first_images(pairs, d_cmd, t_cmd):
     """Whole-process runs, diffusers and taiyi alternating (so drift hits both), `pairs` times each:
     per tool the median and range of wall time, user and system CPU time and minor page faults."""
@@ -294,9 +304,13 @@ def main():
     common = ["--model", model, "--device", device, "--size", size, "--steps", steps, "--cfg-scale", args.cfg_scale,
               "--seed", args.seed, "--prompt", args.prompt]
     results = {}
+    report = {"settings": settings, "environment": environment, "results": results}
+    report_path = out / "vs_diffusers.json"
+    report_path.unlink(missing_ok=True)  # an earlier run's would pass for this one's if this one is cut short
     for precision in precisions:
         log(f"--- {precision}")
-        r = {"diffusers": {}, "taiyi": {}}
+        r = {"incomplete": True, "diffusers": {}, "taiyi": {}}
+        results[precision] = r
         # Start-up to first image, each in a fresh process (with --one-process, diffusers' steady-state runs
         # follow in that same process).
         d_png, d_json = out / f"diffusers_{precision}.png", out / f"diffusers_{precision}_first.json"
@@ -321,6 +335,7 @@ def main():
         r["taiyi"].update(first_image_s=seconds, first_image_cpu_s=cpu, peak_rss_mb=rss, png=record["file"],
                           sampler=record["sampler"])
         r["image"] = compare_images(Path(record["file"]), d_png)
+        write_json_atomically(report_path, report)
         if args.pairs:
             r["alternating"] = alternating_first_images(
                 args.pairs,
@@ -332,6 +347,7 @@ def main():
                 f"(sys {a['diffusers']['sys_s']:.2f} s, {a['diffusers']['minor_faults']} faults), taiyi "
                 f"{a['taiyi']['wall_s']:.2f} s (sys {a['taiyi']['sys_s']:.2f} s, {a['taiyi']['minor_faults']} faults): "
                 f"taiyi/diffusers {a['wall_ratio_median']:.3f}")
+            write_json_atomically(report_path, report)
 
         # Steady state: warm-up, then timed generations in one process.
         if not args.one_process:
@@ -342,6 +358,7 @@ def main():
             d_runs = json.loads(d_json.read_text())
         r["diffusers"].update(generate_s=d_runs["generate_s"], generate_min_s=d_runs["generate_min_s"],
                               generate_cpu_s=d_runs["generate_cpu_s"], peak_gpu_mb=d_runs.get("peak_gpu_mb"))
+        write_json_atomically(report_path, report)
         bench_json = out / f"taiyi_bench_{precision}.json"
         run_timed([taiyi, "bench", "--model", model, "--device", device, "--precision", precision, "--resolution", size,
                    "--batch-size", 1, "--steps", steps, "-g", args.cfg_scale, "--warmup", args.warmup, "--repeat",
@@ -354,10 +371,9 @@ def main():
         r["ratios"] = {k: ratio(r["taiyi"].get(k), r["diffusers"].get(k))
                        for k in ("generate_s", "generate_min_s", "generate_cpu_s", "first_image_s", "first_image_cpu_s",
                                  "peak_gpu_mb", "peak_rss_mb")}
-        results[precision] = r
+        del r["incomplete"]
+        write_json_atomically(report_path, report)
 
-    report = {"settings": settings, "environment": environment, "results": results}
-    (out / "vs_diffusers.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", "utf-8")
     print_table(report)
     for precision, r in results.items():
         if "alternating" in r:
@@ -368,7 +384,7 @@ def main():
                       f"(range {t['wall_range_s'][0]:.2f}-{t['wall_range_s'][1]:.2f}), {t['user_s']:.2f} s user, "
                       f"{t['sys_s']:.2f} s sys, {t['minor_faults']} minor page faults")
             print(f"[{precision}] whole process taiyi/diffusers (median wall): {a['wall_ratio_median']:.3f}")
-    log("wrote", out / "vs_diffusers.json")
+    log("wrote", report_path)
 
 
 def print_table(report):
