@@ -3,6 +3,8 @@
 // to rounding.
 #include "taiyi/models/resnet.h"
 
+#include <algorithm>
+
 namespace taiyi::nn {
 
 ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options_(o) {
@@ -47,11 +49,23 @@ Upsample2DImpl::Upsample2DImpl(int64_t channels, int64_t out_channels) {
 // diffusers upsampling.py Upsample2D.forward (use_conv=True, interpolate=True): F.interpolate with
 // scale_factor=2.0 passes the scale to the kernel; with size= it passes none.
 torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, std::optional<std::vector<int64_t>> output_size) {
-  torch::Tensor h;
+  torch::Tensor h = x;
+  // diffusers' guards for channels_last input (img2img's init image, --channels-last): CUDA's
+  // upsample_nearest_nhwc kernel fails with a batch of 64 or more (diffusers#984) and with more than
+  // 2^31 output elements (pytorch#141831, estimated as diffusers does: numel times the largest scale),
+  // so diffusers makes the input NCHW there; taiyi too, so that the layout the convolution sees, and with
+  // it the rounding, stay diffusers'. contiguous() returns a contiguous tensor itself: on NCHW input
+  // nothing changes.
+  if (h.size(0) >= 64) h = h.contiguous();
+  double scale = 2.0;
+  if (output_size)
+    scale = std::max(static_cast<double>((*output_size)[0]) / static_cast<double>(h.size(2)),
+                     static_cast<double>((*output_size)[1]) / static_cast<double>(h.size(3)));
+  if (static_cast<double>(h.numel()) * scale > 2147483648.0) h = h.contiguous();
   if (output_size) {
-    h = at::upsample_nearest2d(x, *output_size);
+    h = at::upsample_nearest2d(h, *output_size);
   } else {
-    h = at::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2}, 2.0, 2.0);
+    h = at::upsample_nearest2d(h, {h.size(2) * 2, h.size(3) * 2}, 2.0, 2.0);
   }
   return conv(h);
 }
