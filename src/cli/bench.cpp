@@ -4,22 +4,26 @@
 // caching allocator and peak RSS from getrusage. See include/taiyi/cli/bench.h.
 #include "taiyi/cli/bench.h"
 
-
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <new>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
+#include <ATen/SDPBackend.h>
 #include <torch/torch.h>
 
+#include "taiyi/cli/options.h"
+#include "taiyi/loaders/model_folder.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/utils/device.h"
 #include "taiyi/utils/error.h"
-#include "taiyi/pipelines/pipeline_stable_diffusion.h"
-#include "taiyi/cli/options.h"
 #include "taiyi/utils/image.h"
 
 namespace taiyi {
@@ -40,6 +44,62 @@ double peak_rss_mb() {
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss / 1024.0;  // Linux: kilobytes
+}
+
+// Seconds since this process started (/proc/self/stat's starttime against /proc/uptime, 10 ms ticks): the
+// "cold first image" is the process age when the first image is done, model load and first-call costs
+// (kernel loading, allocator growth, cuDNN autotuning) included. -1 where /proc cannot say.
+double process_age_s() {
+  std::ifstream stat("/proc/self/stat");
+  std::string line;
+  std::getline(stat, line);
+  const size_t comm_end = line.rfind(')');
+  if (comm_end == std::string::npos || comm_end + 2 > line.size()) return -1;
+  std::istringstream fields(line.substr(comm_end + 2));  // from field 3 (state) on
+  std::string field;
+  for (int i = 3; i <= 22 && fields >> field; ++i) {
+  }
+  double uptime = 0;
+  std::ifstream("/proc/uptime") >> uptime;
+  char* end = nullptr;
+  const double start_ticks = std::strtod(field.c_str(), &end);
+  if (end == field.c_str() || uptime <= 0) return -1;
+  return uptime - start_ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// The SDPA kernel libtorch picks for the UNet's largest attention, the first down block's
+// self-attention ([images x 2 with guidance, heads, h*w, head_dim] in the model's dtype): what users
+// compare across GPUs (flash, memory-efficient, cuDNN or the math fallback). "unknown" when the configs
+// do not say.
+std::string attention_backend(const Pipeline& pipe, const GenerationRequest& r) {
+  try {
+    const Config unet = pipe.folder().config("unet");
+    const std::vector<int64_t> channels = unet.get_int_list("block_out_channels");
+    const int64_t heads = unet.get_int_or_list("attention_head_dim", channels.size(), 8).front();
+    const int64_t vae_blocks = static_cast<int64_t>(pipe.folder().config("vae").get_int_list("block_out_channels").size());
+    const int64_t factor = int64_t{1} << (vae_blocks - 1);
+    const int64_t tokens = (r.width / factor) * (r.height / factor);
+    const int64_t rows = (r.cfg_scale > 1.0 ? 2 : 1) * r.count;
+    const torch::Tensor q = torch::empty({rows, heads, tokens, channels.front() / heads},
+                                         torch::TensorOptions().dtype(pipe.dtype()).device(pipe.device()));
+    switch (static_cast<at::SDPBackend>(at::_fused_sdp_choice(q, q, q))) {
+      case at::SDPBackend::math: return "math";
+      case at::SDPBackend::flash_attention: return "flash";
+      case at::SDPBackend::efficient_attention: return "memory-efficient";
+      case at::SDPBackend::cudnn_attention: return "cudnn";
+      case at::SDPBackend::overrideable: return "overrideable";
+      case at::SDPBackend::error: break;
+    }
+  } catch (const std::exception&) {
+  }
+  return "unknown";
+}
+
+// An allocation that failed (CUDA's caching allocator, the host's) or a size the memory check refused:
+// such a configuration is a row saying so, and the grid goes on.
+bool out_of_memory(const std::exception& e) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) || dynamic_cast<const std::bad_alloc*>(&e)) return true;
+  return dynamic_cast<const Error*>(&e) && std::string(e.what()).find("of working memory") != std::string::npos;
 }
 
 void check_options(const BenchOptions& o) {
@@ -157,19 +217,36 @@ Configuration make_configuration(const BenchOptions& o, const Loaded& loaded, in
   return c;
 }
 
-// The untimed runs: `warmup` rounds over the configuration's requests.
-void warm_up(const BenchOptions& o, Pipeline& pipe, const Configuration& c, const Log& log) {
+// The process age when its first image was done (process_age_s); -1 until then. A fact about the process,
+// hence process-wide: the first image of the first configuration sets it.
+double first_image_age_s = -1;
+
+// Runs one generation and returns its wall time; the first of the process also sets first_image_age_s.
+double timed_generate(Pipeline& pipe, const GenerationRequest& request) {
+  const auto start = std::chrono::steady_clock::now();
+  pipe.generate(request);
+  const double wall = seconds_since(start);
+  if (first_image_age_s < 0) first_image_age_s = process_age_s();
+  return wall;
+}
+
+// The untimed runs: `warmup` rounds over the configuration's requests. Returns the wall time of the
+// first (first-call costs included), or -1 when there is no warm-up.
+double warm_up(const BenchOptions& o, Pipeline& pipe, const Configuration& c, const Log& log) {
+  double first = -1;
   for (int64_t i = 0; i < o.warmup; ++i) {
     for (size_t k = 0; k < c.requests.size(); ++k) {
       say(log, "bench: " + c.labels[k] + ": warm-up " + std::to_string(i + 1) + "/" + std::to_string(o.warmup));
-      pipe.generate(c.requests[k]);
+      const double wall = timed_generate(pipe, c.requests[k]);
+      if (first < 0) first = wall;
     }
   }
+  return first;
 }
 
 // What the timed runs of one request add up to.
 struct Totals {
-  StageTimes stages;
+  StageTimes stages;  // deltas: stage seconds, UNet calls, images with NaN/Inf
   double cpu_s = 0;
   std::vector<double> walls;
 };
@@ -181,15 +258,14 @@ std::vector<Totals> timed_runs(const BenchOptions& o, Pipeline& pipe, const Conf
     for (size_t k = 0; k < c.requests.size(); ++k) {
       const StageTimes before = pipe.times();
       const double cpu_before = cpu_seconds();
-      auto start = std::chrono::steady_clock::now();
-      pipe.generate(c.requests[k]);
-      totals[k].walls.push_back(seconds_since(start));
+      totals[k].walls.push_back(timed_generate(pipe, c.requests[k]));
       totals[k].cpu_s += cpu_seconds() - cpu_before;
       const StageTimes& after = pipe.times();
       totals[k].stages.encode += after.encode - before.encode;
       totals[k].stages.denoise += after.denoise - before.denoise;
       totals[k].stages.decode += after.decode - before.decode;
       totals[k].stages.unet_calls += after.unet_calls - before.unet_calls;
+      totals[k].stages.nonfinite_images += after.nonfinite_images - before.nonfinite_images;
       say(log, "bench: " + c.labels[k] + ": run " + std::to_string(i + 1) + "/" + std::to_string(o.repeat) + " " +
                    format("%.3f", totals[k].walls.back()) + " s");
     }
@@ -199,7 +275,8 @@ std::vector<Totals> timed_runs(const BenchOptions& o, Pipeline& pipe, const Conf
 
 // The result record of one request: its timings per run (mean, median, extremes) and the memory peaks.
 Json result_record(const BenchOptions& o, const torch::Device& device, const Loaded& loaded, int64_t batch,
-                   const GenerationRequest& request, const Totals& t, std::pair<double, double> gpu_peak) {
+                   const GenerationRequest& request, const Totals& t, std::pair<double, double> gpu_peak,
+                   double first_run_s) {
   const auto [peak_allocated, peak_reserved] = gpu_peak;
   const double runs = static_cast<double>(o.repeat);
   const int64_t unet_calls = t.stages.unet_calls;
@@ -235,6 +312,9 @@ Json result_record(const BenchOptions& o, const torch::Device& device, const Loa
                  {"run_cpu_s", t.cpu_s / runs},
                  {"s_per_image", wall_s / batch},
                  {"images_per_s", batch / wall_s},
+                 {"first_run_s", first_run_s},
+                 {"nonfinite_images", t.stages.nonfinite_images},
+                 {"attention_backend", attention_backend(loaded.pipe, request)},
                  {"peak_rss_mb", peak_rss_mb()}};
   if (device.is_cuda()) {  // absent on the CPU, where the RSS is the memory figure
     result["peak_gpu_mb"] = peak_allocated;
@@ -250,11 +330,13 @@ void bench_configuration(const BenchOptions& o, const torch::Device& device, con
   const Configuration c = make_configuration(o, loaded, batch, resolution);
   // The peak covers the weights (still allocated) and the largest generation of this configuration.
   reset_gpu_peak(device);
-  warm_up(o, loaded.pipe, c, log);
+  const double warm_up_first = warm_up(o, loaded.pipe, c, log);
   const std::vector<Totals> totals = timed_runs(o, loaded.pipe, c, log);
+  // The configuration's first generation: its warm-up's first, else its first timed run.
+  const double first_run_s = warm_up_first >= 0 ? warm_up_first : totals.front().walls.front();
   const std::pair<double, double> gpu_peak = gpu_peak_mb(device);
   for (size_t k = 0; k < c.requests.size(); ++k) {
-    Json result = result_record(o, device, loaded, batch, c.requests[k], totals[k], gpu_peak);
+    Json result = result_record(o, device, loaded, batch, c.requests[k], totals[k], gpu_peak, first_run_s);
     say(log, "bench: " + c.labels[k] + ": " + format("%.3f", result["run_s"].get<double>()) + " s per run, " +
                  format("%.2f", result["it_per_s"].get<double>()) + " it/s");
     results.push_back(result);
@@ -282,7 +364,22 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
     }
     for (int64_t batch : o.batch_sizes) {
       for (int64_t resolution : o.resolutions) {
-        bench_configuration(o, device, loaded, batch, resolution, out["results"], log);
+        try {
+          bench_configuration(o, device, loaded, batch, resolution, out["results"], log);
+        } catch (const std::exception& e) {
+          if (!out_of_memory(e)) throw;
+          // A row with its size and the error instead of a crash; the next configuration starts clean.
+          release_gpu_cache(device);
+          const std::string message = dynamic_cast<const c10::Error*>(&e)
+                                          ? static_cast<const c10::Error&>(e).what_without_backtrace()
+                                          : std::string(e.what());
+          out["results"].push_back({{"precision", loaded.precision_name}, {"batch_size", batch}, {"width", resolution},
+                                    {"height", resolution}, {"steps", o.steps},
+                                    {"error", "out of memory: " + message.substr(0, message.find('\n'))}});
+          say(log, "bench: " + loaded.precision_name + " batch " + std::to_string(batch) + " " + std::to_string(resolution) +
+                       "x" + std::to_string(resolution) + ": out of memory");
+        }
+        if (first_image_age_s >= 0 && !out.contains("first_image_s")) out["first_image_s"] = first_image_age_s;
         if (on_configuration) on_configuration(out);
       }
     }
@@ -301,8 +398,9 @@ std::string format_bench_table(const Json& bench) {
       {"steps", "steps", "%.0f"},          {"chunks", "prompt_chunks", "%.0f"}, {"load s", "load_s", "%.2f"},
       {"text s", "encode_s", "%.3f"},
       {"step s", "unet_step_s", "%.4f"},   {"it/s", "it_per_s", "%.2f"},      {"decode s", "decode_s", "%.3f"},
-      {"s/image", "s_per_image", "%.3f"},  {"images/s", "images_per_s", "%.3f"},
-      {"GPU MB", "peak_gpu_mb", "%.0f"},   {"RSS MB", "peak_rss_mb", "%.0f"},
+      {"s/image", "s_per_image", "%.3f"},  {"images/s", "images_per_s", "%.3f"}, {"first s", "first_run_s", "%.3f"},
+      {"GPU MB", "peak_gpu_mb", "%.0f"},   {"RSS MB", "peak_rss_mb", "%.0f"},  {"attention", "attention_backend", nullptr},
+      {"note", "", nullptr},
   };
   std::vector<std::vector<std::string>> rows;
   std::vector<std::string> header;
@@ -313,6 +411,9 @@ std::string format_bench_table(const Json& bench) {
     for (const Column& c : columns) {
       if (std::string(c.title) == "size") {
         row.push_back(std::to_string(r.value("width", 0)) + "x" + std::to_string(r.value("height", 0)));
+      } else if (std::string(c.title) == "note") {  // what went wrong, if anything
+        const int64_t nonfinite = r.value("nonfinite_images", int64_t{0});
+        row.push_back(r.contains("error") ? "out of memory" : nonfinite ? "NaN/Inf in " + std::to_string(nonfinite) : "");
       } else if (!r.contains(c.key) || r.at(c.key).is_null()) {
         row.push_back("-");
       } else if (c.pattern) {
@@ -330,8 +431,10 @@ std::string format_bench_table(const Json& bench) {
   std::ostringstream out;
   out << "device: " << bench.value("device", "?") << ", scheduler " << bench.value("scheduler", "?") << ", cfg "
       << format("%g", bench.value("cfg_scale", 0.0)) << ", warm-up " << bench.value("warmup", 0) << ", "
-      << bench.value("repeat", 0) << " timed run(s) each" << (bench.value("random_weights", false) ? ", random weights" : "")
-      << "\n";
+      << bench.value("repeat", 0) << " timed run(s) each" << (bench.value("random_weights", false) ? ", random weights" : "");
+  if (bench.contains("first_image_s"))
+    out << ", cold first image " << format("%.2f", bench.at("first_image_s").get<double>()) << " s after process start";
+  out << "\n";
   for (size_t r = 0; r < rows.size(); ++r) {
     std::string line;
     for (size_t i = 0; i < rows[r].size(); ++i) {

@@ -507,6 +507,8 @@ Pipeline::PreparedLatents Pipeline::prepare_latents(Scheduler& scheduler, const 
 
 std::vector<Image> Pipeline::decode_images(const std::vector<GenerationRequest>& batch, const torch::Tensor& latents) {
   torch::Tensor decoded = decode(latents);
+  // Counted for the records (taiyi bench's nonfinite_images); to_images copies to the host next anyway.
+  times_.nonfinite_images += torch::isfinite(decoded).flatten(1).all(1).logical_not().sum().item<int64_t>();
   std::vector<Image> images;
   int64_t offset = 0;
   for (const GenerationRequest& r : batch) {

@@ -331,11 +331,21 @@ TEST(Bench, RandomWeightsGridOnCpu) {
   EXPECT_TRUE(bench.at("random_weights").get<bool>());
   EXPECT_EQ(bench.at("scheduler").get<std::string>(), "PLMS");
   EXPECT_FALSE(log.empty());
+  // What users of such benchmarks look for beside the warm times.
+  for (const Json& r : bench.at("results")) {
+    EXPECT_GT(r.at("first_run_s").get<double>(), 0.0) << r.dump();
+    EXPECT_EQ(r.at("nonfinite_images"), 0) << r.dump();
+    const std::string backend = r.at("attention_backend").get<std::string>();
+    EXPECT_TRUE(backend == "flash" || backend == "math" || backend == "memory-efficient") << backend;
+  }
+  EXPECT_GT(bench.at("first_image_s").get<double>(), bench.at("results")[0].at("first_run_s").get<double>())
+      << "the cold first image counts from process start";
 
   std::string table = taiyi::format_bench_table(bench);
   EXPECT_TRUE(contains(table, "it/s")) << table;
   EXPECT_TRUE(contains(table, "s/image")) << table;
   EXPECT_TRUE(contains(table, "random weights")) << table;
+  EXPECT_TRUE(contains(table, "cold first image")) << table;
   int rows = 0;
   std::istringstream lines(table);
   for (std::string line; std::getline(lines, line);) rows += line.rfind("fp32", 0) == 0 && contains(line, "64x64");
@@ -365,6 +375,25 @@ TEST(Bench, DefaultGridOnTheCpuIsFp32BesideBf16) {
   EXPECT_EQ(bench["results"][1]["precision"], "bf16");
   EXPECT_GT(bench["results"][1]["it_per_s"].get<double>(), 0.0);
   EXPECT_FALSE(bench.at("numerics").at("tf32_matmul").get<bool>());
+}
+
+TEST(Bench, OutOfMemoryIsARowAndTheGridGoesOn) {
+  taiyi::BenchOptions o = tiny_bench_options();
+  o.random_weights = true;
+  o.batch_sizes = {1};
+  o.warmup = 0;
+  o.repeat = 1;
+  o.resolutions = {16384, 64};  // 16384x16384 needs far more working memory than any CI machine has
+  Json bench = taiyi::run_bench(o);
+  ASSERT_EQ(bench.at("results").size(), 2u) << bench.dump(2);
+  const Json& refused = bench["results"][0];
+  EXPECT_EQ(refused.at("width"), 16384);
+  EXPECT_EQ(refused.at("batch_size"), 1);
+  EXPECT_TRUE(contains(refused.at("error").get<std::string>(), "out of memory")) << refused.dump();
+  EXPECT_TRUE(contains(refused.at("error").get<std::string>(), "GB of working memory")) << refused.dump();
+  EXPECT_EQ(bench["results"][1].at("width"), 64);
+  EXPECT_GT(bench["results"][1].at("it_per_s").get<double>(), 0.0);
+  EXPECT_TRUE(contains(taiyi::format_bench_table(bench), "out of memory"));
 }
 
 TEST(Bench, BadOptionsAreErrors) {

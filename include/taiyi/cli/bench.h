@@ -47,7 +47,13 @@ struct BenchOptions {
 // load_s, encode_s, unet_step_s (per UNet call: Heun and DPM2 make two per step), it_per_s (UNet calls per second), decode_s, s_per_image, images_per_s, peak_gpu_mb, peak_rss_mb}, ...]}.
 // Also per result: denoise_s, run_s (mean wall time of a timed run), run_median_s, run_min_s, run_max_s,
 // run_cpu_s (the process's user + system CPU time per run), unet_calls_per_run, and on CUDA
-// peak_gpu_reserved_mb and load_peak_gpu_mb. peak_gpu_mb is absent on the CPU.
+// peak_gpu_reserved_mb and load_peak_gpu_mb. peak_gpu_mb is absent on the CPU. first_run_s: the
+// configuration's first generation (its first-call costs included), apart from the warm per-run times;
+// nonfinite_images: images of the timed runs whose pixels held NaN/Inf; attention_backend: the SDPA kernel
+// libtorch picks for the UNet's largest attention ("flash", "memory-efficient", "cudnn", "math"). The
+// document's first_image_s is the cold first image: seconds from process start to the first image done
+// (model load included). A configuration that runs out of memory (or that the memory check refuses) is a
+// row {precision, batch_size, width, height, steps, error} and the grid goes on.
 // `log` receives progress lines; `on_configuration`, if given, receives the whole document so far after each
 // configuration (batch size x resolution at a precision) is measured, so that a caller can save it then: a
 // run cut short (a time limit, an out-of-memory at a later size) keeps every configuration already measured.

@@ -117,6 +117,7 @@ struct StageTimes {  // seconds, accumulated over generate() calls
   double lora = 0;        // merging and un-merging LoRAs
   int64_t lora_merges = 0;
   int64_t unet_calls = 0;
+  int64_t nonfinite_images = 0;  // images whose decoded pixels held NaN or Inf (black or garbage in the PNG)
 };
 
 // Called after each denoising step: (step index from 1, total steps).
