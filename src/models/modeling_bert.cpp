@@ -57,7 +57,7 @@ struct BertSelfAttentionImpl : torch::nn::Module {
     value = register_module("value", Linear(hidden, hidden));
   }
   torch::Tensor forward(const torch::Tensor& x) {
-    return multi_head_attention(query(x), key(x), value(x), num_heads, /*causal=*/false);
+    return multi_head_attention(query(x), key(x), value(x), num_heads, /*mask=*/{});
   }
   Linear query{nullptr}, key{nullptr}, value{nullptr};
   int64_t num_heads;

@@ -21,6 +21,7 @@ using nn::LayerNorm;
 using nn::Linear;
 using text_encoders::activate;
 using text_encoders::Activation;
+using text_encoders::causal_attention_mask;
 using text_encoders::check_input_ids;
 using text_encoders::EncoderOptions;
 using text_encoders::multi_head_attention;
@@ -35,8 +36,9 @@ struct ClipAttentionImpl : torch::nn::Module {
     q_proj = register_module("q_proj", Linear(hidden, hidden));
     out_proj = register_module("out_proj", Linear(hidden, hidden));
   }
-  torch::Tensor forward(const torch::Tensor& x) {
-    return out_proj(multi_head_attention(q_proj(x), k_proj(x), v_proj(x), num_heads, /*causal=*/true));
+  // x [B, L, hidden]; mask: causal_attention_mask [B, 1, L, L].
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask) {
+    return out_proj(multi_head_attention(q_proj(x), k_proj(x), v_proj(x), num_heads, mask));
   }
   Linear k_proj{nullptr}, v_proj{nullptr}, q_proj{nullptr}, out_proj{nullptr};
   int64_t num_heads;
@@ -63,8 +65,8 @@ struct ClipEncoderLayerImpl : torch::nn::Module {
     mlp = register_module("mlp", ClipMlp(o.hidden, o.intermediate, o.activation));
     layer_norm2 = register_module("layer_norm2", LayerNorm(o.hidden, o.eps));
   }
-  torch::Tensor forward(torch::Tensor x) {
-    x = x + self_attn(layer_norm1(x));
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask) {
+    x = x + self_attn(layer_norm1(x), mask);
     return x + mlp(layer_norm2(x));
   }
   ClipAttention self_attn{nullptr};
@@ -108,8 +110,10 @@ struct ClipTextTransformerImpl : torch::nn::Module {
   // hidden_states[-(skip + 1)] through final_layer_norm: the first num_layers - skip layers.
   torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) {
     torch::Tensor x = embeddings(input_ids);  // [B, L, hidden]
+    const torch::Tensor mask = causal_attention_mask(x.size(0), x.size(1), x.scalar_type(), x.device());
     const int64_t layers = options.num_layers - skip;
-    for (int64_t i = 0; i < layers; ++i) x = encoder->layers[static_cast<size_t>(i)]->as<ClipEncoderLayer>()->forward(x);
+    for (int64_t i = 0; i < layers; ++i)
+      x = encoder->layers[static_cast<size_t>(i)]->as<ClipEncoderLayer>()->forward(x, mask);
     return final_layer_norm(x);
   }
   ClipTextEmbeddings embeddings{nullptr};

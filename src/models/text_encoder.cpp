@@ -2,6 +2,7 @@
 // The models themselves: modeling_clip.cpp (CLIPTextModel) and modeling_bert.cpp (BertModel).
 #include "taiyi/models/text_encoder.h"
 
+#include <limits>
 #include <string>
 
 #include "taiyi/models/modeling_bert.h"
@@ -30,16 +31,25 @@ torch::Tensor activate(Activation activation, const torch::Tensor& x) {
 }
 
 torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   int64_t num_heads, bool causal) {
+                                   int64_t num_heads, const torch::Tensor& mask) {
   const int64_t batch = q.size(0), length = q.size(1), hidden = q.size(2);
   const int64_t head_dim = hidden / num_heads;
   auto split_heads = [&](const torch::Tensor& t) {  // [B, L, hidden] -> [B, heads, L, head_dim]
     return t.view({batch, length, num_heads, head_dim}).transpose(1, 2);
   };
-  // is_causal equals CLIP's additive mask (finfo.min above the diagonal): those weights are 0.
-  torch::Tensor out = at::scaled_dot_product_attention(split_heads(q), split_heads(k), split_heads(v), {},
-                                                       /*dropout_p=*/0.0, /*is_causal=*/causal);
+  torch::Tensor out = at::scaled_dot_product_attention(split_heads(q), split_heads(k), split_heads(v),
+                                                       mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt,
+                                                       /*dropout_p=*/0.0, /*is_causal=*/false);
   return out.transpose(1, 2).reshape({batch, length, hidden});  // [B, L, hidden]
+}
+
+torch::Tensor causal_attention_mask(int64_t batch, int64_t length, torch::ScalarType dtype, torch::Device device) {
+  double lowest = 0;  // torch.finfo(dtype).min
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "causal_attention_mask",
+                                  [&] { lowest = static_cast<double>(std::numeric_limits<scalar_t>::lowest()); });
+  // torch.full((L, L), min).masked_fill_(j <= i, 0): min where j > i, the strict upper triangle.
+  torch::Tensor mask = torch::full({length, length}, lowest, torch::TensorOptions().dtype(dtype).device(device)).triu(1);
+  return mask.unsqueeze(0).unsqueeze(0).expand({batch, 1, length, length});  // [B, 1, L, L]
 }
 
 EncoderOptions read_encoder_options(const Config& config, double default_eps, const std::string& default_activation) {

@@ -147,6 +147,36 @@ TEST(TextEncoder, BertWithSharpWeightsMatchesTransformers) {
   expect_sharp_weights_match_reference("tiny-bert", "bert");
 }
 
+// CLIP's attention takes transformers' additive causal mask (is_causal=False), which selects
+// transformers' kernel on CUDA; on the CPU it must give the bits SDPA's is_causal gives (what taiyi
+// called before), in each dtype a text encoder runs in.
+TEST(TextEncoder, ClipCausalMaskGivesTheBitsOfIsCausalOnTheCpu) {
+  c10::InferenceMode guard;
+  const int64_t batch = 2, length = 77, heads = 4, head_dim = 16;
+  // torch.finfo(dtype).min
+  const std::vector<std::pair<torch::ScalarType, double>> dtypes = {
+      {torch::kFloat, -3.4028234663852886e38}, {torch::kBFloat16, -3.3895313892515355e38}, {torch::kHalf, -65504.0}};
+  for (const auto& entry : dtypes) {
+    const torch::ScalarType dtype = entry.first;
+    const double finfo_min = entry.second;
+    SCOPED_TRACE(c10::toString(dtype));
+    torch::Tensor mask = text_encoders::causal_attention_mask(batch, length, dtype, torch::kCPU);
+    ASSERT_EQ(mask.sizes(), (std::vector<int64_t>{batch, 1, length, length}));
+    EXPECT_EQ(mask[0][0][0][1].item<double>(), finfo_min);  // above the diagonal
+    EXPECT_EQ(mask[1][0][5][5].item<double>(), 0.0);
+    EXPECT_EQ(mask[1][0][5][0].item<double>(), 0.0);
+    torch::manual_seed(0);
+    auto make = [&] { return torch::randn({batch, length, heads * head_dim}).to(dtype); };
+    const torch::Tensor q = make(), k = make(), v = make();
+    auto split = [&](const torch::Tensor& t) { return t.view({batch, length, heads, head_dim}).transpose(1, 2); };
+    const torch::Tensor is_causal =
+        at::scaled_dot_product_attention(split(q), split(k), split(v), {}, 0.0, /*is_causal=*/true)
+            .transpose(1, 2)
+            .reshape({batch, length, heads * head_dim});
+    EXPECT_TRUE(torch::equal(text_encoders::multi_head_attention(q, k, v, heads, mask), is_causal));
+  }
+}
+
 TEST(TextEncoder, ClipParameterNamesAreCheckpointKeys) {
   // 2 embeddings + 16 tensors per layer + final LayerNorm (2 layers in the tiny config).
   expect_names_are_checkpoint_keys("tiny-clip", 2 + 16 * 2 + 2);

@@ -48,9 +48,17 @@ Activation activation_from_config(const Config& config, const std::string& fallb
 torch::Tensor activate(Activation activation, const torch::Tensor& x);
 
 // Multi-head attention core: q, k, v [B, L, hidden] -> [B, L, hidden], scale 1/sqrt(head_dim)
-// (SDPA's default, as both CLIP and BERT use); causal for CLIP.
+// (SDPA's default, as both CLIP and BERT use), with an additive mask broadcast to [B, heads, L, L]
+// (CLIP's causal_attention_mask) or none (BERT: undefined).
 torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   int64_t num_heads, bool causal);
+                                   int64_t num_heads, const torch::Tensor& mask);
+
+// transformers' _create_4d_causal_attention_mask as CLIPTextTransformer makes it: [B, 1, L, L] in
+// `dtype`, finfo(dtype).min above the diagonal and 0 elsewhere. CLIP's attention takes it with
+// is_causal=False (sdpa_attention_forward), not SDPA's is_causal: on the CPU the two give the same
+// bits, but on CUDA they select different kernels in fp16/bf16 (is_causal flash, the mask
+// memory-efficient), so only the mask gives transformers' bits there.
+torch::Tensor causal_attention_mask(int64_t batch, int64_t length, torch::ScalarType dtype, torch::Device device);
 
 // The transformer options that CLIPTextConfig and BertConfig both hold, under the same keys.
 struct EncoderOptions {
