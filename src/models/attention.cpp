@@ -37,9 +37,22 @@ AttentionImpl::AttentionImpl(int64_t query_dim, int64_t context_dim, int64_t hea
   register_module("to_out", torch::nn::ModuleList(to_out_0));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
-  const torch::Tensor& kv = context.defined() ? context : x;
-  return to_out_0(nn::multi_head_attention(to_q(x), to_k(kv), to_v(kv), heads_));
+CrossAttentionCache::KeysValues CrossAttentionCache::get(const AttentionImpl* layer, const torch::Tensor& context,
+                                                         const std::function<KeysValues()>& project) {
+  if (!context_.is_same(context)) {
+    entries_.clear();
+    context_ = context;
+  }
+  auto found = entries_.find(layer);
+  if (found == entries_.end()) found = entries_.emplace(layer, project()).first;
+  return found->second;
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context, CrossAttentionCache* cache) {
+  if (!context.defined()) return to_out_0(nn::multi_head_attention(to_q(x), to_k(x), to_v(x), heads_));
+  auto project = [&] { return CrossAttentionCache::KeysValues{to_k(context), to_v(context)}; };
+  const auto [keys, values] = cache ? cache->get(this, context, project) : project();
+  return to_out_0(nn::multi_head_attention(to_q(x), keys, values, heads_));
 }
 
 FeedForwardImpl::FeedForwardImpl(int64_t dim) {
@@ -70,9 +83,10 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads,
   ff = register_module("ff", FeedForward(dim));
 }
 
-torch::Tensor BasicTransformerBlockImpl::forward(torch::Tensor h, const torch::Tensor& context) {
-  h = attn1(norm1(h), only_cross_attention_ ? context : torch::Tensor()) + h;
-  h = attn2(norm2(h), context) + h;
+torch::Tensor BasicTransformerBlockImpl::forward(torch::Tensor h, const torch::Tensor& context,
+                                                 CrossAttentionCache* cache) {
+  h = attn1(norm1(h), only_cross_attention_ ? context : torch::Tensor(), cache) + h;
+  h = attn2(norm2(h), context, cache) + h;
   return ff(norm3(h)) + h;
 }
 
@@ -97,7 +111,8 @@ Transformer2DModelImpl::Transformer2DModelImpl(const TransformerOptions& o) : li
   }
 }
 
-torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
+torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torch::Tensor& context,
+                                              CrossAttentionCache* cache) {
   const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
   torch::Tensor h = norm(x);
   int64_t inner;
@@ -109,7 +124,7 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torc
     inner = h.size(1);
     h = proj_in_linear(h.permute({0, 2, 3, 1}).reshape({batch, height * width, inner}));
   }
-  for (auto& block : blocks) h = block(h, context);
+  for (auto& block : blocks) h = block(h, context, cache);
   if (!linear_) {
     h = h.reshape({batch, height, width, inner}).permute({0, 3, 1, 2}).contiguous();
     h = proj_out_conv(h);

@@ -50,10 +50,10 @@ DownBlockImpl::DownBlockImpl(const UNetShape& s, size_t i, int64_t in_channels, 
 }
 
 torch::Tensor DownBlockImpl::forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
-                                     std::vector<torch::Tensor>& skips) {
+                                     std::vector<torch::Tensor>& skips, nn::CrossAttentionCache* cache) {
   for (size_t j = 0; j < resnets.size(); ++j) {
     h = resnets[j](h, temb);
-    if (!attentions.empty()) h = attentions[j](h, context);
+    if (!attentions.empty()) h = attentions[j](h, context, cache);
     skips.push_back(h);
   }
   if (downsampler) {
@@ -76,9 +76,10 @@ MidBlockImpl::MidBlockImpl(const UNetShape& s) {
   attention_list->push_back(attention);
 }
 
-torch::Tensor MidBlockImpl::forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context) {
+torch::Tensor MidBlockImpl::forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
+                                    nn::CrossAttentionCache* cache) {
   h = resnets[0](h, temb);
-  h = attention(h, context);
+  h = attention(h, context, cache);
   return resnets[1](h, temb);
 }
 
@@ -110,12 +111,12 @@ UpBlockImpl::UpBlockImpl(const UNetShape& s, size_t up, int64_t in_channels, int
 
 torch::Tensor UpBlockImpl::forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
                                    std::vector<torch::Tensor>& skips,
-                                   std::optional<std::vector<int64_t>> upsample_size) {
+                                   std::optional<std::vector<int64_t>> upsample_size, nn::CrossAttentionCache* cache) {
   for (size_t j = 0; j < resnets.size(); ++j) {
     h = torch::cat({h, skips.back()}, 1);
     skips.pop_back();
     h = resnets[j](h, temb);
-    if (!attentions.empty()) h = attentions[j](h, context);
+    if (!attentions.empty()) h = attentions[j](h, context, cache);
   }
   if (upsampler) h = upsampler(h, std::move(upsample_size));
   return h;

@@ -195,7 +195,8 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   }
 
   // unet_2d_condition.py UNet2DConditionModel.forward without the optional extras.
-  torch::Tensor forward(torch::Tensor sample, const torch::Tensor& timestep, const torch::Tensor& context) {
+  torch::Tensor forward(torch::Tensor sample, const torch::Tensor& timestep, const torch::Tensor& context,
+                        nn::CrossAttentionCache* cache) {
     const UNetShape& s = shape_;
     check_inputs(sample, timestep, context);
     const int64_t batch = sample.size(0);
@@ -214,15 +215,15 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
     torch::Tensor h = conv_in(sample);
     std::vector<torch::Tensor> skips{h};
-    for (auto& block : down_blocks) h = block(h, emb, context, skips);
-    h = mid_block(h, emb, context);
+    for (auto& block : down_blocks) h = block(h, emb, context, skips, cache);
+    h = mid_block(h, emb, context, cache);
     for (size_t i = 0; i < up_blocks.size(); ++i) {
       std::optional<std::vector<int64_t>> upsample_size;
       const size_t remaining = skips.size() - up_blocks[i]->num_resnets();
       if (i + 1 < up_blocks.size() && forward_upsample_size) {
         upsample_size = std::vector<int64_t>{skips[remaining - 1].size(2), skips[remaining - 1].size(3)};
       }
-      h = up_blocks[i](h, emb, context, skips, upsample_size);
+      h = up_blocks[i](h, emb, context, skips, upsample_size, cache);
     }
     h = nn::activate(s.activation, conv_norm_out(h));
     return conv_out(h);
@@ -261,8 +262,9 @@ UNet2DConditionModel::UNet2DConditionModel(const Config& config)
     : impl_(std::make_shared<UNet2DConditionModelImpl>(config)) {}
 
 torch::Tensor UNet2DConditionModel::forward(const torch::Tensor& sample, const torch::Tensor& timestep,
-                                            const torch::Tensor& encoder_hidden_states) {
-  return impl_->forward(sample, timestep, encoder_hidden_states);
+                                            const torch::Tensor& encoder_hidden_states,
+                                            nn::CrossAttentionCache* cache) {
+  return impl_->forward(sample, timestep, encoder_hidden_states, cache);
 }
 
 torch::nn::Module& UNet2DConditionModel::module() { return *impl_; }

@@ -336,6 +336,8 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
   std::vector<torch::Tensor> timestep_tensors;
   for (int64_t i = first_index; i < total; ++i)
     timestep_tensors.push_back(torch::tensor(static_cast<float>(timesteps[static_cast<size_t>(i)]), torch::kFloat).to(device_));
+  // The text context is the same at every step: its attention keys and values are computed once.
+  nn::CrossAttentionCache cross_attention;
   for (int64_t i = first_index; i < total; ++i) {
     torch::Tensor model_input = guidance ? torch::cat({latents, latents}) : latents;
     model_input = scheduler.scale_model_input(model_input, i);
@@ -345,7 +347,8 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
       model_input = torch::cat(parts, 1);
     }
     if (options_.channels_last && device_.is_cuda()) model_input = model_input.contiguous(torch::MemoryFormat::ChannelsLast);
-    torch::Tensor noise = unet_->forward(model_input, timestep_tensors[static_cast<size_t>(i - first_index)], embeddings);
+    torch::Tensor noise =
+        unet_->forward(model_input, timestep_tensors[static_cast<size_t>(i - first_index)], embeddings, &cross_attention);
     if (guidance) {
       auto halves = noise.chunk(2);
       noise = halves[0] + r.cfg_scale * (halves[1] - halves[0]);

@@ -194,6 +194,42 @@ TEST(UNet, TimestepOnAnotherDtypeOrShapeGivesTheSameResult) {
                expected, kTinyTolerance);
 }
 
+// The keys and values a CrossAttentionCache keeps give the bits of a UNet without one, on the call
+// that fills it and on later ones (other timesteps, as in the denoising loop); a call with another
+// context does not reuse them. Also with only_cross_attention, where attn1 attends to the text too.
+TEST(UNet, CrossAttentionCacheGivesTheSameBitsAsNone) {
+  c10::InferenceMode guard;
+  fs::path ref = fixture("ref/unet.safetensors");
+  torch::Tensor sample = reference_tensor(ref, "square.sample");
+  torch::Tensor context = reference_tensor(ref, "encoder_hidden_states");
+  torch::Tensor other = context.flip(1).contiguous();  // another context of the same shape
+  for (const fs::path& dir : {fixture("tiny-clip/unet"), fixture("unet-variants/only_cross_attention")}) {
+    SCOPED_TRACE(dir.string());
+    auto unet = load_unet(dir);
+    // attn2 everywhere, and attn1 where only_cross_attention (never in the mid block: get_mid_block
+    // does not pass it).
+    size_t text_attentions = 0;
+    const bool only_cross = dir.filename() == "only_cross_attention";
+    auto ends_with = [](const std::string& name, const std::string& end) {
+      return name.size() >= end.size() && name.compare(name.size() - end.size(), end.size(), end) == 0;
+    };
+    for (const auto& item : unet.module().named_modules()) {
+      const bool mid = item.key().rfind("mid_block.", 0) == 0;
+      if (ends_with(item.key(), ".attn2") || (only_cross && !mid && ends_with(item.key(), ".attn1"))) ++text_attentions;
+    }
+    taiyi::nn::CrossAttentionCache cache;
+    for (int64_t t : {981, 500, 1}) {
+      torch::Tensor timestep = torch::tensor(t);
+      EXPECT_TRUE(torch::equal(unet.forward(sample, timestep, context, &cache), unet.forward(sample, timestep, context)))
+          << "t=" << t;
+      EXPECT_EQ(cache.size(), text_attentions);
+    }
+    EXPECT_TRUE(torch::equal(unet.forward(sample, torch::tensor(981), other, &cache),
+                             unet.forward(sample, torch::tensor(981), other)))
+        << "a cache filled for one context used for another";
+  }
+}
+
 TEST(UNet, UnsupportedBlockTypeIsAnErrorNamingKeyAndValue) {
   expect_error_naming(
       [] {

@@ -2,11 +2,15 @@
 // parameter names are the state-dict keys: Attention (models/attention_processor.py, computed as
 // AttnProcessor2_0 does), FeedForward and BasicTransformerBlock (models/attention.py), and
 // Transformer2DModel (models/transformers/transformer_2d.py) on continuous input; plus the
-// attention core they share with the VAE's mid-block attention. Inference only; NCHW outside,
-// [B, L, C] inside.
+// attention core they share with the VAE's mid-block attention, and the per-generation cache of the
+// keys and values projected from the text context (CrossAttentionCache). Inference only; NCHW
+// outside, [B, L, C] inside.
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -21,13 +25,37 @@ namespace taiyi::nn {
 torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                    int64_t heads);
 
+class AttentionImpl;
+
+// The keys and values that the UNet's attention layers project from the text context, kept for one
+// generation. The context is constant over the denoising loop, so each layer's to_k(context) and
+// to_v(context) are computed on the first UNet call and reused by the later ones: the same ops on the
+// same inputs, so the same bits (diffusers recomputes them every step). Pipeline::denoise makes one
+// per loop and drops it after; a UNet called without one computes them every time.
+// It is bound to the context tensor it first sees (by identity): a call with another tensor empties
+// it first, so it never serves one context's keys for another. Do not change a context in place while
+// a cache holds it.
+class CrossAttentionCache {
+ public:
+  using KeysValues = std::pair<torch::Tensor, torch::Tensor>;
+  // `layer`'s keys and values for `context`: project() on first use, the kept pair afterwards.
+  KeysValues get(const AttentionImpl* layer, const torch::Tensor& context, const std::function<KeysValues()>& project);
+  // The number of layers whose keys and values are kept.
+  size_t size() const { return entries_.size(); }
+
+ private:
+  torch::Tensor context_;
+  std::unordered_map<const AttentionImpl*, KeysValues> entries_;
+};
+
 // attention_processor.py Attention as BasicTransformerBlock builds it: to_q/to_k/to_v without
 // bias, to_out.0 with bias; keys and values from `context` (cross-attention) or from x.
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads, int64_t head_dim);
-  // x [B, L, query_dim]; context [B, Lc, context_dim] or undefined (self-attention).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
+  // x [B, L, query_dim]; context [B, Lc, context_dim] or undefined (self-attention). With a cache,
+  // the keys and values of a context come from it (see CrossAttentionCache).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context, CrossAttentionCache* cache = nullptr);
 
  private:
   int64_t heads_;
@@ -52,7 +80,7 @@ TORCH_MODULE(FeedForward);
 class BasicTransformerBlockImpl : public torch::nn::Module {
  public:
   BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, int64_t cross_dim, bool only_cross);
-  torch::Tensor forward(torch::Tensor h, const torch::Tensor& context);
+  torch::Tensor forward(torch::Tensor h, const torch::Tensor& context, CrossAttentionCache* cache = nullptr);
 
  private:
   bool only_cross_attention_;
@@ -73,7 +101,7 @@ class Transformer2DModelImpl : public torch::nn::Module {
  public:
   explicit Transformer2DModelImpl(const TransformerOptions& o);
   // x [B, channels, h, w]; context [B, L, cross_dim] -> [B, channels, h, w].
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context, CrossAttentionCache* cache = nullptr);
 
  private:
   bool linear_;

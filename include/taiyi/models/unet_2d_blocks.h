@@ -46,7 +46,7 @@ class DownBlockImpl : public torch::nn::Module {
   DownBlockImpl(const UNetShape& s, size_t i, int64_t in_channels, bool add_downsample);
   // Appends each resnet's (or attention's) output and the downsampler's to `skips`.
   torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
-                        std::vector<torch::Tensor>& skips);
+                        std::vector<torch::Tensor>& skips, nn::CrossAttentionCache* cache);
 
  private:
   std::vector<nn::ResnetBlock2D> resnets;
@@ -60,7 +60,8 @@ TORCH_MODULE(DownBlock);
 class MidBlockImpl : public torch::nn::Module {
  public:
   explicit MidBlockImpl(const UNetShape& s);
-  torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context);
+  torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
+                        nn::CrossAttentionCache* cache);
 
  private:
   std::vector<nn::ResnetBlock2D> resnets;
@@ -78,7 +79,8 @@ class UpBlockImpl : public torch::nn::Module {
 
   // Pops one skip connection per resnet from the back of `skips`.
   torch::Tensor forward(torch::Tensor h, const torch::Tensor& temb, const torch::Tensor& context,
-                        std::vector<torch::Tensor>& skips, std::optional<std::vector<int64_t>> upsample_size);
+                        std::vector<torch::Tensor>& skips, std::optional<std::vector<int64_t>> upsample_size,
+                        nn::CrossAttentionCache* cache);
 
  private:
   std::vector<nn::ResnetBlock2D> resnets;

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "taiyi/loaders/model_folder.h"
+#include "taiyi/models/attention.h"
 
 namespace taiyi {
 
@@ -17,8 +18,10 @@ class UNet2DConditionModel {
   explicit UNet2DConditionModel(const Config& config);
   // sample [B, in_channels, h, w]; timestep: a 0-d or [B] tensor (int64 or float) on any device;
   // encoder_hidden_states [B, L, cross_attention_dim] -> noise prediction [B, out_channels, h, w].
+  // With a cache, the attention layers' keys and values of encoder_hidden_states are computed on the
+  // first call and reused by the later ones (one cache per generation; see CrossAttentionCache).
   torch::Tensor forward(const torch::Tensor& sample, const torch::Tensor& timestep,
-                        const torch::Tensor& encoder_hidden_states);
+                        const torch::Tensor& encoder_hidden_states, nn::CrossAttentionCache* cache = nullptr);
   torch::nn::Module& module();
   int64_t in_channels() const;
   int64_t sample_size() const;
