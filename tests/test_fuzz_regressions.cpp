@@ -43,7 +43,7 @@ std::string safetensors(const std::string& header, const std::string& data = "")
 // target bodies accept). The folder must hold some: a missing folder is a failure, not a pass.
 TEST(FuzzRegressions, KeptInputsRunClean) {
   setenv("TAIYI_FIXTURES", taiyi::test::fixtures_dir().c_str(), 1);
-  const fs::path root = fs::path(TAIYI_SOURCE_DIR) / "tests" / "data" / "fuzz";
+  const fs::path root = taiyi::test::source_dir() / "tests" / "data" / "fuzz";
   ASSERT_TRUE(fs::is_directory(root)) << root;
   size_t inputs = 0;
   for (const auto& folder : fs::directory_iterator(root)) {
@@ -62,7 +62,7 @@ TEST(FuzzRegressions, KeptInputsRunClean) {
 
 // The crashes' causes, each asserted on its own (the replay above only shows that nothing escapes).
 TEST(FuzzRegressions, ImageCrashesAreErrors) {
-  const fs::path root = fs::path(TAIYI_SOURCE_DIR) / "tests" / "data" / "fuzz" / "image";
+  const fs::path root = taiyi::test::source_dir() / "tests" / "data" / "fuzz" / "image";
   auto decode = [&](const char* name) {
     const std::string bytes = read_bytes(root / name);
     return taiyi::decode_image(std::string_view(bytes).substr(1), name, 3);  // byte 0: the target's channel choice

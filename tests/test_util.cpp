@@ -134,9 +134,19 @@ static std::string slurp(const fs::path& p) {
   return ss.str();
 }
 
+std::string taiyi_binary() {
+  const char* env = std::getenv("TAIYI_BINARY");
+  return env && *env ? env : TAIYI_BINARY;
+}
+
+fs::path source_dir() {
+  const char* env = std::getenv("TAIYI_SOURCE_DIR");
+  return env && *env ? env : TAIYI_SOURCE_DIR;
+}
+
 CommandResult run_taiyi(const std::vector<std::string>& args) {
   fs::path dir = temp_dir("run_taiyi");
-  std::string cmd = shell_quote(TAIYI_BINARY);
+  std::string cmd = shell_quote(taiyi_binary());
   for (const auto& a : args) cmd += " " + shell_quote(a);
   cmd += " >" + shell_quote((dir / "out").string()) + " 2>" + shell_quote((dir / "err").string()) + " </dev/null";
   int status = std::system(cmd.c_str());

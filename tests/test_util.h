@@ -56,6 +56,12 @@ torch::Tensor image_tensor(const std::vector<taiyi::Image>& images);
 double fraction_within(const torch::Tensor& actual, const torch::Tensor& expected, double tolerance);
 double psnr_db(const torch::Tensor& actual, const torch::Tensor& expected);
 
+// The taiyi binary and the source tree: $TAIYI_BINARY / $TAIYI_SOURCE_DIR when set (binaries built on one
+// machine and run from another checkout, as scripts/gpu_check.sh does with carried binaries), else the
+// absolute paths compiled in (TAIYI_BINARY, TAIYI_SOURCE_DIR of tests/CMakeLists.txt).
+std::string taiyi_binary();
+std::filesystem::path source_dir();
+
 // Runs the taiyi binary with arguments (shell-quoted here); returns exit status, captures output.
 struct CommandResult {
   int exit_code;

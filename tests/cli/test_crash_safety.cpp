@@ -48,14 +48,15 @@ std::map<std::string, std::string> files_of(const fs::path& dir) {
 
 // Starts taiyi with `args` (output to /dev/null), returns its pid.
 pid_t spawn_taiyi(const std::vector<std::string>& args) {
+  const std::string binary = taiyi::test::taiyi_binary();  // before fork: the child only execs
   const pid_t pid = fork();
   if (pid == 0) {
     const int null = ::open("/dev/null", O_RDWR);
     dup2(null, 0), dup2(null, 1), dup2(null, 2);
-    std::vector<char*> argv{const_cast<char*>(TAIYI_BINARY)};
+    std::vector<char*> argv{const_cast<char*>(binary.c_str())};
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    execv(TAIYI_BINARY, argv.data());
+    execv(binary.c_str(), argv.data());
     _exit(127);
   }
   return pid;
@@ -131,7 +132,7 @@ TEST(CrashSafety, FullDiskFailsCleanlyAndKeepsEarlierImages) {
   const auto reference = files_of(small);
   fs::remove_all(small);
   fs::create_directories(small);
-  std::string command = "mount -t tmpfs -o size=64k tmpfs '" + small.string() + "' && '" + TAIYI_BINARY + "'";
+  std::string command = "mount -t tmpfs -o size=64k tmpfs '" + small.string() + "' && '" + taiyi::test::taiyi_binary() + "'";
   for (const std::string& a : settings(prompts, small)) command += " '" + a + "'";
   command += " 2>'" + (dir / "err").string() + "'; echo \\$? >'" + (dir / "rc").string() + "'; cp -a '" + small.string() +
              "/.' '" + (dir / "copy").string() + "/'";
