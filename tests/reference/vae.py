@@ -9,7 +9,14 @@ ref/vae.safetensors
 vae-variants/<name>/                           tiny AutoencoderKLs with other config options
 ref/vae_full.safetensors (--full only)
     decode.latents [1, 4, 64, 64]               -> decode.images [1, 3, 512, 512]   full-clip/vae
+
+    python tests/reference/vae.py FIXTURES --device cuda
+
+writes ref/vae_cuda.safetensors: decode.images_float16, the same fp16 decode of decode.latents on the GPU
+(scripts/gpu_check.sh runs it there, for CudaVAE: CPU fp16 is itself 7e-3 from fp32 on this decode, so the
+CUDA fp16 decode is compared with diffusers' fp16 decode on the same GPU).
 """
+import argparse
 import json
 from pathlib import Path
 
@@ -70,3 +77,22 @@ def make(out: Path, full: bool):
             decoded = vae.decode(latents).sample
         save_file({"decode.latents": latents, "decode.images": decoded.contiguous()},
                   out / "ref" / "vae_full.safetensors")
+
+
+def make_on_device(out: Path, device: str):
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    latents = load_file(out / "ref" / "vae.safetensors")["decode.latents"]
+    vae = AutoencoderKL.from_pretrained(out / "tiny-clip", subfolder="vae", torch_dtype=torch.float16).to(device).eval()
+    with torch.inference_mode():
+        decoded = vae.decode(latents.to(device, torch.float16)).sample.float().cpu()
+    save_file({"decode.images_float16": decoded.contiguous()}, out / "ref" / f"vae_{device}.safetensors")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="diffusers' fp16 VAE decode on a device, for the cuda-labelled tests")
+    ap.add_argument("fixtures", type=Path)
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    make_on_device(args.fixtures, args.device)
