@@ -266,6 +266,10 @@ def main():
     ap.add_argument("--threads", type=int, help="CPU threads of both tools (OMP_NUM_THREADS; default: torch's, "
                     "the cores). On a shared machine --threads 1 makes the CPU times steadier.")
     ap.add_argument("--out", default=str(ROOT / "build" / "vs-diffusers"), help="folder for PNGs and JSON")
+    ap.add_argument("--json", help="the report (default OUT/vs_diffusers.json), rewritten after each measurement")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the other precisions' results of an existing --json (one run per precision, "
+                         "as scripts/gpu_check.sh stages them)")
     # Internal: the diffusers subprocess, and the full-size fixture builder.
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--first-image", action="store_true", help=argparse.SUPPRESS)
@@ -305,8 +309,15 @@ def main():
               "--seed", args.seed, "--prompt", args.prompt]
     results = {}
     report = {"settings": settings, "environment": environment, "results": results}
-    report_path = out / "vs_diffusers.json"
-    report_path.unlink(missing_ok=True)  # an earlier run's would pass for this one's if this one is cut short
+    report_path = Path(args.json) if args.json else out / "vs_diffusers.json"
+    if args.append and report_path.exists():
+        try:  # the earlier runs' precisions stay, complete or not; this run's are measured again
+            results.update({k: v for k, v in json.loads(report_path.read_text()).get("results", {}).items()
+                            if k not in precisions})
+        except ValueError:
+            pass
+    else:
+        report_path.unlink(missing_ok=True)  # an earlier run's would pass for this one's if this one is cut short
     for precision in precisions:
         log(f"--- {precision}")
         r = {"incomplete": True, "diffusers": {}, "taiyi": {}}
@@ -396,6 +407,9 @@ def print_table(report):
     rows = [("", "diffusers", "taiyi", "taiyi/diffusers")]
     fmt = lambda v, p="%.3f": "-" if v is None else (p % v)
     for precision, r in report["results"].items():
+        if r.get("incomplete"):  # an earlier run's (--append), cut short
+            rows.append((f"[{precision}] incomplete (an earlier run was cut short)", "", "", ""))
+            continue
         d, t, q = r["diffusers"], r["taiyi"], r["ratios"]
         rows.append((f"[{precision}] generate s, mean (load excluded)", fmt(d["generate_s"]), fmt(t["generate_s"]),
                      fmt(q["generate_s"])))
