@@ -4,20 +4,23 @@
 # command. Every stage runs under its own limit and under a global deadline (TAIYI_GPU_DEADLINE, 510 s);
 # a stage that fails or times out is recorded and the next one runs; summary.txt is always written.
 #
-#   scripts/gpu_check.sh --prepare        here, with network: fills .deps/ (ignored by git, about 40 MiB)
-#                                         with the Debian C++ header packages (dpkg -x), the Python wheels
-#                                         that machine lacks (diffusers, transformers 4.57, peft, ...), and
+#   scripts/gpu_check.sh --prepare        here, with network: fills .deps/ (ignored by git, 42 MiB) with
+#                                         the Debian C++ header packages (dpkg -x, 5.5 MiB), the Python wheels
+#                                         that machine lacks (diffusers, transformers 4.57, peft, ..., 21 MiB),
 #                                         taiyi and taiyi_tests built here against the same torch wheel
-#                                         (2.11+cu130, the venv of scripts/setup.sh), stripped, in .deps/bin
+#                                         (2.11+cu130, the venv of scripts/setup.sh), stripped, with
+#                                         libcudart.so.13 (8 MiB), and the pipeline and sampler references
+#                                         (7 MiB)
 #   scripts/gpu_check.sh                  there (the device tool, carry [".deps"], timeout_s 570)
 #
 # The plan, in order of value, with the expected time of each stage on an H100 (limit in brackets):
 #     device start and transfer of ~45 MiB                          60-120 s  (before the command)
 #   1 wheels       pip install of the carried wheels               ~10 s   [60]
 #   2 env          nvidia-smi, versions, the diffusers import       ~15 s   [45]
-#     background from here: fixtures (the six reference modules the CUDA suite reads, CPU, then
-#     diffusers' images and fp16 VAE decode on the GPU, ~60-90 s) and the full-size random pipeline
-#     (the real Taiyi configs, ~60-90 s)
+#     background from here: fixtures (the six reference modules the CUDA suite reads, CPU, the carried
+#     pipeline and sampler references used; then diffusers' images and fp16 VAE decode on the GPU,
+#     ~50-80 s; without the carried references add 60-200 s) and the full-size random pipeline (the real
+#     Taiyi configs, ~60-90 s)
 #   3 binaries     the carried binaries if they start and match     ~2 s    [30]
 #                  the sources and torch; else build (ninja)        150-240 s [240]
 #   4 fixtures-wait                                                 0-60 s  [150]
@@ -172,7 +175,8 @@ JOBS=()  # background jobs (each a `timeout` leading its own process group)
 : > "$OUT/summary.txt"
 : > "$OUT/measure.log"
 stamp() { echo "gpu_check: [$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/summary.txt" >&2; }
-selected() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+# TAIYI_GPU_STAGES selects stages; the wheels and the binaries (or their build) always come first.
+selected() { [ -z "$ONLY" ] || [[ ",$ONLY,wheels,binaries,build," == *",$1,"* ]]; }
 left() { echo $(( DEADLINE - $(date +%s) )); }
 
 # The summary's last lines, whatever ends the script (a failed expansion under set -u, a signal).
