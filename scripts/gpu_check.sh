@@ -49,7 +49,7 @@
 # even if binaries are carried), TAIYI_BENCH_REPEAT (2), TAIYI_VS_STEPS (50), TAIYI_BENCH_STEPS (20),
 # TAIYI_BENCH_SIZE (512).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 DEPS=$ROOT/.deps
 # Versions as in scripts/setup.sh (transformers 4.57 keeps the slow tokenizers diffusers' pipeline
@@ -87,7 +87,7 @@ prepare_binaries() {
   listed=$("$DEPS/bin/taiyi_tests" --gtest_list_tests --gtest_filter='Cuda*' | grep -c '^  ') || true
   if [ "$listed" -lt "$CUDA_TESTS_MIN" ]; then
     echo "gpu_check: --prepare: $build's test binary lists $listed Cuda tests (TAIYI_ONLY build?): not carried" >&2
-    rm -rf "$DEPS/bin" "$DEPS/lib"
+    rm -rf "${DEPS:?}/bin" "${DEPS:?}/lib"
     return 1
   fi
   source_hash > "$DEPS/bin/SOURCE"
