@@ -53,17 +53,15 @@ class ProgressBar {
   std::chrono::steady_clock::time_point first_;
 };
 
-// The job as the options describe it: the prompt from the argument or -p, the LoRA files parsed.
+// The job as the options describe it: the prompt from the argument or -p.
 JobSpec job_spec(const GenerateCommand& c) {
   JobSpec spec = c.spec;
   const bool from_file = !spec.prompts_file.empty();
   if (!from_file && !c.prompt.empty() && !c.prompt_option.empty())
     throw Error("give the prompt either as an argument or with -p, not both");
   spec.prompt = c.prompt_option.empty() ? c.prompt : c.prompt_option;
-  check_job_spec(spec);
   if (c.pipeline.eta < 0) throw Error("--eta " + format_number(c.pipeline.eta) + ": must not be negative");
-  for (const std::string& value : c.loras) spec.defaults.loras.push_back(parse_lora_option(value));
-  return spec;
+  return spec;  // plan_job checks it and parses its --lora options
 }
 
 // What runs where, and the working memory the first image needs (the estimate validation holds each
@@ -179,7 +177,7 @@ void add_generate_options(CLI::App& app, GenerateCommand& c) {
       ->capture_default_str();
   c.pipeline.lora_dir = cache_folder("loras");
   c.pipeline.embeddings_dir = cache_folder("embeddings");
-  app.add_option("--lora", c.loras, "merge a LoRA file (kohya or diffusers layout), SCALE default 1; repeat to stack")
+  app.add_option("--lora", c.spec.lora_options, "merge a LoRA file (kohya or diffusers layout), SCALE default 1; repeat to stack")
       ->type_name("FILE[:SCALE]")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--lora-dir", c.pipeline.lora_dir, "where a prompt's <lora:NAME:WEIGHT> finds NAME.safetensors")

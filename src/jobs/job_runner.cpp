@@ -194,6 +194,8 @@ LoraSelection parse_lora_option(const std::string& value) {
 
 Job plan_job(const JobSpec& spec, const std::function<void(const std::string&)>& on_error) {
   check_job_spec(spec);
+  JobSpec resolved = spec;
+  for (const std::string& value : spec.lora_options) resolved.defaults.loras.push_back(parse_lora_option(value));
   Job job;
   job.from_file = !spec.prompts_file.empty();
   job.batch_size = spec.batch_size;
@@ -221,7 +223,7 @@ Job plan_job(const JobSpec& spec, const std::function<void(const std::string&)>&
     if (job.from_file && !shard.contains(p.ordinal)) continue;
     JobItem item;
     item.line = p.line;
-    item.request = request_of(spec, p, job.base_seed);
+    item.request = request_of(resolved, p, job.base_seed);
     if (name_outputs(spec, p, name_template, index, item, report)) planned.push_back(std::move(item));
   }
   std::set<fs::path> folders;  // every output's, done or not

@@ -17,7 +17,6 @@ struct GenerateCommand {
   std::string prompt;                // the positional prompt
   std::string prompt_option;         // -p
   JobSpec spec;                      // everything else a job is (its prompt set from the two above)
-  std::vector<std::string> loras;    // --lora FILE[:SCALE]
   std::string model;
   PipelineOptions pipeline;
   bool json = false, quiet = false;

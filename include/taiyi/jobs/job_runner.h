@@ -41,6 +41,9 @@ struct JobSpec {
   std::string prompt;        // one prompt, or
   std::string prompts_file;  // a prompt file (read_prompt_file's rules); its relative paths are from its folder
   GenerationRequest defaults;
+  // --lora FILE[:SCALE] for every prompt: plan_job parses them (parse_lora_option) after the checks and
+  // appends them to defaults.loras.
+  std::vector<std::string> lora_options;
   int64_t num_images = 1;         // images per prompt
   std::optional<uint64_t> seed;   // unset: random; a file's prompt k gets seed + k * num_images
   std::string output;             // -o: file, folder/ or name template ("" : outputs/)
