@@ -170,6 +170,7 @@ Pipeline load_pipeline(const BenchOptions& o, const std::string& precision, cons
   options.tf32 = o.tf32;
   options.cudnn_benchmark = o.cudnn_benchmark;
   options.channels_last = o.channels_last;
+  options.source = o.source;
   release_gpu_cache(device);
   reset_gpu_peak(device);
   say(log, "bench: loading " + o.model + (o.random_weights ? " (random weights)" : "") + ", " + precision);
@@ -461,6 +462,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchCommand& command) {
   o.model = default_model();
   CLI::App* bench = app.add_subcommand("bench", "benchmark: load, text encoding, UNet step, VAE decode, memory");
   add_model_option(bench, o.model);
+  add_model_source_options(bench, o.source);
   bench->add_flag("--random-weights", o.random_weights, "random weights from the folder's configs");
   bench->add_option("--device", o.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   bench->add_option("--precision", o.precisions,

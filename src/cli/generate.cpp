@@ -197,6 +197,7 @@ void add_generate_options(CLI::App& app, GenerateCommand& c) {
   app.add_option("--num-images", c.spec.num_images, "images per prompt")->capture_default_str();
   app.add_option("--batch-size", c.spec.batch_size, "images per UNet batch")->capture_default_str();
   add_model_option(&app, c.model);
+  add_model_source_options(&app, c.pipeline.source);
   app.add_option("-o,--output", c.spec.output,
                  "output file, folder (ends with /) or name template with {seed} {image} {line} {index} "
                  "(default: outputs/{seed}.png; with --prompts outputs/{line:05}-{image}.png)");

@@ -19,7 +19,9 @@
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/loaders/lora_weights.h"
-#include "taiyi/loaders/safetensors.h"
+#include "taiyi/loaders/single_file.h"
+#include "taiyi/loaders/single_file_configs.h"
+#include "taiyi/loaders/state_dict.h"
 #include "taiyi/schedulers/scheduler.h"
 #include "taiyi/models/text_encoder.h"
 #include "taiyi/tokenizers/tokenizer.h"
@@ -76,9 +78,27 @@ Json config_summary(const Config& config, const std::string& component) {
   return summary;
 }
 
-// Headers of the component's weight files (counts, dtypes, sizes) and, when the module could be
-// built, the name-and-shape comparison that load_weights would make.
-void inspect_weights(const ModelFolder& folder, const std::string& component, torch::nn::Module* module,
+// The safetensors names of torch dtypes, as `taiyi info` has always listed them (F32, F16, BF16, I64, ...).
+std::string dtype_name(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kFloat: return "F32";
+    case torch::kHalf: return "F16";
+    case torch::kBFloat16: return "BF16";
+    case torch::kDouble: return "F64";
+    case torch::kLong: return "I64";
+    case torch::kInt: return "I32";
+    case torch::kShort: return "I16";
+    case torch::kChar: return "I8";
+    case torch::kByte: return "U8";
+    case torch::kBool: return "BOOL";
+    default: return c10::toString(dtype);
+  }
+}
+
+// The component's weights as the pipeline would take them (names converted for a single file; no data
+// read): their files, counts, dtypes and, when the module could be built, the name-and-shape comparison
+// that load_weights would make.
+void inspect_weights(const ModelSource& source, const std::string& component, torch::nn::Module* module,
                      const LoadOptions& options, Json& entry, std::vector<std::string>& problems) {
   if (module) {
     int64_t model_tensors = 0, model_parameters = 0;
@@ -86,72 +106,64 @@ void inspect_weights(const ModelFolder& folder, const std::string& component, to
       ++model_tensors;
       model_parameters += item.value().numel();
     }
-    for (const auto& item : module->named_buffers(/*recurse=*/true)) {
-      (void)item;
-      ++model_tensors;
-    }
+    model_tensors += static_cast<int64_t>(module->named_buffers(/*recurse=*/true).size());
     entry["model_tensors"] = model_tensors;
     entry["model_parameters"] = model_parameters;
   }
-
-  std::vector<fs::path> paths;
-  if (!attempt(component, problems, [&] { paths = folder.weight_files(component); })) return;
-  std::vector<std::unique_ptr<SafetensorsFile>> files;
-  Json file_entries = Json::array();
+  StateDict weights;
+  if (!attempt(component, problems, [&] { weights = source.state_dict(component); })) return;
+  std::map<std::string, Json> files;  // by path, in name order
   std::map<std::string, int64_t> dtypes;
-  int64_t tensors = 0, parameters = 0;
+  int64_t parameters = 0;
+  for (const std::string& name : weights.names()) {
+    const torch::Tensor& view = *weights.find(name);
+    ++dtypes[dtype_name(view.scalar_type())];
+    parameters += view.numel();
+    Json& file = files[weights.origin(name)];
+    if (file.is_null()) {
+      std::error_code ec;
+      const uint64_t size = fs::file_size(weights.origin(name), ec);
+      file = {{"path", weights.origin(name)}, {"size_bytes", ec ? 0 : size}, {"tensors", 0}, {"parameters", 0}};
+    }
+    file["tensors"] = file["tensors"].get<int64_t>() + 1;
+    file["parameters"] = file["parameters"].get<int64_t>() + view.numel();
+  }
+  Json file_entries = Json::array();
   uint64_t size_bytes = 0;
-  bool all_opened = true;
-  for (const fs::path& path : paths) {
-    std::unique_ptr<SafetensorsFile> file;
-    if (!attempt(component, problems, [&] { file = std::make_unique<SafetensorsFile>(path); })) {
-      all_opened = false;
-      continue;
-    }
-    int64_t file_parameters = 0;
-    for (const TensorInfo& info : file->tensors()) {
-      ++dtypes[to_string(info.dtype)];
-      file_parameters += info.numel();
-    }
-    tensors += static_cast<int64_t>(file->tensors().size());
-    parameters += file_parameters;
-    size_bytes += file->file_size();
-    file_entries.push_back({{"path", path.string()},
-                            {"size_bytes", file->file_size()},
-                            {"tensors", file->tensors().size()},
-                            {"parameters", file_parameters}});
-    files.push_back(std::move(file));
+  for (auto& [path, file] : files) {
+    size_bytes += file["size_bytes"].get<uint64_t>();
+    file_entries.push_back(file);
   }
   entry["files"] = file_entries;
-  entry["tensors"] = tensors;
+  entry["tensors"] = weights.size();
   entry["parameters"] = parameters;
   entry["dtypes"] = dtypes;
   entry["size_bytes"] = size_bytes;
-  if (!module || !all_opened) return;
-
-  std::vector<const SafetensorsFile*> views;
-  for (const auto& file : files) views.push_back(file.get());
+  entry["weight_bytes"] = weights.nbytes();
+  if (!module) return;
   WeightMismatch mismatch;
-  if (!attempt(component, problems, [&] { mismatch = check_weights(*module, views, options); })) return;
+  if (!attempt(component, problems, [&] { mismatch = check_weights(*module, weights, options); })) return;
   entry["missing"] = mismatch.missing;
   entry["unexpected"] = mismatch.unexpected;
   entry["mis_shaped"] = mismatch.mis_shaped;
-  if (!mismatch.empty()) problems.push_back(component + ": " + mismatch.message(folder.component_dir(component).string()));
+  if (!mismatch.empty()) problems.push_back(component + ": " + mismatch.message(weights.source()));
 }
 
 void check_class(const ModelFolder& folder, const std::string& component, const std::string& expected) {
   std::string cls = folder.class_name(component);
   if (cls != expected)
-    throw Error((folder.root() / "model_index.json").string() + ": " + component + " class '" + cls +
+    throw Error(folder.index_path().string() + ": " + component + " class '" + cls +
                 "' is not supported (expected " + expected + ")");
 }
 
 // model_index.json: the pipeline class, the diffusers version, the classes of the components taiyi
 // uses (into `report`) and a note for each entry it does not use.
-void inspect_index(const fs::path& root, Json& report, std::vector<std::string>& problems,
+void inspect_index(const ModelFolder& folder, Json& report, std::vector<std::string>& problems,
                    std::vector<std::string>& notes) {
   Json index;
-  attempt("model_index.json", problems, [&] { index = read_json_file(root / "model_index.json"); });
+  attempt("model_index.json", problems, [&] {
+    index = folder.builtin_configs() ? builtin_model_index(folder.text_encoder_kind()) : read_json_file(folder.index_path());
+  });
   report["pipeline_class"] = index.value("_class_name", "");
   report["diffusers_version"] = index.value("_diffusers_version", "");
   // Entries of model_index.json that taiyi does not use (safety_checker, feature_extractor, ...).
@@ -184,7 +196,8 @@ Json inspect_tokenizer(const ModelFolder& folder, std::vector<std::string>& prob
 
 // Text encoder, UNet, VAE: config, module, weights (as Pipeline::load checks and loads them);
 // here the text encoder's.
-Json inspect_text_encoder(const ModelFolder& folder, std::vector<std::string>& problems) {
+Json inspect_text_encoder(const ModelSource& source, std::vector<std::string>& problems) {
+  const ModelFolder& folder = source.folder();
   Json entry = Json::object();
   std::shared_ptr<TextEncoderImpl> module;
   LoadOptions options;
@@ -194,48 +207,50 @@ Json inspect_text_encoder(const ModelFolder& folder, std::vector<std::string>& p
     module = make_text_encoder(folder);
     options.ignore_unexpected = module->ignored_checkpoint_keys();
   });
-  inspect_weights(folder, "text_encoder", module.get(), options, entry, problems);
+  inspect_weights(source, "text_encoder", module.get(), options, entry, problems);
   return entry;
 }
 
 // The UNet's class, config summary and weights.
-Json inspect_unet(const ModelFolder& folder, std::vector<std::string>& problems) {
+Json inspect_unet(const ModelSource& source, std::vector<std::string>& problems) {
+  const ModelFolder& folder = source.folder();
   Json entry = Json::object();
   std::unique_ptr<UNet2DConditionModel> module;
   attempt("unet", problems, [&] {
     entry["class"] = folder.class_name("unet");
     check_class(folder, "unet", "UNet2DConditionModel");
-    Config config = folder.config("unet");
+    Config config = source.config("unet");
     entry["config"] = config_summary(config, "unet");
     module = std::make_unique<UNet2DConditionModel>(config);
   });
-  inspect_weights(folder, "unet", module ? &module->module() : nullptr, {}, entry, problems);
+  inspect_weights(source, "unet", module ? &module->module() : nullptr, {}, entry, problems);
   return entry;
 }
 
 // The VAE's class, config summary, scale factors and weights.
-Json inspect_vae(const ModelFolder& folder, std::vector<std::string>& problems) {
+Json inspect_vae(const ModelSource& source, std::vector<std::string>& problems) {
+  const ModelFolder& folder = source.folder();
   Json entry = Json::object();
   std::unique_ptr<AutoencoderKL> module;
   attempt("vae", problems, [&] {
     entry["class"] = folder.class_name("vae");
     check_class(folder, "vae", "AutoencoderKL");
-    Config config = folder.config("vae");
+    Config config = source.config("vae");
     entry["config"] = config_summary(config, "vae");
     module = std::make_unique<AutoencoderKL>(config);
     entry["scale_factor"] = module->scale_factor();
     entry["scaling_factor"] = module->scaling_factor();
   });
-  inspect_weights(folder, "vae", module ? &module->module() : nullptr, {}, entry, problems);
+  inspect_weights(source, "vae", module ? &module->module() : nullptr, {}, entry, problems);
   return entry;
 }
 
 // Scheduler: the folder's class, as taiyi builds it by default.
-Json inspect_scheduler(const ModelFolder& folder, std::vector<std::string>& problems) {
+Json inspect_scheduler(const ModelSource& source, std::vector<std::string>& problems) {
   Json entry = Json::object();
   attempt("scheduler", problems, [&] {
-    entry["class"] = folder.class_name("scheduler");
-    Config config = folder.config("scheduler");
+    entry["class"] = source.folder().class_name("scheduler");
+    Config config = source.config("scheduler");
     entry["config"] = config_summary(config, "scheduler");
     entry["name"] = make_scheduler(config, "")->name();
   });
@@ -244,7 +259,7 @@ Json inspect_scheduler(const ModelFolder& folder, std::vector<std::string>& prob
 
 }  // namespace
 
-Json inspect_model(const fs::path& root) {
+Json inspect_model(const fs::path& root, const ModelSourceOptions& options) {
   Json report = {{"folder", root.string()}, {"usable", false}};
   std::vector<std::string> problems, notes;
   auto finish = [&]() {
@@ -254,18 +269,24 @@ Json inspect_model(const fs::path& root) {
     return report;
   };
 
-  ModelFolder folder;
-  if (!attempt("model_index.json", problems, [&] { folder = ModelFolder::open(root); })) return finish();
-  inspect_index(root, report, problems, notes);
+  ModelSource source;
+  const std::string opening = fs::is_directory(root) ? "model_index.json" : "checkpoint";
+  if (!attempt(opening, problems, [&] { source = ModelSource::open(root, options); })) return finish();
+  report["layout"] = source.description();
+  report["single_file"] = source.single_file();
+  if (source.single_file()) report["ema"] = source.has_ema();
+  if (!source.vae_path().empty()) report["vae"] = source.vae_path().string();
+  inspect_index(source.folder(), report, problems, notes);
 
   // The components in the order data flows through them.
   Json components = Json::object();
-  components["tokenizer"] = inspect_tokenizer(folder, problems);
-  components["text_encoder"] = inspect_text_encoder(folder, problems);
-  components["unet"] = inspect_unet(folder, problems);
-  components["vae"] = inspect_vae(folder, problems);
-  components["scheduler"] = inspect_scheduler(folder, problems);
+  components["tokenizer"] = inspect_tokenizer(source.folder(), problems);
+  components["text_encoder"] = inspect_text_encoder(source, problems);
+  components["unet"] = inspect_unet(source, problems);
+  components["vae"] = inspect_vae(source, problems);
+  components["scheduler"] = inspect_scheduler(source, problems);
   report["components"] = components;
+  if (source.single_file()) report["ignored_keys"] = source.unused_keys();
   return finish();
 }
 
@@ -307,7 +328,9 @@ std::string plain(const Json& value) {
 std::string format_model_report(const Json& report) {
   std::ostringstream out;
   const auto& problems = report.value("problems", Json::array());
-  out << "model folder: " << report.value("folder", "") << "\n";
+  out << "model:        " << report.value("folder", "") << "\n";
+  if (!report.value("layout", "").empty()) out << "layout:       " << report.value("layout", "") << "\n";
+  if (report.contains("vae")) out << "vae:          " << report.value("vae", "") << "\n";
   if (!report.value("pipeline_class", "").empty())
     out << "pipeline:     " << report.value("pipeline_class", "") << " (diffusers "
         << report.value("diffusers_version", "?") << ")\n";
@@ -353,6 +376,12 @@ std::string format_model_report(const Json& report) {
       out << "\n";
     }
   }
+  const auto& ignored = report.value("ignored_keys", Json::array());
+  if (!ignored.empty()) {
+    out << "\nkeys of the file not used: " << ignored.size() << " (";
+    for (size_t i = 0; i < std::min<size_t>(ignored.size(), 5); ++i) out << (i ? ", " : "") << ignored[i].get<std::string>();
+    out << (ignored.size() > 5 ? ", ...)\n" : ")\n");
+  }
   const auto& notes = report.value("notes", Json::array());
   if (!notes.empty()) {
     out << "\nnotes:\n";
@@ -370,9 +399,9 @@ std::string format_model_report(const Json& report) {
 namespace taiyi {
 
 Json inspect_lora(const fs::path& root, const fs::path& lora_path) {
-  ModelFolder folder = ModelFolder::open(root);
-  auto text_encoder = make_text_encoder(folder);
-  UNet2DConditionModel unet(folder.config("unet"));
+  const ModelSource source = ModelSource::open(root, {});
+  auto text_encoder = make_text_encoder(source.folder());
+  UNet2DConditionModel unet(source.config("unet"));
   std::vector<LoraTarget> targets = lora_targets("text_encoder", *text_encoder);
   for (LoraTarget& t : lora_targets("unet", unet.module())) targets.push_back(std::move(t));
   LoraFile lora = read_lora(lora_path, targets, /*strict=*/false);
@@ -431,15 +460,16 @@ namespace cli {
 
 CLI::App* add_info_command(CLI::App& app, InfoCommand& command) {
   command.model = default_model();
-  CLI::App* info = app.add_subcommand("info", "what taiyi sees in a model folder, and every problem found");
+  CLI::App* info = app.add_subcommand("info", "what taiyi sees in a model (folder or single file), and every problem found");
   add_model_option(info, command.model);
+  add_model_source_options(info, command.source);
   info->add_option("--lora", command.lora, "list what this LoRA file would patch in the model, and every key it cannot place");
   info->add_flag("--json", command.json, "JSON output");
   return info;
 }
 
 int run_info(const InfoCommand& command) {
-  const Json report = command.lora.empty() ? inspect_model(command.model) : inspect_lora(command.model, command.lora);
+  const Json report = command.lora.empty() ? inspect_model(command.model, command.source) : inspect_lora(command.model, command.lora);
   if (command.json) std::cout << report.dump(2) << "\n";
   else std::cout << (command.lora.empty() ? format_model_report(report) : format_lora_report(report));
   return report.value("usable", false) ? 0 : 1;

@@ -22,8 +22,25 @@ std::string cache_folder(const std::string& name) {
 }
 
 void add_model_option(CLI::App* app, std::string& model) {
-  app->add_option("-m,--model", model, "model folder in the diffusers layout (default: $TAIYI_MODEL, else " +
-                                           default_model() + ")");
+  app->add_option("-m,--model", model,
+                  "the model: a diffusers folder (a hub snapshot: safetensors or .bin weights) or a single-file checkpoint "
+                  "(.safetensors, .ckpt) in the original layout (default: $TAIYI_MODEL, else " + default_model() + ")");
+}
+
+void add_model_source_options(CLI::App* app, ModelSourceOptions& source) {
+  app->add_option("--variant", source.variant,
+                  "a diffusers folder's weight variant, e.g. fp16 for diffusion_pytorch_model.fp16.safetensors");
+  app->add_option("--config-dir", source.config_dir,
+                  "a single file's configs and tokenizer from this diffusers folder (default: built in: "
+                  "stable-diffusion-v1-5's configs, CLIP ViT-L/14's or bert-base-chinese's vocabulary)");
+  app->add_flag("--extract-ema", source.extract_ema, "a single file's EMA UNet weights (model_ema.*) instead of the others");
+  app->add_option("--prediction-type", source.prediction_type,
+                  "epsilon or v_prediction (default: the scheduler config's; for a single file, a same-name .yaml "
+                  "beside it with parameterization: \"v\" says v_prediction, as in the web UI)")
+      ->check(CLI::IsMember({"epsilon", "v_prediction"}));
+  app->add_option("--vae", source.vae,
+                  "a separate VAE: a file (.safetensors, .ckpt, .pt: the web UI's VAE files, or diffusers' names) or a "
+                  "diffusers vae folder");
 }
 
 void add_numerics_options(CLI::App* app, Tf32Mode& tf32, bool& cudnn_benchmark) {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/cli/options.h"
+#include "taiyi/loaders/single_file.h"
 #include "taiyi/jobs/infotext.h"
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/pipelines/prompt_parser.h"
@@ -20,6 +21,7 @@ CLI::App* add_tokenize_command(CLI::App& app, TokenizeCommand& command) {
   command.model = default_model();
   CLI::App* tokenize = app.add_subcommand("tokenize", "print the chunks, token ids and weights the model sees for a prompt");
   add_model_option(tokenize, command.model);
+  add_model_source_options(tokenize, command.source);
   tokenize->add_option("prompt", command.prompt, "the prompt")->required();
   tokenize->add_flag("--json", command.json, "JSON output");
   return tokenize;
@@ -31,8 +33,8 @@ int run_tokenize(const TokenizeCommand& command) {
   const std::string& model = command.model;
   const std::string& prompt = command.prompt;
   const bool json = command.json;
-  ModelFolder folder = ModelFolder::open(model);
-  auto tokenizer = load_tokenizer(folder);
+  const ModelSource source = ModelSource::open(model, command.source);
+  auto tokenizer = load_tokenizer(source.folder());
   const TokenizedPrompt t = tokenize_prompt(*tokenizer, prompt);
   const size_t chunk_length = tokenizer->max_length() - 2;
   auto token_strings = [&](const PromptChunk& c) {

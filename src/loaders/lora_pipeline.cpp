@@ -7,7 +7,7 @@
 #include <map>
 
 #include "taiyi/loaders/lora_weights.h"
-#include "taiyi/loaders/safetensors.h"
+#include "taiyi/loaders/state_dict.h"
 #include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/utils/device.h"
 #include "taiyi/utils/error.h"
@@ -72,7 +72,7 @@ void Pipeline::merge_lora_weight(torch::nn::Module& module, const std::string& p
 }
 
 void Pipeline::restore_lora_weights() {
-  std::map<std::string, std::vector<std::shared_ptr<SafetensorsFile>>> files;  // by component, opened once
+  std::map<std::string, StateDict> files;  // by component, opened once
   for (const auto& [key, updates] : lora_updates_) {
     const size_t bar = key.find('|');
     const std::string component = key.substr(0, bar), param = key.substr(bar + 1);
@@ -87,18 +87,11 @@ void Pipeline::restore_lora_weights() {
         lora_originals_.erase(original);
         continue;
       }
-      if (!files.count(component))
-        for (const fs::path& path : folder_.weight_files(component))
-          files[component].push_back(std::make_shared<SafetensorsFile>(path));
-      bool restored = false;
-      for (const auto& file : files[component]) {
-        if (!file->find(param)) continue;
-        replace_weight(*weight, load_tensor(*file, param, weight->scalar_type(), device_));
-        release_pages(file->tensor(param));  // the fresh mapping's pages, read once
-        restored = true;
-        break;
-      }
-      if (!restored) throw Error(folder_.root().string() + ": " + component + " weight " + param + " is no longer in its files");
+      if (!files.count(component)) files.emplace(component, source_.state_dict(component));
+      const torch::Tensor* original = files.at(component).find(param);
+      if (!original) throw Error(folder().root().string() + ": " + component + " weight " + param + " is no longer in its files");
+      replace_weight(*weight, load_tensor(*original, weight->scalar_type(), device_));
+      if (original->is_contiguous()) release_pages(*original);  // the fresh mapping's pages, read once
     }
   }
   lora_updates_.clear();

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "taiyi/loaders/single_file_configs.h"
 #include "taiyi/utils/error.h"
 
 namespace taiyi {
@@ -124,14 +125,16 @@ void Config::unsupported(const std::string& key, const std::string& what) const 
   throw Error(path_.string() + ": key '" + key + "' = " + value + " is not supported: " + what);
 }
 
-ModelFolder ModelFolder::open(const fs::path& root) {
+ModelFolder ModelFolder::open(const fs::path& root, const std::string& variant) {
   if (!fs::exists(root)) throw Error(root.string() + ": model folder not found");
   if (!fs::is_directory(root)) throw Error(root.string() + ": not a folder (expected a diffusers model folder)");
   fs::path index_path = root / "model_index.json";
   if (!fs::exists(index_path))
-    throw Error(index_path.string() + ": file not found (not a diffusers model folder; convert a hub snapshot or "
-                                      "checkpoint with tools/convert.py)");
-  return from_index(root, read_json_file(index_path));
+    throw Error(index_path.string() + ": file not found (not a diffusers model folder; a single-file checkpoint is "
+                                      "given as the file itself: -m model.safetensors)");
+  ModelFolder folder = from_index(root, read_json_file(index_path));
+  folder.variant_ = variant;
+  return folder;
 }
 
 ModelFolder ModelFolder::from_index(const fs::path& root, Json index) {
@@ -142,8 +145,26 @@ ModelFolder ModelFolder::from_index(const fs::path& root, Json index) {
   return folder;
 }
 
+ModelFolder ModelFolder::for_single_file(const fs::path& file, TextEncoderKind kind, const fs::path& config_dir) {
+  ModelFolder folder = config_dir.empty() ? from_index(file, builtin_model_index(kind)) : open(config_dir);
+  folder.root_ = file;
+  folder.single_file_ = true;
+  folder.kind_ = kind;
+  folder.config_dir_ = config_dir;
+  if (!config_dir.empty() && folder.text_encoder_kind() != kind)
+    throw Error(file.string() + ": holds a " + (kind == TextEncoderKind::Clip ? "CLIP" : "BERT") +
+                " text encoder but --config-dir " + config_dir.string() + " is for a " +
+                folder.class_name("text_encoder") + " model: use the config folder of the same model");
+  return folder;
+}
+
+fs::path ModelFolder::index_path() const {
+  if (builtin_configs()) return root_.string() + " (built-in model_index.json)";
+  return (single_file_ ? config_dir_ : root_) / "model_index.json";
+}
+
 std::string ModelFolder::class_name(const std::string& component) const {
-  fs::path index_path = root_ / "model_index.json";
+  const fs::path index_path = this->index_path();
   if (!index_.contains(component))
     throw Error(index_path.string() + ": no '" + component + "' entry (expected [\"library\", \"ClassName\"])");
   const Json& entry = index_.at(component);
@@ -154,12 +175,15 @@ std::string ModelFolder::class_name(const std::string& component) const {
 }
 
 fs::path ModelFolder::component_dir(const std::string& component) const {
-  fs::path dir = root_ / component;
+  if (builtin_configs()) throw Error(root_.string() + ": a single file has no " + component + " folder (its configs are built in)");
+  fs::path dir = (single_file_ ? config_dir_ : root_) / component;
   if (!fs::is_directory(dir)) throw Error(dir.string() + ": component folder not found");
   return dir;
 }
 
 Config ModelFolder::config(const std::string& component) const {
+  if (builtin_configs())
+    return Config(builtin_config(component, kind_), root_.string() + " (" + builtin_source(kind_, component) + ")");
   fs::path dir = component_dir(component);
   return Config::load(dir / (component == "scheduler" ? "scheduler_config.json" : "config.json"));
 }
@@ -168,41 +192,66 @@ TextEncoderKind ModelFolder::text_encoder_kind() const {
   std::string encoder = class_name("text_encoder");
   if (encoder == "CLIPTextModel") return TextEncoderKind::Clip;
   if (encoder == "BertModel") return TextEncoderKind::Bert;
-  throw Error((root_ / "model_index.json").string() + ": text_encoder class " + quoted_excerpt(encoder, 60) +
+  throw Error(index_path().string() + ": text_encoder class " + quoted_excerpt(encoder, 60) +
               " is not supported (expected CLIPTextModel or BertModel)");
 }
 
+// diffusers' utils/hub_utils._add_variant: "diffusion_pytorch_model.safetensors" -> "diffusion_pytorch_model.fp16.safetensors".
+static std::string with_variant(const std::string& name, const std::string& variant) {
+  if (variant.empty()) return name;
+  const size_t dot = name.rfind('.');
+  return name.substr(0, dot) + "." + variant + name.substr(dot);
+}
+
+// The shards listed by an index file's weight_map, each a file of `dir`.
+static std::vector<fs::path> shard_files(const fs::path& dir, const fs::path& index_path) {
+  Json index = read_json_file(index_path);
+  if (!index.contains("weight_map") || !index["weight_map"].is_object())
+    throw Error(index_path.string() + ": missing 'weight_map' object");
+  std::vector<fs::path> files;
+  for (const auto& item : index["weight_map"].items()) {
+    // A shard is a file of this folder: a path elsewhere ("../x", "/etc/x") is refused.
+    const std::string shard_name = item.value().is_string() ? item.value().get<std::string>() : std::string();
+    if (shard_name.empty() || shard_name.find('/') != std::string::npos || shard_name == "." || shard_name == "..")
+      throw Error(index_path.string() + ": weight_map[" + quoted_excerpt(item.key(), 80) + "] = " + json_excerpt(item.value()) +
+                  ": expected the file name of a shard in this folder");
+    fs::path shard = dir / shard_name;
+    if (std::find(files.begin(), files.end(), shard) == files.end()) files.push_back(shard);
+  }
+  return files;
+}
+
+// diffusers' ModelMixin.from_pretrained / transformers' PreTrainedModel.from_pretrained, for a local folder:
+// safetensors before PyTorch pickles (.bin, read by the restricted reader), single files before shards,
+// the variant's names when one is asked for (an index named "<name>.index.<variant>.json", or the older
+// "<name with variant>.index.json").
 std::vector<fs::path> ModelFolder::weight_files(const std::string& component) const {
-  fs::path dir = component_dir(component);
-  for (const char* name : {"model.safetensors", "diffusion_pytorch_model.safetensors"}) {
-    if (fs::exists(dir / name)) return {dir / name};
-  }
-  // Sharded: <name>.safetensors.index.json lists the shard of every tensor.
-  for (const char* name : {"model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"}) {
-    fs::path index_path = dir / name;
-    if (!fs::exists(index_path)) continue;
-    Json index = read_json_file(index_path);
-    if (!index.contains("weight_map") || !index["weight_map"].is_object())
-      throw Error(index_path.string() + ": missing 'weight_map' object");
-    std::vector<fs::path> files;
-    for (const auto& item : index["weight_map"].items()) {
-      // A shard is a file of this folder: a path elsewhere ("../x", "/etc/x") is refused.
-      const std::string shard_name = item.value().is_string() ? item.value().get<std::string>() : std::string();
-      if (shard_name.empty() || shard_name.find('/') != std::string::npos || shard_name == "." || shard_name == "..")
-        throw Error(index_path.string() + ": weight_map[" + quoted_excerpt(item.key(), 80) + "] = " + json_excerpt(item.value()) +
-                    ": expected the file name of a shard in this folder");
-      fs::path shard = dir / shard_name;
-      if (std::find(files.begin(), files.end(), shard) == files.end()) files.push_back(shard);
+  if (single_file_) return {root_};
+  return component_weight_files(component_dir(component), variant_);
+}
+
+std::vector<fs::path> component_weight_files(const fs::path& dir, const std::string& variant_) {
+  for (const char* base : {"model", "diffusion_pytorch_model", "pytorch_model"}) {
+    for (const char* ext : {".safetensors", ".bin"}) {
+      const std::string name = std::string(base) + ext;
+      if (std::string(base) == "pytorch_model" && std::string(ext) == ".safetensors") continue;
+      if (fs::exists(dir / with_variant(name, variant_))) return {dir / with_variant(name, variant_)};
+      for (const std::string& index_name :
+           {with_variant(name + ".index.json", variant_), with_variant(name, variant_) + ".index.json"})
+        if (fs::exists(dir / index_name)) return shard_files(dir, dir / index_name);
     }
-    return files;
   }
+  std::string found;
   for (const auto& entry : fs::directory_iterator(dir)) {
-    std::string ext = entry.path().extension().string();
-    if (ext == ".bin" || ext == ".ckpt" || ext == ".pt")
-      throw Error(dir.string() + ": only PyTorch pickle weights (" + entry.path().filename().string() +
-                  ") found; convert the folder to safetensors with tools/convert.py");
+    const std::string ext = entry.path().extension().string();
+    if (ext == ".safetensors" || ext == ".bin" || ext == ".ckpt" || ext == ".pt")
+      found += (found.empty() ? "" : ", ") + entry.path().filename().string();
   }
-  throw Error(dir.string() + ": no weights found (expected model.safetensors or diffusion_pytorch_model.safetensors)");
+  if (!variant_.empty())
+    throw Error(dir.string() + ": no weights of variant '" + variant_ + "' (expected diffusion_pytorch_model." + variant_ +
+                ".safetensors or model." + variant_ + ".safetensors" + (found.empty() ? "" : "; found " + found) + ")");
+  throw Error(dir.string() + ": no weights found (expected model.safetensors, diffusion_pytorch_model.safetensors or "
+                             "their .bin forms" + (found.empty() ? "" : "; found " + found) + ")");
 }
 
 }  // namespace taiyi

@@ -56,7 +56,7 @@ void Pipeline::add_embedding(const TextualInversion& embedding) const {
   if (static_cast<int64_t>(tokenizer_->vocab_size()) != rows)
     throw Error(embedding.file + ": textual inversion needs the tokenizer's " + std::to_string(tokenizer_->vocab_size()) +
                 " tokens to match the text encoder's " + std::to_string(rows) + " token rows (" +
-                folder_.root().string() + ")");
+                folder().root().string() + ")");
   std::vector<int64_t> ids = tokenizer_->add_embedding_tokens(embedding.name, static_cast<size_t>(embedding.vectors.size(0)));
   table.append_rows(embedding.vectors);
   if (text_encoder_fp32_ && text_encoder_fp32_ != text_encoder_) text_encoder_fp32_->token_embedding().append_rows(embedding.vectors);

@@ -103,7 +103,7 @@ std::shared_ptr<TextEncoderImpl> make_text_encoder(const ModelFolder& folder) {
     case TextEncoderKind::Bert:
       return make_bert_model(folder.config("text_encoder"));
   }
-  throw Error((folder.root() / "model_index.json").string() + ": unknown text encoder kind");
+  throw Error(folder.index_path().string() + ": unknown text encoder kind");
 }
 
 }  // namespace taiyi

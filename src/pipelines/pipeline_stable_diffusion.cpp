@@ -10,7 +10,7 @@
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
 #include "taiyi/pipelines/prompt_parser.h"
-#include "taiyi/loaders/safetensors.h"
+#include "taiyi/loaders/state_dict.h"
 
 namespace taiyi {
 
@@ -114,7 +114,8 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   auto start = std::chrono::steady_clock::now();
   Pipeline p;
   p.options_ = options;
-  p.folder_ = ModelFolder::open(folder_path);
+  p.source_ = ModelSource::open(folder_path, options.source);
+  const ModelFolder& folder = p.source_.folder();
   p.random_weights_ = random_weights;
   p.device_ = resolve_device(options.device);  // initialises CUDA before any CUDA-only call
   p.dtype_ = resolve_precision(options.precision, p.device_);
@@ -122,20 +123,20 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
     throw Error("--vae-precision " + options.vae_precision + ": expected auto or fp32");
   p.numerics_ = apply_numerics(p.device_, options.tf32, options.cudnn_benchmark);
   for (const char* component : {"unet", "vae"}) {
-    std::string cls = p.folder_.class_name(component);
+    std::string cls = folder.class_name(component);
     std::string expected = std::string(component) == "unet" ? "UNet2DConditionModel" : "AutoencoderKL";
     if (cls != expected)
-      throw Error((p.folder_.root() / "model_index.json").string() + ": " + component + " class '" + cls +
+      throw Error(folder.index_path().string() + ": " + component + " class '" + cls +
                   "' is not supported (expected " + expected + ")");
   }
   // Everything that reads configs comes first, so that a bad folder fails before any weight loads.
-  p.tokenizer_ = load_tokenizer(p.folder_);
-  p.scheduler_file_config_ = p.folder_.config("scheduler");
+  p.tokenizer_ = load_tokenizer(folder);
+  p.scheduler_file_config_ = p.source_.config("scheduler");
   p.scheduler_for(p.sampler_setting(GenerationRequest{}));  // a bad sampler or config fails before any weight loads
-  p.text_encoder_ = make_text_encoder(p.folder_);
-  p.unet_ = std::make_shared<UNet2DConditionModel>(p.folder_.config("unet"));
-  p.vae_ = std::make_shared<AutoencoderKL>(p.folder_.config("vae"));
-  p.unet_first_channels_ = p.folder_.config("unet").get_int_list("block_out_channels").at(0);
+  p.text_encoder_ = make_text_encoder(folder);
+  p.unet_ = std::make_shared<UNet2DConditionModel>(p.source_.config("unet"));
+  p.vae_ = std::make_shared<AutoencoderKL>(p.source_.config("vae"));
+  p.unet_first_channels_ = p.source_.config("unet").get_int_list("block_out_channels").at(0);
   const bool vae_forced_fp32 = options.vae_precision == "fp32" && p.dtype_ != torch::kFloat;
 
   p.load_component(*p.text_encoder_, "text_encoder", p.dtype_, p.text_encoder_->ignored_checkpoint_keys());
@@ -162,7 +163,8 @@ int64_t Pipeline::default_width() const { return unet_->sample_size() * vae_->sc
 int64_t Pipeline::default_height() const { return unet_->sample_size() * vae_->scale_factor(); }
 
 std::string Pipeline::model_name() const {
-  fs::path root = fs::absolute(folder_.root()).lexically_normal();
+  fs::path root = fs::absolute(folder().root()).lexically_normal();
+  if (source_.single_file()) return root.stem().string();  // the web UI's "Model: <checkpoint stem>"
   std::string name = root.filename().string();
   if (name.empty()) name = root.parent_path().filename().string();
   return name;
@@ -192,10 +194,10 @@ void Pipeline::validate(const GenerationRequest& r) const {
     throw Error("strength " + std::to_string(r.strength) + ": must be greater than 0 and at most 1");
   if (!r.mask.empty() && r.init_image.empty()) throw Error(r.mask + ": a mask needs an init image (-i) to inpaint");
   if (inpainting_unet() && r.mask.empty())
-    throw Error((folder_.root() / "unet" / "config.json").string() +
+    throw Error(source_.config("unet").path().string() +
                 ": an inpainting UNet (in_channels 9) needs an init image and a mask (-i IMAGE --mask MASK)");
   if (unet_->in_channels() != vae_->latent_channels() && !inpainting_unet())
-    throw Error((folder_.root() / "unet" / "config.json").string() + ": in_channels " +
+    throw Error(source_.config("unet").path().string() + ": in_channels " +
                 std::to_string(unet_->in_channels()) + ": expected " + std::to_string(vae_->latent_channels()) +
                 " or, for inpainting, " + std::to_string(2 * vae_->latent_channels() + 1));
   if (r.clip_skip < 1 || r.clip_skip > text_encoder_->num_layers() + 1)
@@ -203,8 +205,8 @@ void Pipeline::validate(const GenerationRequest& r) const {
                 std::to_string(text_encoder_->num_layers() + 1) + " (this text encoder has " +
                 std::to_string(text_encoder_->num_layers()) + " layers)");
   if (r.clip_skip > 1 && !text_encoder_->supports_clip_skip())
-    throw Error("clip skip " + std::to_string(r.clip_skip) + ": needs a CLIP text encoder; " + folder_.root().string() +
-                " has " + folder_.class_name("text_encoder"));
+    throw Error("clip skip " + std::to_string(r.clip_skip) + ": needs a CLIP text encoder; " + folder().root().string() +
+                " has " + folder().class_name("text_encoder"));
   context_chunks(r);  // a prompt's syntax error or excess length is an Error naming it
   check_memory(r);
 }
@@ -257,7 +259,7 @@ void Pipeline::load_component(torch::nn::Module& module, const std::string& comp
     const std::map<std::string, uint64_t> seeds = {{"text_encoder", 1}, {"unet", 2}, {"vae", 3}};
     fill_random(module, dtype, device_, seeds.at(component));
   } else {
-    load_weights(module, folder_.weight_files(component), LoadOptions(dtype, device_, ignored_keys));
+    load_weights(module, source_.state_dict(component), LoadOptions(dtype, device_, ignored_keys));
   }
 }
 
@@ -269,7 +271,7 @@ torch::Tensor Pipeline::encode_ids(const std::vector<int64_t>& chunk_ids, int64_
   // outside the denoising loop). The encoder then runs in fp32 from here on.
   if (dtype_ != torch::kFloat && !torch::isfinite(hidden).all().item<bool>()) {
     say("the " + precision_name(dtype_) + " text encoder overflowed (NaN/Inf); encoding in fp32 from now on");
-    auto copy = make_text_encoder(folder_);
+    auto copy = make_text_encoder(folder());
     load_component(*copy, "text_encoder", torch::kFloat, copy->ignored_checkpoint_keys());
     {
       // The copy gets what the model's encoder has: textual-inversion rows and merged LoRAs.
@@ -376,7 +378,7 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
   // fp32, and the VAE stays fp32 from then on. One sync per decode, after the loop.
   if (dtype_ != torch::kFloat && !torch::isfinite(images).all().item<bool>()) {
     say("the " + precision_name(dtype_) + " VAE decode gave NaN/Inf; decoding in fp32 from now on (--vae-precision fp32 forces it)");
-    vae_fp32_ = std::make_shared<AutoencoderKL>(folder_.config("vae"));
+    vae_fp32_ = std::make_shared<AutoencoderKL>(source_.config("vae"));
     load_component(vae_fp32_->module(), "vae", torch::kFloat);
     return decode(latents);
   }

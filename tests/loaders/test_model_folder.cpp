@@ -47,8 +47,37 @@ TEST(ModelFolder, BadFolders) {
   expect_error_naming([&] { folder.config("unet"); }, {"unet", "component folder not found"});
   write(dir / "unet" / "config.json", "{}");
   expect_error_naming([&] { folder.weight_files("unet"); }, {"unet", "no weights found"});
+  write(dir / "unet" / "model.ckpt", "x");
+  expect_error_naming([&] { folder.weight_files("unet"); }, {"unet", "no weights found", "found model.ckpt"});
+  fs::remove_all(dir);
+}
+
+// diffusers' and transformers' choice in a local folder: safetensors before .bin, the variant's names
+// (_add_variant) when one is asked for, and an index's shards.
+TEST(ModelFolder, WeightFilesAsDiffusersPicksThem) {
+  fs::path dir = taiyi::test::temp_dir("weights");
+  write(dir / "model_index.json", R"({"unet": ["diffusers", "UNet2DConditionModel"]})");
+  write(dir / "unet" / "config.json", "{}");
+  auto pick = [&](const std::string& variant) {
+    std::vector<std::string> names;
+    for (const fs::path& p : ModelFolder::open(dir, variant).weight_files("unet")) names.push_back(p.filename().string());
+    return names;
+  };
   write(dir / "unet" / "diffusion_pytorch_model.bin", "x");
-  expect_error_naming([&] { folder.weight_files("unet"); }, {"diffusion_pytorch_model.bin", "tools/convert.py"});
+  EXPECT_EQ(pick(""), (std::vector<std::string>{"diffusion_pytorch_model.bin"}));
+  write(dir / "unet" / "diffusion_pytorch_model.safetensors", "x");
+  EXPECT_EQ(pick(""), (std::vector<std::string>{"diffusion_pytorch_model.safetensors"}));
+  expect_error_naming([&] { pick("fp16"); }, {"unet", "no weights of variant 'fp16'", "diffusion_pytorch_model.fp16.safetensors"});
+  write(dir / "unet" / "diffusion_pytorch_model.fp16.bin", "x");
+  EXPECT_EQ(pick("fp16"), (std::vector<std::string>{"diffusion_pytorch_model.fp16.bin"}));
+  write(dir / "unet" / "diffusion_pytorch_model.fp16.safetensors", "x");
+  EXPECT_EQ(pick("fp16"), (std::vector<std::string>{"diffusion_pytorch_model.fp16.safetensors"}));
+  fs::remove(dir / "unet" / "diffusion_pytorch_model.fp16.safetensors");
+  fs::remove(dir / "unet" / "diffusion_pytorch_model.fp16.bin");
+  write(dir / "unet" / "diffusion_pytorch_model.safetensors.index.fp16.json",
+        R"({"weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.fp16.safetensors", "b": "diffusion_pytorch_model-00002-of-00002.fp16.safetensors"}})");
+  EXPECT_EQ(pick("fp16"), (std::vector<std::string>{"diffusion_pytorch_model-00001-of-00002.fp16.safetensors",
+                                                     "diffusion_pytorch_model-00002-of-00002.fp16.safetensors"}));
   fs::remove_all(dir);
 }
 

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "taiyi/loaders/single_file.h"
 #include "taiyi/utils/device.h"
 
 namespace CLI {
@@ -40,6 +41,7 @@ struct BenchOptions {
   Tf32Mode tf32 = Tf32Mode::kDefault;     // PyTorch's defaults: TF32 convolutions, IEEE matmuls
   bool cudnn_benchmark = false;
   bool channels_last = false;
+  ModelSourceOptions source;               // --variant, --config-dir, --extract-ema, --prediction-type, --vae
 };
 
 // Runs the grid (precision x batch size x resolution x prompt); returns {"device": ..., "results": [

@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "taiyi/loaders/single_file.h"
+
 namespace CLI {
 class App;
 }
@@ -17,7 +19,7 @@ namespace taiyi {
 
 // Never throws for a problem in the folder: problems go into report["problems"] (a list of one-line
 // messages) and report["usable"] is false when taiyi could not generate with the folder.
-nlohmann::json inspect_model(const std::filesystem::path& folder);
+nlohmann::json inspect_model(const std::filesystem::path& model, const ModelSourceOptions& options = {});
 // The report as human-readable text.
 std::string format_model_report(const nlohmann::json& report);
 
@@ -30,6 +32,7 @@ std::string format_lora_report(const nlohmann::json& report);
 namespace cli {
 struct InfoCommand {
   std::string model;
+  ModelSourceOptions source;  // --variant, --config-dir, --extract-ema, --prediction-type, --vae
   std::string lora;  // --lora FILE: the LoRA report instead of the model's
   bool json = false;
 };

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "taiyi/loaders/single_file.h"
 #include "taiyi/utils/device.h"
 
 namespace CLI {
@@ -17,6 +18,8 @@ std::string default_model();
 std::string cache_folder(const std::string& name);
 // -m/--model with its default in the help.
 void add_model_option(CLI::App* app, std::string& model);
+// How the model is read (ModelSourceOptions): --variant, --config-dir, --extract-ema, --prediction-type, --vae.
+void add_model_source_options(CLI::App* app, ModelSourceOptions& source);
 // --tf32 / --no-tf32 / --cudnn-benchmark; without them PyTorch's defaults (TF32 convolutions only).
 void add_numerics_options(CLI::App* app, Tf32Mode& tf32, bool& cudnn_benchmark);
 

@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "taiyi/loaders/single_file.h"
+
 namespace CLI {
 class App;
 }
@@ -12,6 +14,7 @@ namespace taiyi::cli {
 
 struct TokenizeCommand {
   std::string model;
+  ModelSourceOptions source;  // a single file's --config-dir (its tokenizer) and the rest, as generation takes them
   std::string prompt;
   bool json = false;
 };

@@ -59,14 +59,26 @@ class Config {
 enum class TextEncoderKind { Clip, Bert };
 
 // A diffusers pipeline folder: model_index.json names the component classes; each component has
-// its own sub-folder with config.json (scheduler: scheduler_config.json) and weights.
+// its own sub-folder with config.json (scheduler: scheduler_config.json) and weights. Or a single-file
+// checkpoint (the LDM layout), whose configs and tokenizer are built in (single_file_configs.h) or come
+// from a diffusers folder (--config-dir), as diffusers' from_single_file(file, config=folder).
 class ModelFolder {
  public:
-  static ModelFolder open(const std::filesystem::path& root);
+  // `variant`: diffusers' variant="fp16" (diffusion_pytorch_model.fp16.safetensors, model.fp16.safetensors).
+  static ModelFolder open(const std::filesystem::path& root, const std::string& variant = "");
+  // `config_dir` empty: the built-in configs of `kind`'s model.
+  static ModelFolder for_single_file(const std::filesystem::path& file, TextEncoderKind kind,
+                                     const std::filesystem::path& config_dir);
+  bool is_single_file() const { return single_file_; }
+  // A single file without --config-dir: configs and tokenizer are the built-in ones.
+  bool builtin_configs() const { return single_file_ && config_dir_.empty(); }
+  const std::string& variant() const { return variant_; }
   // A folder from its parsed model_index.json (open reads it; the fuzz target gives it directly).
   static ModelFolder from_index(const std::filesystem::path& root, nlohmann::json index);
 
   const std::filesystem::path& root() const { return root_; }
+  // model_index.json, or what stands for it in messages ("<file> (built-in model_index.json)").
+  std::filesystem::path index_path() const;
   // The class named in model_index.json for a component, e.g. "UNet2DConditionModel".
   std::string class_name(const std::string& component) const;
   std::filesystem::path component_dir(const std::string& component) const;
@@ -74,14 +86,22 @@ class ModelFolder {
   Config config(const std::string& component) const;
   // CLIPTextModel + CLIPTokenizer, or BertModel + BertTokenizer (Taiyi Chinese-v0.1).
   TextEncoderKind text_encoder_kind() const;
-  // The weight files of a component: <dir>/model.safetensors, diffusion_pytorch_model.safetensors,
-  // or the shards listed by *.safetensors.index.json. Error when there are none (naming .bin
-  // files found instead and the converter that turns them into safetensors).
+  // The weight files of a component, as diffusers / transformers pick them in a local folder:
+  // model.safetensors, diffusion_pytorch_model.safetensors, their .bin forms, or the shards of an
+  // index (*.safetensors.index.json, *.bin.index.json), with the variant's names when one is set. Error
+  // when there are none, naming what the folder has. A single file: the file itself.
   std::vector<std::filesystem::path> weight_files(const std::string& component) const;
 
  private:
-  std::filesystem::path root_;
+  std::filesystem::path root_;    // the folder, or the single file
   nlohmann::json index_;
+  std::string variant_;
+  bool single_file_ = false;
+  TextEncoderKind kind_ = TextEncoderKind::Clip;  // single files
+  std::filesystem::path config_dir_;              // single files: --config-dir, or empty (built in)
 };
+
+// The weight files of a component folder `dir` (ModelFolder::weight_files' rule), e.g. a --vae folder.
+std::vector<std::filesystem::path> component_weight_files(const std::filesystem::path& dir, const std::string& variant);
 
 }  // namespace taiyi

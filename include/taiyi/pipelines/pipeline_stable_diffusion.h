@@ -24,6 +24,7 @@
 #include <torch/torch.h>
 
 #include "taiyi/loaders/model_folder.h"
+#include "taiyi/loaders/single_file.h"
 #include "taiyi/utils/device.h"
 #include "taiyi/loaders/textual_inversion.h"
 #include "taiyi/loaders/lora_weights.h"
@@ -60,6 +61,9 @@ struct PipelineOptions {
   // when their stem appears in a prompt (the web UI's embeddings folder).
   std::vector<std::string> embedding_files;
   std::string embeddings_dir;
+  // Where the weights come from (include/taiyi/loaders/single_file.h): --variant, --config-dir,
+  // --extract-ema, --prediction-type, --vae.
+  ModelSourceOptions source;
   // Receives one-off notices (an fp32 fallback); the CLI prints them.
   std::function<void(const std::string&)> notice;
 };
@@ -211,7 +215,8 @@ class Pipeline {
   TextEncoderImpl& text_encoder() { return *text_encoder_; }
   // The scheduler of the pipeline's default sampler (PipelineOptions).
   Scheduler& scheduler() { return scheduler_for(sampler_setting(GenerationRequest{})); }
-  const ModelFolder& folder() const { return folder_; }
+  const ModelFolder& folder() const { return source_.folder(); }
+  const ModelSource& source() const { return source_; }
   torch::Device device() const { return device_; }
   torch::Dtype dtype() const { return dtype_; }
   // The VAE's dtype now: the model's, or fp32 when forced or after a fallback.
@@ -219,7 +224,7 @@ class Pipeline {
   const Numerics& numerics() const { return numerics_; }
   int64_t default_width() const;
   int64_t default_height() const;
-  std::string model_name() const;   // the folder's name, for PNG metadata
+  std::string model_name() const;   // the folder's name or the file's stem, for PNG metadata (the web UI's "Model")
   std::string sampler_name() const; // the default sampler as the web UI prints it ("PLMS", "DPM++ 2M")
   const StageTimes& times() const { return times_; }
 
@@ -270,7 +275,7 @@ class Pipeline {
   std::vector<std::pair<torch::nn::Module*, std::string>> lora_copies(const std::string& component);  // (module, key suffix)
   torch::Tensor in_model_layout(torch::Tensor weight) const;  // channels_last where the model keeps it
   void replace_weight(torch::Tensor& weight, const torch::Tensor& values) const;
-  ModelFolder folder_;
+  ModelSource source_;
   PipelineOptions options_;
   torch::Device device_ = torch::kCPU;
   torch::Dtype dtype_ = torch::kFloat;

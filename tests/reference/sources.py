@@ -1,0 +1,124 @@
+"""Models as users download them, end to end: diffusers' images from each form of the tiny pipelines, for
+tests/loaders/test_single_file.cpp. Runs after single_file.py (name order), whose LDM single files it uses.
+
+Folders written here (beside tiny-clip/ and tiny-bert/):
+    tiny-clip-bin/, tiny-bert-bin/   save_pretrained(safe_serialization=False): .bin (pickle) weights only
+    tiny-clip-fp16/                  save_pretrained(variant="fp16") of the pipeline in float16 (*.fp16.safetensors)
+    tiny-clip-vae2022/               tiny-clip with the VAE's attention under its 2022 names (query/key/value/proj_attn)
+
+ref/sources_cases.json lists the cases: "model" (relative to the fixtures), taiyi's options for it
+("variant", "vae", "config_dir", "extract_ema", relative paths) and the generation settings; their uint8
+images (as float32, [N, H, W, 3]) are ref/sources.safetensors "<case>.images". Each is diffusers 0.37.1 on
+that input, fp32 CPU: from_pretrained(folder[, variant]) or from_single_file(file, config=folder), with
+vae=AutoencoderKL.from_single_file(...) for a separate VAE file.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+SETTINGS = dict(prompt="小桥流水人家，Van Gogh style", negative_prompt="模糊", steps=4, cfg_scale=7.5, seed=11,
+                width=64, height=64, count=1)
+LEGACY_VAE_ATTENTION = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+
+def case(name, model, loader, **options):
+    return dict(SETTINGS, name=name, model=model, loader=loader, variant=options.get("variant", ""),
+                vae=options.get("vae", ""), config_dir=options.get("config_dir", ""),
+                extract_ema=options.get("extract_ema", False))
+
+
+def folder_cases():
+    return [
+        case("bin_clip", "tiny-clip-bin", "folder"),
+        case("bin_bert", "tiny-bert-bin", "folder"),
+        case("fp16_variant", "tiny-clip-fp16", "folder", variant="fp16"),
+        case("vae_2022_names", "tiny-clip-vae2022", "folder"),
+    ]
+
+
+def single_file_cases(out: Path):
+    """The single files of single_file.py that diffusers can read (BERT's text encoder it takes from the
+    config folder, so those cases' references come from the folder: see single_file.py)."""
+    listing = out / "single_file" / "cases.json"
+    if not listing.exists():
+        return []
+    return [case(c["name"], c["model"], "single_file", config_dir=c["config_dir"], extract_ema=c.get("extract_ema", False),
+                 vae=c.get("vae", "")) for c in json.loads(listing.read_text())]
+
+
+def make_folders(out: Path):
+    from diffusers import StableDiffusionPipeline
+
+    for name in ("clip", "bert"):
+        target = out / f"tiny-{name}-bin"
+        shutil.rmtree(target, ignore_errors=True)
+        StableDiffusionPipeline.from_pretrained(out / f"tiny-{name}").save_pretrained(target, safe_serialization=False)
+        assert not list(target.rglob("*.safetensors")), "the .bin folder must hold no safetensors"
+    target = out / "tiny-clip-fp16"
+    shutil.rmtree(target, ignore_errors=True)
+    pipe = StableDiffusionPipeline.from_pretrained(out / "tiny-clip", torch_dtype=torch.float16)
+    pipe.save_pretrained(target, variant="fp16")
+    assert list(target.rglob("*.fp16.safetensors")), "save_pretrained(variant=) wrote no variant files"
+    make_vae_2022_folder(out)
+
+
+def make_vae_2022_folder(out: Path):
+    target = out / "tiny-clip-vae2022"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    for item in (out / "tiny-clip").iterdir():
+        if item.name != "vae":
+            (target / item.name).symlink_to(Path("..") / "tiny-clip" / item.name)
+    (target / "vae").mkdir()
+    shutil.copy(out / "tiny-clip" / "vae" / "config.json", target / "vae" / "config.json")
+    state = load_file(out / "tiny-clip" / "vae" / "diffusion_pytorch_model.safetensors")
+    renamed = {}
+    for key, tensor in state.items():
+        for new, old in LEGACY_VAE_ATTENTION.items():
+            if ".attentions." in key and f".{new}." in key:
+                key = key.replace(f".{new}.", f".{old}.")
+        renamed[key] = tensor
+    assert any(".query." in k for k in renamed), "no attention weights renamed"
+    save_file(renamed, target / "vae" / "diffusion_pytorch_model.safetensors")
+    from diffusers import AutoencoderKL  # diffusers renames them back on load: the same weights
+    loaded = AutoencoderKL.from_pretrained(target / "vae").state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state), "2022 names not read back"
+
+
+def load_pipeline(out: Path, c: dict):
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    if c["loader"] == "folder":
+        kwargs = {"variant": c["variant"]} if c["variant"] else {}
+        pipe = StableDiffusionPipeline.from_pretrained(out / c["model"], torch_dtype=torch.float32, **kwargs)
+    else:
+        config = str(out / c["config_dir"])
+        kwargs = {}
+        if c["vae"]:
+            kwargs["vae"] = AutoencoderKL.from_single_file(str(out / c["vae"]), config=config, subfolder="vae",
+                                                           local_files_only=True)
+        pipe = StableDiffusionPipeline.from_single_file(str(out / c["model"]), config=config, local_files_only=True,
+                                                        torch_dtype=torch.float32, extract_ema=c["extract_ema"],
+                                                        safety_checker=None, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def images(pipe, c: dict):
+    generators = [torch.Generator("cpu").manual_seed(c["seed"] + i) for i in range(c["count"])]
+    result = pipe(c["prompt"], negative_prompt=c["negative_prompt"], num_inference_steps=c["steps"],
+                  guidance_scale=c["cfg_scale"], height=c["height"], width=c["width"], num_images_per_prompt=c["count"],
+                  generator=generators, output_type="np")
+    pixels = (result.images.astype(np.float32) * 255).round().astype("uint8")
+    return torch.from_numpy(pixels.astype(np.float32)).contiguous()
+
+
+def make(out: Path, full: bool):
+    make_folders(out)
+    cases = folder_cases() + single_file_cases(out)
+    save_file({f"{c['name']}.images": images(load_pipeline(out, c), c) for c in cases}, out / "ref" / "sources.safetensors")
+    (out / "ref" / "sources_cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1), "utf-8")
