@@ -57,14 +57,18 @@ Json lora_records(const GenerationRequest& r, const LoraHashFn& lora_hash) {
 }  // namespace
 
 std::string a1111_parameters(const GenerationRequest& written, const GenerationRequest& r, const Image& image,
-                             const SamplerSetting& sampler, const std::string& model, const LoraHashFn& lora_hash) {
+                             const SamplerSetting& sampler, const ModelInfotext& model, const LoraHashFn& lora_hash) {
   std::string text = written.prompt + "\n";
   if (!written.negative_prompt.empty()) text += "Negative prompt: " + written.negative_prompt + "\n";
   text += "Steps: " + std::to_string(r.steps) + ", Sampler: " + sampler.web_ui_name +
           (sampler.schedule_type.empty() ? "" : ", Schedule type: " + sampler.schedule_type) +
           ", CFG scale: " + format_number(r.cfg_scale) +
           ", Seed: " + std::to_string(image.seed) + ", Size: " + std::to_string(image.width) + "x" +
-          std::to_string(image.height) + ", Model: " + model;
+          std::to_string(image.height);
+  if (!model.hash.empty()) text += ", Model hash: " + model.hash;
+  text += ", Model: " + model.name;
+  if (!model.vae_hash.empty()) text += ", VAE hash: " + model.vae_hash;
+  if (!model.vae_name.empty()) text += ", VAE: " + quote_parameter(model.vae_name);
   if (!r.init_image.empty()) text += ", Denoising strength: " + format_number(r.strength);
   if (!r.mask.empty()) text += ", Mask: " + quote_parameter(fs::path(r.mask).filename().string());
   if (r.clip_skip > 1) text += ", Clip skip: " + std::to_string(r.clip_skip);

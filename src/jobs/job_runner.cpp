@@ -17,6 +17,7 @@
 #include "taiyi/loaders/lora_conversion.h"
 #include "taiyi/utils/device.h"
 #include "taiyi/utils/error.h"
+#include "taiyi/utils/sha256.h"
 #include "taiyi/utils/image.h"
 
 namespace taiyi {
@@ -281,6 +282,25 @@ std::string batch_name(const std::vector<JobItem>& items, const std::vector<size
 
 }  // namespace
 
+// The model's names and hashes for the parameters, the file hashes computed once per runner (a 4 GB
+// checkpoint takes seconds; the web UI caches them too).
+const ModelInfotext& JobRunner::model_infotext() {
+  if (model_infotext_) return *model_infotext_;
+  ModelInfotext info;
+  info.name = pipe_.model_name();
+  const ModelSource& source = pipe_.source();
+  if (source.single_file()) info.hash = sha256_file(source.folder().root()).substr(0, 10);
+  const fs::path& vae = source.vae_path();
+  if (!vae.empty()) {
+    std::error_code ec;
+    info.vae_name = vae.filename().string();
+    if (info.vae_name.empty()) info.vae_name = vae.parent_path().filename().string();
+    if (fs::is_regular_file(vae, ec)) info.vae_hash = sha256_file(vae).substr(0, 10);
+  }
+  model_infotext_ = info;
+  return *model_infotext_;
+}
+
 std::string JobRunner::lora_hash(const std::string& file) {
   auto it = lora_hashes_.find(file);
   if (it == lora_hashes_.end()) it = lora_hashes_.emplace(file, lora_short_hash(file)).first;
@@ -353,7 +373,7 @@ JobImage JobRunner::finish_image(const JobItem& item, size_t index, Image image,
   done.index = index;
   done.image = std::move(image);
   done.file = index < item.outputs.size() ? item.outputs[index] : std::string();
-  done.parameters = a1111_parameters(item.request, r, done.image, sampler, pipe_.model_name(), hash);
+  done.parameters = a1111_parameters(item.request, r, done.image, sampler, model_infotext(), hash);
   // The numerics in force change results: say so wherever the settings are recorded.
   done.parameters += numerics_parameters(pipe_);
   done.png = encode_png(done.image.rgb.data(), static_cast<int>(done.image.width), static_cast<int>(done.image.height),

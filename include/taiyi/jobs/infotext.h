@@ -19,10 +19,18 @@ using LoraHashFn = std::function<std::string(const std::string& file)>;
 // A number as the infotext writes it (printf's %g: 7.5, 0.75, 1e-05).
 std::string format_number(double value);
 
+// The model as the web UI names it in the parameters: "Model hash" (the first 10 hex digits of the
+// checkpoint file's SHA-256: single files only; a folder has no such file), "Model" (the folder's name or
+// the file's stem), and for a separate VAE file "VAE hash" and "VAE" (its file name), as
+// modules/processing.py create_infotext and modules/sd_vae.py write them.
+struct ModelInfotext {
+  std::string name, hash, vae_name, vae_hash;
+};
+
 // The "parameters" text: `written` is the request as given (prompts with their <lora:...> tags),
-// `completed` the one that ran (Pipeline::complete), `model` the folder's name.
+// `completed` the one that ran (Pipeline::complete).
 std::string a1111_parameters(const GenerationRequest& written, const GenerationRequest& completed, const Image& image,
-                             const SamplerSetting& sampler, const std::string& model, const LoraHashFn& lora_hash);
+                             const SamplerSetting& sampler, const ModelInfotext& model, const LoraHashFn& lora_hash);
 
 // What changes the numbers, appended to the parameters in the web UI's "Key: value" form: the precision
 // when not fp32, on CUDA TF32 and cuDNN autotuning, and an fp32 VAE under a half-precision model.

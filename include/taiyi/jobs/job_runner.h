@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "taiyi/jobs/prompt_file.h"
+#include "taiyi/jobs/infotext.h"
 #include "taiyi/pipelines/pipeline_stable_diffusion.h"
 
 namespace taiyi {
@@ -140,6 +141,8 @@ class JobRunner {
   std::string lora_hash(const std::string& file);
   Pipeline& pipe_;
   std::map<std::string, std::string> lora_hashes_;  // file -> short hash, computed once
+  const ModelInfotext& model_infotext();
+  std::optional<ModelInfotext> model_infotext_;
 };
 
 }  // namespace taiyi
