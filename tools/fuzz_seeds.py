@@ -9,6 +9,7 @@ and shape when its data fits, else becomes [1] (so that placing and validation r
 import json
 import struct
 import sys
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -135,6 +136,19 @@ def main():
     for path in sorted(fixtures.glob("**/*.png")) + sorted(fixtures.glob("**/*.jpg")):
         if path.stat().st_size <= MAX_SEED:
             write(out, "image", f"{path.parent.name}-{path.name}", b"\1" + path.read_bytes())
+    # torch_zip: the checkpoint fixtures (torch.save files and the hostile ones); torch_pickle: their data.pkl
+    for path in sorted(fixtures.glob("checkpoint/*.ckpt")) + sorted(fixtures.glob("checkpoint/*.bin")) + \
+            sorted(fixtures.glob("checkpoint/*.pt")):
+        if path.stat().st_size <= MAX_SEED:
+            write(out, "torch_zip", path.name, path.read_bytes())
+        try:
+            with zipfile.ZipFile(path) as z:
+                for name in z.namelist():
+                    if name.endswith("/data.pkl") and z.getinfo(name).file_size <= MAX_SEED:
+                        write(out, "torch_pickle", path.name, z.read(name))
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
+            pass
+    write(out, "torch_pickle", "hand-protocol4", b"\x80\x04\x95\x1a\0\0\0\0\0\0\0}\x94(\x8c\x01a\x94K\x01\x8c\x01b\x94]\x94(G?\xf0\0\0\0\0\0\0\x88eu.")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@
 #include "taiyi/loaders/lora_conversion.h"
 #include "taiyi/pipelines/prompt_parser.h"
 #include "taiyi/loaders/safetensors_header.h"
+#include "taiyi/loaders/torch_pickle.h"
+#include "taiyi/loaders/torch_zip.h"
 #include "taiyi/tokenizers/tokenizer.h"
 
 namespace taiyi::fuzz {
@@ -245,6 +247,42 @@ void embedding(const uint8_t* data, size_t size) {
   }
 }
 
+// A view of `numel` elements' storage: offset + the last element's index stays inside it.
+void check_view(const TensorRecord& t) {
+  check(t.shape.size() == t.stride.size(), "a stride per dimension");
+  uint64_t last = t.storage_offset;
+  bool empty = false;
+  for (size_t i = 0; i < t.shape.size(); ++i) {
+    check(t.shape[i] >= 0 && t.stride[i] >= 0, "non-negative sizes and strides");
+    if (t.shape[i] == 0) empty = true;
+    else last += static_cast<uint64_t>(t.shape[i] - 1) * static_cast<uint64_t>(t.stride[i]);
+  }
+  check(empty ? t.storage_offset <= t.storage_numel : last < t.storage_numel, "views within their storage");
+}
+
+// A torch.save file as read_torch_checkpoint reads it: the zip, then its pickle and records.
+void torch_zip(const uint8_t* data, size_t size) {
+  try {
+    const TorchZip zip = parse_torch_zip(data, size, "fuzz.ckpt");
+    for (const ZipEntry& e : zip.entries) check(e.offset <= size && e.size <= size - e.offset, "entries within the file");
+    check(zip.data_pkl != nullptr, "data.pkl found");
+    const TorchStateDict sd = read_torch_state_dict(data, size, "fuzz.ckpt");
+    for (const TensorRecord& t : sd.tensors) {
+      check_view(t);
+      check(t.data_offset <= size && t.storage_numel * element_size(t.dtype) <= size - t.data_offset, "records within the file");
+    }
+  } catch (const Error&) {
+  }
+}
+
+void torch_pickle(const uint8_t* data, size_t size) {
+  try {
+    const TorchPickle pickle = parse_torch_pickle(data, size, "fuzz.pkl");
+    for (const TensorRecord& t : pickle.tensors) check_view(t);
+  } catch (const Error&) {
+  }
+}
+
 }  // namespace
 
 const std::vector<Target>& targets() {
@@ -252,6 +290,7 @@ const std::vector<Target>& targets() {
       {"safetensors_header", safetensors_header}, {"config_json", config_json}, {"clip_tokenizer", clip_tokenizer},
       {"bert_tokenizer", bert_tokenizer},         {"prompt_syntax", prompt_syntax}, {"prompt_file", prompt_file},
       {"image", image},                           {"lora_keys", lora_keys},     {"embedding", embedding},
+      {"torch_zip", torch_zip},                   {"torch_pickle", torch_pickle},
   };
   return all;
 }
