@@ -228,9 +228,10 @@ void classify(UnetKey& key, const std::string& full, const std::string& file) {
   for (const auto& [group_name, group] : groups) {
     const size_t at = name.find(group_name);
     if (at == std::string_view::npos) continue;
-    if (at != 0 || name.find(group_name, 1) != std::string_view::npos || key.group != UnetKey::Other ||
-        name.substr(group_name.size(), 1) != ".")
+    if (at != 0 || name.find(group_name, 1) != std::string_view::npos || key.group != UnetKey::Other)
       malformed(file, full, "a block name inside another name");
+    if (name.substr(group_name.size(), 1) != ".")
+      malformed(file, full, "no block index after '" + std::string(group_name) + "'");
     key.group = group;
   }
   if (key.group == UnetKey::Other) return;

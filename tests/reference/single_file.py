@@ -36,6 +36,13 @@ single_file/<file>.json                per file: "file", "keys" [[name, shape], 
                                        extract_ema=True), "vae" (convert_ldm_vae_checkpoint), "text_encoder_keys"
                                        (convert_ldm_clip_checkpoint, or BertModel's key renaming); "deprecated"
                                        for the 2022 folder (ModelMixin._fix_state_dict_keys_on_load)
+single_file/quirks-<name>.json         no file: the keys of clip.safetensors plus odd ones that exercise diffusers'
+                                       corner cases (two keys for one name, the later winning; a fourth middle
+                                       block; slots diffusers skips; a second upsampler slot; VAE keys kept
+                                       under their own name by its substring matches and then sliced by
+                                       conv_attn_to_linear; a 3-D attention weight; the "vae." prefix winning
+                                       over "first_stage_model."; SDXL's CLIP prefix), with diffusers'
+                                       conversions as above (see QUIRKS)
 """
 import contextlib
 import importlib.util
@@ -220,6 +227,53 @@ def record_2022_folder(folder, config_folder):
     return {"model_type": None, "text_encoder": None, "keys": keys, "deprecated": traced(renamed, state)}
 
 
+# name: (extra keys and their shapes, keys removed); each added after the keys of clip.safetensors.
+QUIRKS = {
+    "unet": ({"model.diffusion_model.input_blocks.1.0.norm1.weight": [32],       # = in_layers.0, later wins
+              "model.diffusion_model.middle_block.3.proj.weight": [4],           # -> mid_block.attentions.2
+              "model.diffusion_model.input_blocks.1.2.weight": [4],              # slot 2: skipped
+              "model.diffusion_model.input_blocks.0.1.weight": [4],              # block 0 beyond conv_in: skipped
+              "model.diffusion_model.output_blocks.0.0.op.weight": [4],          # an "op" in an output block: skipped
+              "model.diffusion_model.output_blocks.2.2.conv.weight": [64, 64, 3, 3],  # wins over slot 1's
+              "model.diffusion_model.output_blocks.2.2.conv.bias": [64],
+              "model.diffusion_model.label_emb.0.0.weight": [4, 4]}, []),
+    "vae": ({"first_stage_model.encoder.down.0.extra.weight": [3],               # kept as encoder.down.0.extra.weight
+             "first_stage_model.encoder.down.1.attn.0.query.weight": [4, 4, 1, 1],  # kept, then sliced to [4, 4]
+             "first_stage_model.decoder.up.0.attn.0.proj_attn.weight": [4, 4, 1],   # kept, then sliced to [4, 4]
+             "first_stage_model.encoder.mid.block_1.nin_shortcut.weight": [16, 16, 1, 1],
+             "first_stage_model.decoder.mid.attn_1.proj_out.weight": [16, 16, 1]},  # 3-D: sliced [:, :, 0]
+            []),
+    "vae-prefix": ({"vae." + k[len("first_stage_model."):]: None for k in ["first_stage_model.encoder.conv_in.weight",
+                                                                          "first_stage_model.decoder.conv_out.bias"]},
+                   []),
+    "clip": ({"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": [32]}, []),
+}
+
+
+def record_quirks(out_dir, clip_file, folder):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint)
+    base = {k: list(v.shape) for k, v in load_file(clip_file).items()}
+    unet_config = UNet2DConditionModel.load_config(folder / "unet")
+    vae_config = AutoencoderKL.load_config(folder / "vae")
+    for name, (extra, removed) in QUIRKS.items():
+        shapes = {k: s for k, s in base.items() if k not in removed}
+        for key, shape in extra.items():
+            shapes[key] = shape if shape is not None else base["first_stage_model." + key[len("vae."):]]
+        checkpoint = {k: torch.zeros(s) for k, s in shapes.items()}
+        record = {"model_type": None, "text_encoder": None, "keys": [[k, s] for k, s in shapes.items()],
+                  "layers_per_block": unet_config["layers_per_block"], "vae_down_blocks": len(vae_config["down_block_types"]),
+                  "vae_up_blocks": len(vae_config["up_block_types"])}
+        if name == "unet":
+            record["unet"] = traced(convert_ldm_unet_checkpoint(checkpoint, unet_config), checkpoint)
+        elif name == "clip":
+            record["text_encoder_keys"] = traced(convert_ldm_clip_checkpoint(checkpoint), checkpoint)
+        else:
+            record["vae"] = traced(convert_ldm_vae_checkpoint(checkpoint, vae_config), checkpoint)
+        write_record(out_dir, f"quirks-{name}", record)
+
+
 def inpaint_folder(out):
     folder = out / "tiny-clip-inpaint"
     if not (folder / "unet" / "config.json").exists():  # made by img2img.py, which runs first
@@ -257,6 +311,7 @@ def make(out: Path, full: bool):
     write_record(out_dir, "vae.safetensors", {"config": "tiny-clip", **record_vae_file(out_dir / "vae.safetensors", folders["clip"])})
     torch.save({"state_dict": vae, "global_step": 840000}, out_dir / "vae.ckpt")
     write_record(out_dir, "vae.ckpt", {"config": "tiny-clip", **record_vae_file(out_dir / "vae.ckpt", folders["clip"])})
+    record_quirks(out_dir, out_dir / "clip.safetensors", folders["clip"])
     legacy = out_dir / "vae-2022"
     legacy.mkdir()
     shutil.copy(folders["clip"] / "vae" / "config.json", legacy / "config.json")
