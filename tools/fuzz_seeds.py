@@ -149,6 +149,22 @@ def main():
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
             pass
     write(out, "torch_pickle", "hand-protocol4", b"\x80\x04\x95\x1a\0\0\0\0\0\0\0}\x94(\x8c\x01a\x94K\x01\x8c\x01b\x94]\x94(G?\xf0\0\0\0\0\0\0\x88eu.")
+    # ldm_keys: the key lists of the single-file fixtures (tests/reference/single_file.py), as
+    # "<name> <d0>,<d1>..." lines after an options byte (extract_ema, layers_per_block 2, 4 VAE blocks).
+    for path in sorted(fixtures.glob("single_file/*.json")):
+        record = json.loads(path.read_text())
+        for ema in (0, 1):
+            lines = "\n".join(f"{name} {','.join(map(str, shape))}" for name, shape in record["keys"])
+            seed = bytes([ema | 2 << 1 | 3 << 3]) + lines.encode()
+            write(out, "ldm_keys", f"{path.stem}-{ema}", seed[:MAX_SEED])
+    write(out, "ldm_keys", "hand-blocks", b"\x05" + "\n".join([
+        "model.diffusion_model.input_blocks.0.0.weight 8,9,3,3", "model.diffusion_model.input_blocks.1.0.op.weight 8,8,3,3",
+        "model.diffusion_model.middle_block.3.proj.weight 4", "model.diffusion_model.output_blocks.2.1.conv.weight 8,8,3,3",
+        "model.diffusion_model.output_blocks.2.2.conv.bias 8", "model_ema.diffusion_modelinput_blocks00weight 8,9,3,3",
+        "first_stage_model.encoder.mid.attn_1.q.weight 4,4,1,1", "vae.decoder.up.0.attn.proj_attn.weight 4,4,1",
+        "cond_stage_model.transformer.embeddings.token_embedding.weight 10,4",
+        "cond_stage_model.transformer.bert.encoder.layer.0.LayerNorm.gamma 4",
+        "encoder.mid_block.attentions.0.query.weight 4,4"]).encode())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <string_view>
 
@@ -18,6 +19,7 @@
 #include "taiyi/loaders/safetensors_header.h"
 #include "taiyi/loaders/torch_pickle.h"
 #include "taiyi/loaders/torch_zip.h"
+#include "taiyi/loaders/single_file_utils.h"
 #include "taiyi/tokenizers/tokenizer.h"
 
 namespace taiyi::fuzz {
@@ -283,6 +285,58 @@ void torch_pickle(const uint8_t* data, size_t size) {
   }
 }
 
+// A checkpoint's key list as text (tools/fuzz_seeds.py writes the fixtures' lists so): the first byte chooses
+// extract_ema (bit 0), layers_per_block (1 + bits 1-2) and the VAE's block count (1 + bits 3-5); then one
+// key a line, "<name> <d0>,<d1>,..." (dimensions after the last space).
+std::vector<CheckpointKey> checkpoint_keys(std::string_view text) {
+  std::vector<CheckpointKey> keys;
+  while (!text.empty()) {
+    const size_t end = std::min(text.find('\n'), text.size());
+    const std::string_view line = text.substr(0, end);
+    text.remove_prefix(std::min(end + 1, text.size()));
+    const size_t space = line.rfind(' ');
+    CheckpointKey key{std::string(line.substr(0, space)), {}};
+    if (space != std::string_view::npos) {
+      int64_t dim = 0;
+      for (char c : line.substr(space + 1)) {
+        if (c == ',') key.shape.push_back(dim), dim = 0;
+        else if (c >= '0' && c <= '9' && dim < 1'000'000) dim = dim * 10 + (c - '0');
+      }
+      key.shape.push_back(dim);
+    }
+    keys.push_back(std::move(key));
+  }
+  return keys;
+}
+
+void check_converted(const ConvertedKeys& converted, const std::vector<CheckpointKey>& keys) {
+  std::set<std::string> names, targets, read;
+  for (const CheckpointKey& key : keys) names.insert(key.name);
+  for (const KeyMapping& m : converted.mapped) {
+    check(names.count(m.from) == 1, "a mapping reads a key of the file");
+    check(targets.insert(m.to).second, "one mapping per name");
+    check(!m.conv_to_linear || m.shape.size() == 2, "conv_to_linear gives a Linear weight");
+    read.insert(m.from);
+  }
+  for (const std::string& name : converted.unused) check(names.count(name) && !read.count(name), "unused keys are unread keys");
+}
+
+void ldm_keys(const uint8_t* data, size_t size) {
+  if (size == 0) return;
+  const std::vector<CheckpointKey> keys = checkpoint_keys(as_text(data + 1, size - 1));
+  const bool extract_ema = data[0] & 1;
+  const int64_t layers_per_block = 1 + ((data[0] >> 1) & 3), vae_blocks = 1 + ((data[0] >> 3) & 7);
+  const ModelType type = infer_model_type(keys);
+  check(!model_type_name(type).empty(), "every type has a name");
+  try { check_model_type(type, "fuzz.ckpt"); } catch (const Error&) {}
+  infer_text_encoder_kind(keys);
+  try { check_converted(convert_ldm_unet_checkpoint(keys, "fuzz.ckpt", layers_per_block, extract_ema), keys); } catch (const Error&) {}
+  try { check_converted(convert_ldm_vae_checkpoint(keys, "fuzz.ckpt", vae_blocks, vae_blocks), keys); } catch (const Error&) {}
+  check_converted(convert_ldm_clip_checkpoint(keys), keys);
+  check_converted(convert_ldm_bert_checkpoint(keys), keys);
+  check_converted(convert_deprecated_vae_attention_names(keys), keys);
+}
+
 }  // namespace
 
 const std::vector<Target>& targets() {
@@ -291,6 +345,7 @@ const std::vector<Target>& targets() {
       {"bert_tokenizer", bert_tokenizer},         {"prompt_syntax", prompt_syntax}, {"prompt_file", prompt_file},
       {"image", image},                           {"lora_keys", lora_keys},     {"embedding", embedding},
       {"torch_zip", torch_zip},                   {"torch_pickle", torch_pickle},
+      {"ldm_keys", ldm_keys},
   };
   return all;
 }
