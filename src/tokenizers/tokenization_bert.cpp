@@ -102,17 +102,15 @@ namespace {
 
 class BertTokenizer final : public SlowTokenizer {
  public:
-  explicit BertTokenizer(const fs::path& dir) {
-    dir_ = dir;
-    fs::path vocab_path = dir / "vocab.txt";
-    require_file(vocab_path, "the BERT tokenizer's WordPiece vocabulary");
+  explicit BertTokenizer(const TokenizerFiles& files) {
+    dir_ = files.dir;
     // load_vocab: line index -> token (rstrip("\n") only); a repeated token keeps its last index.
-    std::vector<std::string> lines = read_lines(vocab_path);
+    std::vector<std::string> lines = split_lines(files.vocab);
     for (size_t i = 0; i < lines.size(); ++i) vocab_[lines[i]] = static_cast<int64_t>(i);
     for (const auto& [token, id] : vocab_) vocab_by_id_[id] = token;
 
     settings_ = load_settings(
-        dir, 512,
+        files, 512,
         {{"unk_token", "[UNK]"}, {"sep_token", "[SEP]"}, {"pad_token", "[PAD]"}, {"cls_token", "[CLS]"},
          {"mask_token", "[MASK]"}},
         {},
@@ -254,8 +252,13 @@ class BertTokenizer final : public SlowTokenizer {
 
 }  // namespace tokenizers
 
+std::unique_ptr<Tokenizer> load_bert_tokenizer(const TokenizerFiles& files) {
+  return std::make_unique<tokenizers::BertTokenizer>(files);
+}
+
 std::unique_ptr<Tokenizer> load_bert_tokenizer(const fs::path& dir) {
-  return std::make_unique<tokenizers::BertTokenizer>(dir);
+  return load_bert_tokenizer(
+      tokenizers::read_tokenizer_files(dir, "vocab.txt", "the BERT tokenizer's WordPiece vocabulary"));
 }
 
 }  // namespace taiyi

@@ -56,16 +56,13 @@ std::array<char32_t, 256> bytes_to_unicode() {
 
 class ClipTokenizer final : public SlowTokenizer {
  public:
-  explicit ClipTokenizer(const fs::path& dir) {
-    dir_ = dir;
-    fs::path vocab_path = dir / "vocab.json", merges_path = dir / "merges.txt";
-    require_file(vocab_path, "the CLIP tokenizer's vocabulary");
-    require_file(merges_path, "the CLIP tokenizer's BPE merges");
-    load_vocab(vocab_path);
-    load_merges(merges_path);
+  explicit ClipTokenizer(const TokenizerFiles& files) {
+    dir_ = files.dir;
+    load_vocab(files.vocab, files.dir / "vocab.json");
+    load_merges(files.merges, files.dir / "merges.txt");
 
     settings_ = load_settings(
-        dir, 77,
+        files, 77,
         {{"unk_token", "<|endoftext|>"}, {"bos_token", "<|startoftext|>"}, {"eos_token", "<|endoftext|>"},
          {"pad_token", "<|endoftext|>"}},
         {"bos_token", "eos_token", "unk_token"},
@@ -122,8 +119,8 @@ class ClipTokenizer final : public SlowTokenizer {
   }
 
  private:
-  void load_vocab(const fs::path& path) {
-    Json json = read_json_file(path);
+  void load_vocab(std::string_view text, const fs::path& path) {
+    Json json = parse_json_text(text, path.string());
     if (!json.is_object()) throw Error(path.string() + ": expected a JSON object of token -> id");
     vocab_.reserve(json.size());
     vocab_by_id_.reserve(json.size());
@@ -138,8 +135,8 @@ class ClipTokenizer final : public SlowTokenizer {
 
   // merges.read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]: the "#version" line is skipped and
   // at most 48894 merges are read (the OpenAI vocabulary size is hard-coded in transformers).
-  void load_merges(const fs::path& path) {
-    std::vector<std::string> lines = read_lines(path);
+  void load_merges(std::string_view text, const fs::path& path) {
+    std::vector<std::string> lines = split_lines(text);
     auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\v' || c == '\f'; };
     // .strip() of the whole text: leading blank lines vanish (and with them the line numbers' offset).
     size_t first = 0;
@@ -346,8 +343,52 @@ class ClipTokenizer final : public SlowTokenizer {
 }  // namespace
 }  // namespace tokenizers
 
+std::unique_ptr<Tokenizer> load_clip_tokenizer(const TokenizerFiles& files) {
+  return std::make_unique<tokenizers::ClipTokenizer>(files);
+}
+
 std::unique_ptr<Tokenizer> load_clip_tokenizer(const fs::path& dir) {
-  return std::make_unique<tokenizers::ClipTokenizer>(dir);
+  return load_clip_tokenizer(tokenizers::read_tokenizer_files(dir, "vocab.json", "the CLIP tokenizer's vocabulary",
+                                                              "merges.txt", "the CLIP tokenizer's BPE merges"));
+}
+
+// tools/make_fixtures.py's write_clip_vocab, which mirrors how the hub's files were made:
+//   merges = text.split("\n")[1 : 49152 - 256 - 2 + 1]
+//   vocab = bytes_to_unicode() values, the same + "</w>", "".join(merge) for each, the two specials
+// merges.txt gets a "#version: 0.2" first line, which the tokenizer skips.
+void derive_clip_vocab(std::string_view bpe_simple_vocab, TokenizerFiles& files) {
+  constexpr size_t kMerges = 49152 - 256 - 2;
+  std::vector<std::string_view> merges;
+  for (size_t start = 0, line = 0; start <= bpe_simple_vocab.size() && merges.size() < kMerges; ++line) {
+    size_t end = bpe_simple_vocab.find('\n', start);
+    if (end == std::string_view::npos) end = bpe_simple_vocab.size();
+    if (line > 0) merges.push_back(bpe_simple_vocab.substr(start, end - start));
+    start = end + 1;
+  }
+  std::vector<std::string> vocab;
+  vocab.reserve(2 * 256 + merges.size() + 2);
+  const std::array<char32_t, 256> byte_chars = tokenizers::bytes_to_unicode();
+  // dict(zip(bs, cs)).values(): the printable bytes in order, then the others.
+  for (int pass = 0; pass < 2; ++pass)
+    for (size_t b = 0; b < 256; ++b)
+      if ((byte_chars[b] < 256) == (pass == 0)) vocab.emplace_back(tokenizers::encode_utf8(std::u32string(1, byte_chars[b])));
+  for (size_t i = 0; i < 256; ++i) vocab.push_back(vocab[i] + "</w>");
+  std::string merges_text = "#version: 0.2\n";
+  for (std::string_view merge : merges) {
+    std::string joined, spaced;
+    for (const std::string& part : tokenizers::split_ascii_whitespace(std::string(merge))) {
+      joined += part;
+      spaced += (spaced.empty() ? "" : " ") + part;
+    }
+    vocab.push_back(joined);
+    merges_text.append(spaced).push_back('\n');
+  }
+  vocab.emplace_back("<|startoftext|>");
+  vocab.emplace_back("<|endoftext|>");
+  Json json = Json::object();
+  for (size_t id = 0; id < vocab.size(); ++id) json[vocab[id]] = id;  // a repeated token keeps its last id
+  files.vocab = json.dump();
+  files.merges = std::move(merges_text);
 }
 
 }  // namespace taiyi

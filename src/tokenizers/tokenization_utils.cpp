@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "taiyi/utils/error.h"
+#include "taiyi/utils/json.h"
 #include "tokenizers/unicode.h"
 
 namespace taiyi::tokenizers {
@@ -246,11 +247,6 @@ AddedToken parse_added_token(const Json& value, const fs::path& file, const std:
   return token;
 }
 
-std::optional<Json> read_optional_json(const fs::path& path) {
-  if (!fs::exists(path)) return std::nullopt;
-  return read_json_file(path);
-}
-
 // A special-token attribute value as from_pretrained hands it to the constructor: a plain string
 // or an AddedToken (which _add_tokens always re-registers, with its flags).
 struct SpecialValue {
@@ -346,9 +342,9 @@ void read_added_tokens_decoder(const Json& init, const fs::path& config_path, Sp
 }
 
 // special_tokens_map.json (older tokenizers): its attributes override tokenizer_config.json's.
-void read_special_tokens_map(const fs::path& dir, SpecialTokenFiles& files) {
-  fs::path map_path = dir / "special_tokens_map.json";
-  if (auto map = read_optional_json(map_path)) {
+void read_special_tokens_map(const TokenizerFiles& in, SpecialTokenFiles& files) {
+  const fs::path map_path = in.dir / "special_tokens_map.json";
+  if (const Json* map = in.special_tokens_map.is_null() ? nullptr : &in.special_tokens_map) {
     if (!map->is_object()) throw Error(map_path.string() + ": expected a JSON object");
     for (const auto& item : map->items()) {
       if (item.key() == "additional_special_tokens") {
@@ -371,9 +367,9 @@ void read_special_tokens_map(const fs::path& dir, SpecialTokenFiles& files) {
 }
 
 // added_tokens.json (older tokenizers): token -> id; special when a special-token attribute names it.
-void read_added_tokens_json(const fs::path& dir, SpecialTokenFiles& files) {
-  fs::path added_path = dir / "added_tokens.json";
-  if (auto added_json = read_optional_json(added_path)) {
+void read_added_tokens_json(const TokenizerFiles& in, SpecialTokenFiles& files) {
+  const fs::path added_path = in.dir / "added_tokens.json";
+  if (const Json* added_json = in.added_tokens.is_null() ? nullptr : &in.added_tokens) {
     if (!added_json->is_object()) throw Error(added_path.string() + ": expected a JSON object of token -> id");
     std::vector<std::u32string> specials;
     for (const auto& [attr, value] : files.values)
@@ -487,15 +483,14 @@ void add_special_tokens(AddedVocabulary& added, const std::vector<SpecialValue>&
 
 }  // namespace
 
-TokenizerSettings load_settings(const fs::path& dir, size_t default_max_length,
+TokenizerSettings load_settings(const TokenizerFiles& in, size_t default_max_length,
                                 const std::map<std::string, std::string>& defaults,
                                 const std::vector<std::string>& wrap_as_added_token,
                                 const std::function<std::optional<int64_t>(const std::string&)>& vocab_id,
                                 const std::function<size_t()>& vocab_keys) {
   TokenizerSettings settings;
-  fs::path config_path = dir / "tokenizer_config.json";
-  Json init = Json::object();
-  if (auto json = read_optional_json(config_path)) init = *json;
+  const fs::path config_path = in.dir / "tokenizer_config.json";
+  const Json init = in.tokenizer_config.is_null() ? Json::object() : in.tokenizer_config;
   settings.config = Config(init, config_path);
   read_length_and_sides(init, default_max_length, settings);
 
@@ -505,8 +500,8 @@ TokenizerSettings load_settings(const fs::path& dir, size_t default_max_length,
   if (init.contains("added_tokens_decoder")) {
     read_added_tokens_decoder(init, config_path, files);
   } else {
-    read_special_tokens_map(dir, files);
-    read_added_tokens_json(dir, files);
+    read_special_tokens_map(in, files);
+    read_added_tokens_json(in, files);
   }
   apply_constructor(files, defaults, wrap_as_added_token);
   const std::vector<std::pair<std::string, SpecialValue>> ordered = ordered_special_tokens(init, config_path, files);
@@ -521,12 +516,37 @@ TokenizerSettings load_settings(const fs::path& dir, size_t default_max_length,
   return settings;
 }
 
-std::vector<std::string> read_lines(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string() + ": cannot open");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  const std::string text = buffer.str();
+TokenizerFiles read_tokenizer_files(const fs::path& dir, const char* vocab_file, const char* vocab_role,
+                                    const char* merges_file, const char* merges_role) {
+  auto read_text = [&](const char* name, const char* role) {
+    const fs::path path = dir / name;
+    if (!fs::is_regular_file(path)) throw Error(path.string() + ": file not found (" + std::string(role) + ")");
+    std::error_code ec;
+    const uintmax_t size = fs::file_size(path, ec);
+    if (!ec && size > kMaxJsonFile)
+      throw Error(path.string() + ": " + std::to_string(size) + " bytes is over the " +
+                  std::to_string(kMaxJsonFile >> 20) + " MiB a vocabulary file may have");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(path.string() + ": cannot open");
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    return buffer.str();
+  };
+  auto read_optional_json = [&](const char* name) {
+    const fs::path path = dir / name;
+    return fs::exists(path) ? read_json_file(path) : Json();
+  };
+  TokenizerFiles files;
+  files.dir = dir;
+  files.vocab = read_text(vocab_file, vocab_role);
+  if (merges_file) files.merges = read_text(merges_file, merges_role);
+  files.tokenizer_config = read_optional_json("tokenizer_config.json");
+  files.special_tokens_map = read_optional_json("special_tokens_map.json");
+  files.added_tokens = read_optional_json("added_tokens.json");
+  return files;
+}
+
+std::vector<std::string> split_lines(std::string_view text) {
   std::vector<std::string> lines;
   std::string line;
   for (size_t i = 0; i < text.size(); ++i) {
@@ -541,10 +561,6 @@ std::vector<std::string> read_lines(const fs::path& path) {
   }
   if (!line.empty()) lines.push_back(std::move(line));
   return lines;
-}
-
-void require_file(const fs::path& path, const std::string& what) {
-  if (!fs::is_regular_file(path)) throw Error(path.string() + ": file not found (" + what + ")");
 }
 
 // =============================================================================================

@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -98,20 +99,24 @@ struct TokenizerSettings {
 };
 
 // What PreTrainedTokenizerBase._from_pretrained and PreTrainedTokenizer.__init__ do with the
-// added and special tokens. `defaults` are the constructor's special-token defaults;
+// added and special tokens of `files` (tokenizer_config.json, special_tokens_map.json, added_tokens.json).
+// `defaults` are the constructor's special-token defaults;
 // `wrap_as_added_token` the attributes whose string the constructor wraps in an AddedToken
 // (CLIP: bos, eos, unk). `vocab_id` finds a content in the model's vocabulary; `vocab_keys` is the
 // number of distinct tokens in it.
-TokenizerSettings load_settings(const std::filesystem::path& dir, size_t default_max_length,
+TokenizerSettings load_settings(const TokenizerFiles& files, size_t default_max_length,
                                 const std::map<std::string, std::string>& defaults,
                                 const std::vector<std::string>& wrap_as_added_token,
                                 const std::function<std::optional<int64_t>(const std::string&)>& vocab_id,
                                 const std::function<size_t()>& vocab_keys);
 
-// Universal-newline line split, as Python's text mode reads files (\r\n, \r and \n end a line).
-std::vector<std::string> read_lines(const std::filesystem::path& path);
+// A tokenizer folder read into memory: <dir>/<vocab_file> and, when given, <dir>/<merges_file> (an Error
+// naming the file and its role when one is missing), and those of the JSON files that exist.
+TokenizerFiles read_tokenizer_files(const std::filesystem::path& dir, const char* vocab_file, const char* vocab_role,
+                                    const char* merges_file = nullptr, const char* merges_role = nullptr);
 
-void require_file(const std::filesystem::path& path, const std::string& what);
+// Universal-newline line split, as Python's text mode reads files (\r\n, \r and \n end a line).
+std::vector<std::string> split_lines(std::string_view text);
 
 // =============================================================================================
 // The shared encode: tokenize, convert, truncate, add specials, pad

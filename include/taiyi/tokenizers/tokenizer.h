@@ -12,7 +12,10 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace taiyi {
 
@@ -63,6 +66,22 @@ class Tokenizer {
 std::unique_ptr<Tokenizer> load_clip_tokenizer(const std::filesystem::path& dir);
 // BERT WordPiece from <dir>/vocab.txt; options from tokenizer_config.json.
 std::unique_ptr<Tokenizer> load_bert_tokenizer(const std::filesystem::path& dir);
+// A tokenizer folder's files held in memory, for models that come without one (single-file checkpoints,
+// whose tokenizers are built in: taiyi/loaders/single_file_configs.h). Parsed as the files would be;
+// `dir` stands for the folder in messages ("<dir>/vocab.json: ...").
+struct TokenizerFiles {
+  std::filesystem::path dir;
+  std::string vocab;   // the bytes of vocab.json (CLIP) or vocab.txt (BERT)
+  std::string merges;  // the bytes of merges.txt (CLIP)
+  // tokenizer_config.json, special_tokens_map.json, added_tokens.json; null where the file is absent.
+  nlohmann::json tokenizer_config, special_tokens_map, added_tokens;
+};
+std::unique_ptr<Tokenizer> load_clip_tokenizer(const TokenizerFiles& files);
+std::unique_ptr<Tokenizer> load_bert_tokenizer(const TokenizerFiles& files);
+// files.vocab and files.merges as openai/clip-vit-large-patch14 has them, derived from OpenAI's
+// bpe_simple_vocab_16e6.txt as its vocab.json / merges.txt were: the 256 byte symbols, the same with
+// "</w>", the first 48894 merges joined, then <|startoftext|> and <|endoftext|> (49408 tokens).
+void derive_clip_vocab(std::string_view bpe_simple_vocab, TokenizerFiles& files);
 // The tokenizer named in model_index.json.
 std::unique_ptr<Tokenizer> load_tokenizer(const ModelFolder& folder);
 
