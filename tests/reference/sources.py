@@ -16,9 +16,14 @@ import json
 import shutil
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from single_file import ModelCheckpoint  # noqa: E402
 
 SETTINGS = dict(prompt="小桥流水人家，Van Gogh style", negative_prompt="模糊", steps=4, cfg_scale=7.5, seed=11,
                 width=64, height=64, count=1)
@@ -26,8 +31,10 @@ LEGACY_VAE_ATTENTION = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out
 
 
 def case(name, model, loader, **options):
-    return dict(SETTINGS, name=name, model=model, loader=loader, variant=options.get("variant", ""),
-                vae=options.get("vae", ""), config_dir=options.get("config_dir", ""),
+    """`model` and the options are taiyi's input; `loader` and `reference` (default: `model`) say how diffusers
+    reads the same thing."""
+    return dict(SETTINGS, name=name, model=model, loader=loader, reference=options.get("reference", model),
+                variant=options.get("variant", ""), vae=options.get("vae", ""), config_dir=options.get("config_dir", ""),
                 extract_ema=options.get("extract_ema", False))
 
 
@@ -41,13 +48,20 @@ def folder_cases():
 
 
 def single_file_cases(out: Path):
-    """The single files of single_file.py that diffusers can read (BERT's text encoder it takes from the
-    config folder, so those cases' references come from the folder: see single_file.py)."""
-    listing = out / "single_file" / "cases.json"
-    if not listing.exists():
-        return []
-    return [case(c["name"], c["model"], "single_file", config_dir=c["config_dir"], extract_ema=c.get("extract_ema", False),
-                 vae=c.get("vae", "")) for c in json.loads(listing.read_text())]
+    """The files of single_file.py. diffusers reads a BERT text encoder from the config folder, not from the
+    file (single_file.py proves the file's BERT weights are the folder's), so the BERT cases' reference is the
+    folder's pipeline, as issue 26 says ("the folder that tools/convert.py makes")."""
+    sf = "single_file"
+    return [
+        case("single_clip_safetensors", f"{sf}/clip.safetensors", "single_file", config_dir="tiny-clip"),
+        case("single_clip_ckpt_lightning", f"{sf}/clip-ema.ckpt", "single_file", config_dir="tiny-clip"),
+        case("single_clip_ckpt_extract_ema", f"{sf}/clip-ema.ckpt", "single_file", config_dir="tiny-clip", extract_ema=True),
+        case("single_bert_safetensors", f"{sf}/bert.safetensors", "folder", config_dir="tiny-bert", reference="tiny-bert"),
+        case("single_bert_ckpt", f"{sf}/bert-ema.ckpt", "folder", config_dir="tiny-bert", reference="tiny-bert"),
+        case("vae_file_safetensors", "tiny-clip", "folder", vae=f"{sf}/vae.safetensors"),
+        case("vae_file_ckpt", "tiny-clip", "folder", vae=f"{sf}/vae.ckpt"),
+        case("vae_folder_2022", "tiny-clip", "folder", vae=f"{sf}/vae-2022"),
+    ]
 
 
 def make_folders(out: Path):
@@ -92,18 +106,24 @@ def make_vae_2022_folder(out: Path):
 def load_pipeline(out: Path, c: dict):
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
+    kwargs = {}
+    if c["vae"] and (out / c["vae"]).is_dir():
+        kwargs["vae"] = AutoencoderKL.from_pretrained(out / c["vae"])
+    elif c["vae"]:
+        with torch.serialization.safe_globals([ModelCheckpoint]):
+            kwargs["vae"] = AutoencoderKL.from_single_file(str(out / c["vae"]), config=str(out / c["reference"]),
+                                                           subfolder="vae", local_files_only=True)
     if c["loader"] == "folder":
-        kwargs = {"variant": c["variant"]} if c["variant"] else {}
-        pipe = StableDiffusionPipeline.from_pretrained(out / c["model"], torch_dtype=torch.float32, **kwargs)
+        if c["variant"]:
+            kwargs["variant"] = c["variant"]
+        pipe = StableDiffusionPipeline.from_pretrained(out / c["reference"], torch_dtype=torch.float32, **kwargs)
     else:
-        config = str(out / c["config_dir"])
-        kwargs = {}
-        if c["vae"]:
-            kwargs["vae"] = AutoencoderKL.from_single_file(str(out / c["vae"]), config=config, subfolder="vae",
-                                                           local_files_only=True)
-        pipe = StableDiffusionPipeline.from_single_file(str(out / c["model"]), config=config, local_files_only=True,
-                                                        torch_dtype=torch.float32, extract_ema=c["extract_ema"],
-                                                        safety_checker=None, **kwargs)
+        # diffusers reads a .ckpt with torch.load(weights_only=True): the harness allows single_file.py's
+        # stand-in for Lightning's callback class, which taiyi's reader never needs to know.
+        with torch.serialization.safe_globals([ModelCheckpoint]):
+            pipe = StableDiffusionPipeline.from_single_file(str(out / c["reference"]), config=str(out / c["config_dir"]),
+                                                            local_files_only=True, torch_dtype=torch.float32,
+                                                            extract_ema=c["extract_ema"], safety_checker=None, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
