@@ -387,7 +387,7 @@ void derive_clip_vocab(std::string_view bpe_simple_vocab, TokenizerFiles& files)
   vocab.emplace_back("<|endoftext|>");
   Json json = Json::object();
   for (size_t id = 0; id < vocab.size(); ++id) json[vocab[id]] = id;  // a repeated token keeps its last id
-  files.vocab = json.dump();
+  files.vocab = json.dump(-1, ' ', false, Json::error_handler_t::replace);  // invalid UTF-8 cannot throw
   files.merges = std::move(merges_text);
 }
 
