@@ -61,7 +61,7 @@ size_t count_differences(const Tokenizer& tokenizer, const std::string& set, con
 }
 
 TEST(SingleFileConfigs, BuiltinTokenizersGiveTransformersIds) {
-  const Json& variants = read_json_file(test::fixture("ref/tokenizer_prompts.json"))["variants"];
+  const Json variants = read_json_file(test::fixture("ref/tokenizer_prompts.json"))["variants"];
   for (TextEncoderKind kind : kKinds) {
     auto tokenizer = builtin_tokenizer(kind);
     const std::string name = family(kind);
@@ -176,9 +176,10 @@ const std::set<std::string>& shrunk_keys(const std::string& component, TextEncod
   return none;
 }
 
-// Keys of the hub's files that the configs transformers writes today do not carry (BERT's
-// hfl/chinese-roberta-wwm-ext leftover; its token ids, which BertModel does not read).
-const std::set<std::string> kHubOnlyKeys = {"directionality", "bos_token_id", "eos_token_id"};
+// Keys of the hub's files that the configs transformers 4.57 writes do not carry, and that its models do
+// not read: BERT's hfl/chinese-roberta-wwm-ext leftover and token ids; CLIP's "dropout" (CLIPTextConfig
+// has no such option any more).
+const std::set<std::string> kHubOnlyKeys = {"directionality", "bos_token_id", "eos_token_id", "dropout"};
 
 Config fixture_config(const std::string& folder, const std::string& component) {
   return ModelFolder::open(test::fixture(folder)).config(component);
@@ -224,6 +225,28 @@ TEST(SingleFileConfigs, ConfigsHoldTheRealConfigsValues) {
   EXPECT_EQ(builtin_source(TextEncoderKind::Bert, "text_encoder"),
             "built-in Taiyi-Stable-Diffusion-1B-Chinese-v0.1 text_encoder/config.json");
   EXPECT_EQ(builtin_source(TextEncoderKind::Bert, "scheduler"), "built-in stable-diffusion-v1-5 scheduler/scheduler_config.json");
+}
+
+// tests/reference/single_file_configs.py: diffusers and transformers, given the built-in files, derive the
+// very configs make_fixtures.py builds its full-size pipelines from (defaults filled in included), but for
+// the keys their models do not read.
+TEST(SingleFileConfigs, LibrariesDeriveTheRealConfigsFromTheBuiltinFiles) {
+  const Json record = read_json_file(test::fixture("ref/single_file_configs.json"));
+  const std::pair<const char*, std::pair<std::string, TextEncoderKind>> names[] = {
+      {"unet", {"unet", TextEncoderKind::Clip}},
+      {"vae", {"vae", TextEncoderKind::Clip}},
+      {"scheduler", {"scheduler", TextEncoderKind::Clip}},
+      {"clip_text_encoder", {"text_encoder", TextEncoderKind::Clip}},
+      {"bert_text_encoder", {"text_encoder", TextEncoderKind::Bert}}};
+  ASSERT_EQ(record.size(), std::size(names));
+  for (const auto& [name, component] : names) {
+    SCOPED_TRACE(name);
+    // What the reference read from the source is what the binary holds.
+    EXPECT_EQ(record[name]["file"], builtin_config(component.first, component.second));
+    for (const auto& [key, values] : record[name]["differences"].items())
+      EXPECT_TRUE(key == "architectures" || kHubOnlyKeys.count(key))
+          << key << ": " << values[0].dump() << " from the built-in file, " << values[1].dump() << " in the real config";
+  }
 }
 
 // The built-in config with the tiny fixture's widths: what the keys the hub's file leaves out default to
@@ -272,7 +295,10 @@ TEST(SingleFileConfigs, ModulesFromBuiltinConfigsComputeAsTheFixtures) {
     const auto ids = torch::tensor(builtin_tokenizer(kind)->encode("小桥流水人家, a small bridge").ids).unsqueeze(0);
     EXPECT_EQ(max_diff(a->forward(ids), b->forward(ids)), 0.0) << family(kind);
   }
-  for (const std::string kind : {"", "pndm", "ddim", "euler"}) {
+  // PLMS and DDIM. (The fixture's file, saved by diffusers 0.37.1, also spells out PNDM's
+  // timestep_spacing "leading", which the hub's leaves out: a sampler whose own default differs, such as
+  // Euler's "linspace", then takes its default from the built-in file, as from the hub's folder.)
+  for (const std::string kind : {"", "pndm", "ddim"}) {
     auto a = make_scheduler(Config(builtin_config("scheduler", TextEncoderKind::Clip), "built-in"), kind);
     auto b = make_scheduler(clip_folder.config("scheduler"), kind);
     a->set_timesteps(20);
