@@ -53,7 +53,8 @@ size_t count_differences(const Tokenizer& tokenizer, const std::string& set, con
     const std::string prompt = prompts[prompt_family].at(i).get<std::string>();
     const int64_t* row = expected[static_cast<int64_t>(i)].data_ptr<int64_t>();
     if (tokenizer.encode(prompt).ids != std::vector<int64_t>(row, row + expected.size(1)) && ++differ <= 5)
-      ADD_FAILURE() << set << " prompt " << i << " differs: " << Json(prompt).dump(-1, ' ', true, Json::error_handler_t::replace);
+      ADD_FAILURE() << set << " prompt " << i
+                    << " differs: " << Json(prompt).dump(-1, ' ', true, Json::error_handler_t::replace);
   }
   std::printf("built-in %s tokenizer vs transformers' %s: %zu prompts, %zu differ\n", prompt_family.c_str(),
               set.c_str(), count, differ);
@@ -168,7 +169,8 @@ const std::set<std::string>& shrunk_keys(const std::string& component, TextEncod
   static const std::set<std::string> vae = {"layers_per_block", "norm_num_groups", "sample_size", "block_out_channels"};
   static const std::set<std::string> clip = {"hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers",
                                              "num_attention_heads"};
-  static const std::set<std::string> bert = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"};
+  static const std::set<std::string> bert = {"hidden_size", "num_hidden_layers", "num_attention_heads",
+                                             "intermediate_size"};
   static const std::set<std::string> none;
   if (component == "unet") return unet;
   if (component == "vae") return vae;
@@ -205,7 +207,8 @@ TEST(SingleFileConfigs, ConfigsHoldTheRealConfigsValues) {
     const std::string folder = std::string("tiny-") + family(kind);
     for (const std::string component : {"unet", "vae", "scheduler", "text_encoder"}) {
       SCOPED_TRACE(folder + " " + component);
-      expect_same_values(builtin_config(component, kind), fixture_config(folder, component), shrunk_keys(component, kind));
+      expect_same_values(builtin_config(component, kind), fixture_config(folder, component),
+                         shrunk_keys(component, kind));
     }
     const Json index = builtin_model_index(kind);
     const Json fixture_index = read_json_file(test::fixture(folder + "/model_index.json"));
@@ -224,7 +227,8 @@ TEST(SingleFileConfigs, ConfigsHoldTheRealConfigsValues) {
   EXPECT_EQ(builtin_source(TextEncoderKind::Clip, "unet"), "built-in stable-diffusion-v1-5 unet/config.json");
   EXPECT_EQ(builtin_source(TextEncoderKind::Bert, "text_encoder"),
             "built-in Taiyi-Stable-Diffusion-1B-Chinese-v0.1 text_encoder/config.json");
-  EXPECT_EQ(builtin_source(TextEncoderKind::Bert, "scheduler"), "built-in stable-diffusion-v1-5 scheduler/scheduler_config.json");
+  EXPECT_EQ(builtin_source(TextEncoderKind::Bert, "scheduler"),
+            "built-in stable-diffusion-v1-5 scheduler/scheduler_config.json");
 }
 
 // tests/reference/single_file_configs.py: diffusers and transformers, given the built-in files, derive the
@@ -259,6 +263,11 @@ Config tiny_builtin(const std::string& component, TextEncoderKind kind, const Co
 
 double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
+// The checkpoint keys a text encoder does not hold (position_ids, BERT's pooler) are not a mismatch.
+LoadOptions ignoring(const TextEncoderImpl& encoder) {
+  return LoadOptions(torch::kFloat, torch::kCPU, encoder.ignored_checkpoint_keys());
+}
+
 // Modules built from the built-in configs load the fixture pipelines' weights and compute bit for bit
 // what the modules of the fixtures' own configs compute.
 TEST(SingleFileConfigs, ModulesFromBuiltinConfigsComputeAsTheFixtures) {
@@ -288,10 +297,12 @@ TEST(SingleFileConfigs, ModulesFromBuiltinConfigsComputeAsTheFixtures) {
     const ModelFolder folder = ModelFolder::open(test::fixture(std::string("tiny-") + family(kind)));
     const Config fixture = folder.config("text_encoder");
     const Config config = tiny_builtin("text_encoder", kind, fixture);
-    auto make = [&](const Config& c) { return kind == TextEncoderKind::Clip ? make_clip_text_model(c) : make_bert_model(c); };
+    auto make = [&](const Config& c) {
+      return kind == TextEncoderKind::Clip ? make_clip_text_model(c) : make_bert_model(c);
+    };
     auto a = make(config), b = make(fixture);
     for (auto* encoder : {a.get(), b.get()})
-      load_weights(*encoder, folder.weight_files("text_encoder"), LoadOptions(torch::kFloat, torch::kCPU, encoder->ignored_checkpoint_keys()));
+      load_weights(*encoder, folder.weight_files("text_encoder"), ignoring(*encoder));
     const auto ids = torch::tensor(builtin_tokenizer(kind)->encode("小桥流水人家, a small bridge").ids).unsqueeze(0);
     EXPECT_EQ(max_diff(a->forward(ids), b->forward(ids)), 0.0) << family(kind);
   }
@@ -320,7 +331,7 @@ TEST(FullSizeSingleFileConfigs, ConfigsAreTheFullSizeConfigs) {
     const Config text_config(builtin_config("text_encoder", kind), builtin_source(kind, "text_encoder"));
     auto encoder = kind == TextEncoderKind::Clip ? make_clip_text_model(text_config) : make_bert_model(text_config);
     SafetensorsFile text_file(folder.weight_files("text_encoder").at(0));
-    const WeightMismatch text = check_weights(*encoder, {&text_file}, LoadOptions(torch::kFloat, torch::kCPU, encoder->ignored_checkpoint_keys()));
+    const WeightMismatch text = check_weights(*encoder, {&text_file}, ignoring(*encoder));
     EXPECT_TRUE(text.empty()) << text.message(family(kind));
   }
   const ModelFolder folder = ModelFolder::open(test::fixture("full-clip"));
