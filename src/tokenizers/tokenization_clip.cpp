@@ -371,7 +371,8 @@ void derive_clip_vocab(std::string_view bpe_simple_vocab, TokenizerFiles& files)
   // dict(zip(bs, cs)).values(): the printable bytes in order, then the others.
   for (int pass = 0; pass < 2; ++pass)
     for (size_t b = 0; b < 256; ++b)
-      if ((byte_chars[b] < 256) == (pass == 0)) vocab.emplace_back(tokenizers::encode_utf8(std::u32string(1, byte_chars[b])));
+      if ((byte_chars[b] < 256) == (pass == 0))
+        vocab.emplace_back(tokenizers::encode_utf8(std::u32string(1, byte_chars[b])));
   for (size_t i = 0; i < 256; ++i) vocab.push_back(vocab[i] + "</w>");
   std::string merges_text = "#version: 0.2\n";
   for (std::string_view merge : merges) {
@@ -387,7 +388,7 @@ void derive_clip_vocab(std::string_view bpe_simple_vocab, TokenizerFiles& files)
   vocab.emplace_back("<|endoftext|>");
   Json json = Json::object();
   for (size_t id = 0; id < vocab.size(); ++id) json[vocab[id]] = id;  // a repeated token keeps its last id
-  files.vocab = json.dump();
+  files.vocab = json.dump(-1, ' ', false, Json::error_handler_t::replace);  // invalid UTF-8 cannot throw
   files.merges = std::move(merges_text);
 }
 
