@@ -101,6 +101,16 @@ def main():
         "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": {"dtype": "F16", "shape": [2, 24], "data_offsets": [1028, 1124]},
         "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": {"dtype": "F16", "shape": [96, 2], "data_offsets": [1124, 1508]},
     }, bytes(1508)))
+    write(out, "lora_keys", "hand-ldm", safetensors_bytes({  # LDM block names, and one module named twice
+        "lora_unet_input_blocks_1_1_proj_in.lora_down.weight": {"dtype": "F32", "shape": [4, 32, 1, 1], "data_offsets": [0, 512]},
+        "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": {"dtype": "F32", "shape": [32, 4, 1, 1], "data_offsets": [512, 1024]},
+        "lora_unet_input_blocks_1_1_proj_in.alpha": {"dtype": "F32", "shape": [], "data_offsets": [1024, 1028]},
+        "lora_unet_input_blocks_2_0_op.lora_down.weight": {"dtype": "F32", "shape": [1, 32, 3, 3], "data_offsets": [1028, 2180]},
+        "lora_unet_input_blocks_2_0_op.lora_up.weight": {"dtype": "F32", "shape": [32, 1, 1, 1], "data_offsets": [2180, 2308]},
+        "lora_unet_output_blocks_1_1_conv.lora_down.weight": {"dtype": "F32", "shape": [1, 32, 3, 3], "data_offsets": [2308, 3460]},
+        "lora_unet_middle_block_1_proj_in.lora_up.weight": {"dtype": "F32", "shape": [32, 1], "data_offsets": [3460, 3588]},
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": {"dtype": "F32", "shape": [4, 32], "data_offsets": [3588, 4100]},
+    }, bytes(4100)))
     write(out, "lora_keys", "hand-peft", safetensors_bytes({
         "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": {"dtype": "F32", "shape": [4, 24], "data_offsets": [0, 384]},
         "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": {"dtype": "F32", "shape": [32, 4], "data_offsets": [384, 896]},

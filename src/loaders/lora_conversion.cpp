@@ -104,6 +104,105 @@ LoraLayout detect_layout(const std::vector<LoraTensor>& tensors) {
              : LoraLayout::Peft;
 }
 
+// How the original LDM UNet (ldm/modules/diffusionmodules/openaimodel.py, the web UI's model) numbers
+// what diffusers nests: input_blocks[0] is conv_in, then per down block its [ResBlock, SpatialTransformer]
+// pairs and a Downsample; middle_block [ResBlock, SpatialTransformer, ResBlock]; per up block its
+// [ResBlock, SpatialTransformer?, Upsample?] entries, the Upsample right after the ResBlock where the block
+// has no attention. The counts come from the module tree itself (it is built from the config's
+// layers_per_block and block types), so no config travels with the targets.
+struct UnetBlocks {
+  std::map<int, int> down_resnets, up_resnets;  // block -> resnet count
+  std::map<int, bool> down_sampler, up_attention;
+};
+
+// "down_blocks.1.resnets.0.conv1" -> {"down_blocks", 1, "resnets", 0, "conv1"}; nullopt for other paths.
+struct BlockPath {
+  std::string blocks, kind, rest;
+  int block = 0, index = 0;
+};
+std::optional<BlockPath> block_path(const std::string& module) {
+  std::vector<std::string> p;
+  for (size_t start = 0;;) {
+    const size_t dot = module.find('.', start);
+    p.push_back(module.substr(start, dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  auto number = [](const std::string& s) {
+    const bool digits = std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return !s.empty() && s.size() < 6 && digits ? std::stoi(s) : -1;
+  };
+  BlockPath b;
+  const bool mid = p[0] == "mid_block";
+  const size_t kind_at = mid ? 1 : 2;
+  if (!(mid || p[0] == "down_blocks" || p[0] == "up_blocks") || p.size() < kind_at + 3) return std::nullopt;
+  b.blocks = p[0];
+  b.block = mid ? 0 : number(p[1]);
+  b.kind = p[kind_at];
+  b.index = number(p[kind_at + 1]);
+  if (b.block < 0 || b.index < 0) return std::nullopt;
+  for (size_t i = kind_at + 2; i < p.size(); ++i) b.rest += (b.rest.empty() ? "" : "_") + p[i];
+  return b;
+}
+
+UnetBlocks unet_blocks(const std::vector<LoraTarget>& targets) {
+  UnetBlocks u;
+  for (const LoraTarget& t : targets) {
+    if (t.component != "unet") continue;
+    auto b = block_path(t.module);
+    if (!b) continue;
+    if (b->kind == "resnets" && b->blocks != "mid_block") {
+      int& count = (b->blocks == "down_blocks" ? u.down_resnets : u.up_resnets)[b->block];
+      count = std::max(count, b->index + 1);
+    }
+    if (b->blocks == "down_blocks" && b->kind == "downsamplers") u.down_sampler[b->block] = true;
+    if (b->blocks == "up_blocks" && b->kind == "attentions") u.up_attention[b->block] = true;
+  }
+  return u;
+}
+
+// A ResBlock's layers by their LDM names (in_layers = [GroupNorm, SiLU, conv], out_layers = [GroupNorm,
+// SiLU, Dropout, conv], emb_layers = [SiLU, Linear]).
+std::string ldm_resnet_part(const std::string& part) {
+  static const std::pair<const char*, const char*> kParts[] = {
+      {"conv1", "in_layers_2"}, {"conv2", "out_layers_3"}, {"time_emb_proj", "emb_layers_1"},
+      {"conv_shortcut", "skip_connection"}};
+  for (const auto& [diffusers, ldm] : kParts)
+    if (part == diffusers) return ldm;
+  return "";
+}
+
+// The LDM name (underscored, without lora_unet_) of a UNet module, or "" when it has none.
+std::string ldm_unet_name(const std::string& module, const UnetBlocks& u) {
+  static const std::pair<const char*, const char*> kTop[] = {
+      {"conv_in", "input_blocks_0_0"}, {"conv_out", "out_2"},
+      {"time_embedding.linear_1", "time_embed_0"}, {"time_embedding.linear_2", "time_embed_2"}};
+  for (const auto& [diffusers, ldm] : kTop)
+    if (module == diffusers) return ldm;
+  auto b = block_path(module);
+  if (!b) return "";
+  const bool resnet = b->kind == "resnets";
+  const std::string part = resnet ? ldm_resnet_part(b->rest) : b->rest;
+  if (part.empty()) return "";
+  if (b->blocks == "mid_block") {  // one sequence [ResBlock, SpatialTransformer, ResBlock], no inner index
+    if (resnet && b->index < 2) return "middle_block_" + std::to_string(b->index * 2) + "_" + part;
+    return b->kind == "attentions" && b->index == 0 ? "middle_block_1_" + part : "";
+  }
+  const std::string inner = "_" + std::string(resnet ? "0" : "1") + "_" + part;
+  const bool down = b->blocks == "down_blocks";
+  const std::map<int, int>& counts = down ? u.down_resnets : u.up_resnets;
+  int offset = down ? 1 : 0;  // input_blocks[0] is conv_in
+  for (const auto& [block, count] : counts)
+    if (block < b->block) offset += count + (down && u.down_sampler.count(block) ? 1 : 0);
+  const int resnets = counts.count(b->block) ? counts.at(b->block) : 0;
+  const std::string blocks = down ? "input_blocks_" : "output_blocks_";
+  if (resnet || b->kind == "attentions") return blocks + std::to_string(offset + b->index) + inner;
+  if (down && b->kind == "downsamplers" && b->rest == "conv") return blocks + std::to_string(offset + resnets) + "_0_op";
+  if (!down && b->kind == "upsamplers" && b->rest == "conv" && resnets > 0)
+    return blocks + std::to_string(offset + resnets - 1) + (u.up_attention.count(b->block) ? "_2" : "_1") + "_conv";
+  return "";
+}
+
 // The targets, looked up by component and module name as the layout writes them.
 std::unordered_map<std::string, const LoraTarget*> targets_by_name(const std::vector<LoraTarget>& targets,
                                                                     LoraLayout layout) {
@@ -111,6 +210,16 @@ std::unordered_map<std::string, const LoraTarget*> targets_by_name(const std::ve
   for (const LoraTarget& target : targets) {
     const std::string module = layout == LoraLayout::Kohya ? underscored(target.module) : target.module;
     by_name.emplace(target.component + "|" + module, &target);
+  }
+  // kohya keys with the LDM UNet's names (lora_unet_input_blocks_4_1_proj_in) name the same modules, as in the
+  // web UI (networks.py: "lora_unet" -> "diffusion_model" on its LDM module names).
+  if (layout == LoraLayout::Kohya) {
+    std::unordered_map<std::string, std::string> ldm_of;
+    for (auto& [module, ldm] : ldm_lora_names(targets)) ldm_of.emplace(module, std::move(ldm));
+    for (const LoraTarget& target : targets) {
+      auto ldm = target.component == "unet" ? ldm_of.find(target.module) : ldm_of.end();
+      if (ldm != ldm_of.end()) by_name.emplace("unet|" + ldm->second, &target);
+    }
   }
   return by_name;
 }
@@ -133,6 +242,7 @@ struct Pending {
   const LoraTarget* target = nullptr;
   const LoraTensor* down = nullptr;
   const LoraTensor* up = nullptr;
+  const LoraTensor* alpha_key = nullptr;
   std::optional<double> alpha;
   size_t order = 0;
 };
@@ -164,14 +274,18 @@ std::vector<Pending> place_keys(const std::vector<LoraTensor>& tensors, const st
     }
     Pending& p = pending[found->second];
     p.target = found->second;
-    if (parts->part == Part::Down) {
-      p.down = &tensor;
-      p.order = order++;
-    } else if (parts->part == Part::Up) {
-      p.up = &tensor;
-    } else {
-      place_alpha(tensor, alphas, p, plan);
+    // Two keys for one part of a module (an LDM and a diffusers name, lora_te_ and lora_te1_): the web UI
+    // keeps whichever comes last, diffusers drops the LDM keys of a mixed file; neither is what the file's
+    // author can have meant, so it is refused.
+    const LoraTensor*& slot = parts->part == Part::Down ? p.down : parts->part == Part::Up ? p.up : p.alpha_key;
+    if (slot) {
+      plan.mis_shaped.push_back(tensor.name + ": names the same " + p.target->component + " module " +
+                                p.target->module + " as " + slot->name);
+      continue;
     }
+    slot = &tensor;
+    if (parts->part == Part::Down) p.order = order++;
+    if (parts->part == Part::Alpha) place_alpha(tensor, alphas, p, plan);
   }
   std::vector<Pending> ordered;
   for (auto& [target, p] : pending) ordered.push_back(p);
@@ -223,6 +337,16 @@ void add_patch(const Pending& p, const Json& adapter, LoraPlan& plan) {
 
 }  // namespace
 
+std::vector<std::pair<std::string, std::string>> ldm_lora_names(const std::vector<LoraTarget>& targets) {
+  const UnetBlocks blocks = unet_blocks(targets);
+  std::vector<std::pair<std::string, std::string>> names;
+  for (const LoraTarget& target : targets) {
+    const std::string ldm = target.component == "unet" ? ldm_unet_name(target.module, blocks) : "";
+    if (!ldm.empty()) names.emplace_back(target.module, ldm);
+  }
+  return names;
+}
+
 const char* to_string(LoraLayout layout) { return layout == LoraLayout::Kohya ? "kohya" : "diffusers (PEFT)"; }
 
 std::string LoraPlan::message(const std::string& file) const {
@@ -242,8 +366,7 @@ std::string LoraPlan::message(const std::string& file) const {
              starts_with(k, "lora_unet_middle_block_") || starts_with(k, "lora_unet_output_blocks_");
     });
     if (other_architecture)
-      text += " (keys of another architecture or naming: SDXL's second text encoder, a DiT, or the original "
-              "LDM block names)";
+      text += " (keys of another architecture: SDXL's second text encoder or its block layout, a DiT)";
   }
   if (!mis_shaped.empty()) text += "; " + std::to_string(mis_shaped.size()) + " mis-shaped: " + listed(mis_shaped);
   return text;

@@ -194,6 +194,15 @@ const std::vector<LoraTarget>& lora_targets() {
       t.push_back({"unet", "down_blocks." + std::to_string(block) + ".resnets.0.conv1", {32, 32, 3, 3}});
       t.push_back({"unet", "down_blocks." + std::to_string(block) + ".resnets.0.time_emb_proj", {32, 128}});
     }
+    // A downsampler, the mid block and two up blocks (one without attentions), so that LDM block names
+    // (lora_unet_input_blocks_2_0_op, middle_block_1_proj_in, output_blocks_1_1_conv) place too.
+    t.push_back({"unet", "down_blocks.0.downsamplers.0.conv", {32, 32, 3, 3}});
+    for (const char* m : {"mid_block.resnets.0.conv1", "mid_block.resnets.1.conv2", "up_blocks.0.resnets.0.conv1",
+                          "up_blocks.0.resnets.1.conv_shortcut", "up_blocks.0.upsamplers.0.conv",
+                          "up_blocks.1.resnets.0.conv2", "up_blocks.1.resnets.1.conv1"})
+      t.push_back({"unet", m, {32, 32, 3, 3}});
+    for (const char* m : {"mid_block.attentions.0.proj_in", "up_blocks.1.attentions.0.proj_in", "up_blocks.1.attentions.1.proj_out"})
+      t.push_back({"unet", m, {32, 32, 1, 1}});
     for (int layer = 0; layer < 2; ++layer) {
       const std::string l = "text_model.encoder.layers." + std::to_string(layer) + ".";
       for (const char* p : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"})

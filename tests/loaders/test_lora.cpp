@@ -135,6 +135,40 @@ TEST(LoraKeys, ForeignKeysWrongRanksAndHalvesAreListed) {
     EXPECT_NE(message.find(needle), std::string::npos) << message << "\nlacks: " << needle;
 }
 
+TEST(LoraKeys, LdmBlockNamesPlaceAsTheWebUiPlacesThem) {
+  // toy_targets: one resnet per down block (layers_per_block 1), so input_blocks_1 is down_blocks.0's first.
+  std::vector<taiyi::LoraTensor> tensors = {
+      {"lora_unet_input_blocks_1_1_proj_in.lora_down.weight", {4, 32, 1, 1}},
+      {"lora_unet_input_blocks_1_1_proj_in.lora_up.weight", {32, 4, 1, 1}},
+      {"lora_unet_input_blocks_1_1_proj_in.alpha", {}},
+      {"lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight", {8, 16, 3, 3}},
+      {"lora_unet_input_blocks_1_0_in_layers_2.lora_up.weight", {32, 8, 1, 1}},
+      {"lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k.lora_down.weight", {2, 32}},
+      {"lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k.lora_up.weight", {64, 2}},
+      {"lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k.alpha", {}}};
+  const std::map<std::string, double> alphas = {{"lora_unet_input_blocks_1_1_proj_in.alpha", 3.0},
+                                                {"lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k.alpha", 5.0}};
+  taiyi::LoraPlan plan = taiyi::plan_lora(tensors, alphas, {}, toy_targets());
+  ASSERT_TRUE(plan.ok()) << plan.message("ldm");
+  ASSERT_EQ(plan.patches.size(), 3u);
+  EXPECT_EQ(plan.patches[0].module, "down_blocks.0.attentions.0.proj_in");
+  EXPECT_EQ(plan.patches[0].alpha, 3.0);
+  EXPECT_EQ(plan.patches[1].module, "down_blocks.0.resnets.0.conv1");
+  EXPECT_EQ(plan.patches[2].module, "mid_block.attentions.0.transformer_blocks.0.attn2.to_k");
+  EXPECT_EQ(plan.patches[2].alpha, 5.0);  // its own alpha (diffusers 0.37.1 would use the most common one)
+
+  // Both names for one module: refused (the web UI keeps the last, diffusers the diffusers-named one).
+  tensors.push_back({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", {4, 32, 1, 1}});
+  tensors.push_back({"lora_unet_input_blocks_7_1_proj_in.lora_down.weight", {4, 32, 1, 1}});  // SDXL-deep
+  plan = taiyi::plan_lora(tensors, alphas, {}, toy_targets());
+  ASSERT_EQ(plan.mis_shaped.size(), 1u);
+  EXPECT_EQ(plan.unplaced, std::vector<std::string>{"lora_unet_input_blocks_7_1_proj_in.lora_down.weight"});
+  for (const char* needle : {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight: names the same unet module "
+                             "down_blocks.0.attentions.0.proj_in as lora_unet_input_blocks_1_1_proj_in.lora_down.weight",
+                             "another architecture"})
+    EXPECT_NE(plan.message("ldm").find(needle), std::string::npos) << plan.message("ldm");
+}
+
 TEST(LoraKeys, PromptTagsAsTheWebUiParsesThem) {
   auto n = taiyi::parse_extra_networks("a cat <lora:style:0.8>, <lora:ink:0.5:0.25> <lyco:x:te=0.3:unet=0.6> 油画 <lora:plain>");
   EXPECT_EQ(n.text, "a cat ,   油画 ");
@@ -302,6 +336,94 @@ TEST(LoraMerge, KohyaBertTextEncoderKeysEqualThePeftOnes) {
     ++compared;
   }
   EXPECT_GT(compared, 0u);
+}
+
+// --- LDM block names (tests/reference/lora_ldm.py) ----------------------------------------------
+
+TEST(LoraLdm, EveryUnetModuleHasTheWebUiName) {
+  taiyi::Pipeline pipe = taiyi::Pipeline::load(fixture("tiny-clip"), {});
+  const Json expected = read_json(fixture("ref/lora_ldm.json"))["names"];
+  const auto names = taiyi::ldm_lora_names(pipe.lora_targets());
+  size_t matched = 0;
+  for (const auto& [module, ldm] : names) {
+    ASSERT_TRUE(expected.contains(module)) << module;
+    EXPECT_EQ(ldm, expected[module].get<std::string>()) << module;
+    ++matched;
+  }
+  EXPECT_EQ(matched, expected.size());
+  EXPECT_GT(matched, 150u);
+}
+
+// The web UI's rule on every module, and diffusers' load_lora_weights(unet_config=...) + fuse_lora on
+// every module but those the reference lists as diffusers 0.37.1's faults (attention alphas lost, the
+// upsampler of an up block without attentions dropped, LDM keys of a mixed file dropped), where ours must
+// differ from diffusers'.
+TEST(LoraLdm, MergedWeightsFollowTheWebUiAndDiffusersWhereItIsRight) {
+  const fs::path golden = fixture("ref/lora_ldm.safetensors");
+  taiyi::SafetensorsFile reference(golden);
+  const Json record = read_json(fixture("ref/lora_ldm.json"));
+  for (const Json& c : record["cases"]) {
+    const std::string name = c["name"];
+    SCOPED_TRACE(name);
+    const Json& differs = record["diffusers_differs"][name];
+    taiyi::Pipeline pipe = taiyi::Pipeline::load(fixture("tiny-clip"), {});
+    const auto before = snapshot(pipe);
+    pipe.apply_loras({selection(c["file"], c["multiplier"])});
+    size_t changed = 0, as_diffusers = 0;
+    double worst = 0;
+    for (const auto& [param, value] : snapshot(pipe)) {
+      const bool differs_here = !torch::equal(value, before.at(param));
+      ASSERT_EQ(differs_here, reference.find(name + ".webui." + param) != nullptr) << param;
+      if (!differs_here) continue;
+      ++changed;
+      torch::Tensor webui = reference_tensor(golden, name + ".webui." + param);
+      torch::Tensor ours = value.flatten().slice(0, 0, webui.numel());
+      worst = std::max(worst, taiyi::test::max_abs_diff(ours, webui));
+      const bool theirs = reference.find(name + ".diffusers." + param) != nullptr;
+      const double off = theirs ? taiyi::test::max_abs_diff(ours, reference_tensor(golden, name + ".diffusers." + param)) : 1;
+      if (differs.contains(param)) {
+        EXPECT_GT(off, 1e-4) << param << ": " << differs[param];
+        std::cout << name << ": " << param << " follows the web UI, not diffusers: " << differs[param].get<std::string>() << "\n";
+      } else {
+        EXPECT_LE(off, 1e-6) << param;
+        as_diffusers += off <= 1e-6;
+      }
+    }
+    std::cout << name << ": " << changed << " weights merged, max |taiyi - web UI rule| " << worst << ", "
+              << as_diffusers << " equal to diffusers', " << differs.size() << " its faults\n";
+    EXPECT_EQ(as_diffusers + differs.size(), changed);
+    EXPECT_LE(worst, 1e-6);
+  }
+}
+
+TEST(LoraLdm, RenamedKohyaFileEqualsTheDiffusersNamedOneBitForBit) {
+  taiyi::Pipeline a = taiyi::Pipeline::load(fixture("tiny-clip"), {});
+  taiyi::Pipeline b = taiyi::Pipeline::load(fixture("tiny-clip"), {});
+  const auto original = snapshot(a);
+  a.apply_loras({selection("kohya_clip", 0.9)});
+  b.apply_loras({selection("kohya_clip_ldm", 0.9)});
+  const auto pa = snapshot(a), pb = snapshot(b);
+  size_t changed = 0;
+  for (const auto& [name, value] : pa) {
+    EXPECT_TRUE(torch::equal(value, pb.at(name))) << name;
+    changed += !torch::equal(value, original.at(name));
+  }
+  EXPECT_GT(changed, 50u);
+}
+
+TEST(LoraLdm, ImageEqualsDiffusersPipelineWithTheWebUiWeights) {
+  const fs::path golden = fixture("ref/lora_ldm.safetensors");
+  const Json c = read_json(fixture("ref/lora_ldm.json"))["cases"][0];
+  taiyi::GenerationRequest r = taiyi::test::request_of_case(c);
+  r.loras = {selection(c["file"], c["multiplier"])};
+  taiyi::Pipeline pipe = taiyi::Pipeline::load(fixture("tiny-clip"), {});
+  const torch::Tensor images = taiyi::test::image_tensor(pipe.generate(r));
+  const torch::Tensor expected = reference_tensor(golden, c["name"].get<std::string>() + ".images");
+  ASSERT_EQ(images.sizes(), expected.sizes());
+  const double within = taiyi::test::fraction_within(images, expected, 1.0);
+  std::cout << c["name"].get<std::string>() << ": " << within * 100 << " % of pixel values within 1/255, max diff "
+            << taiyi::test::max_abs_diff(images, expected) << "\n";
+  EXPECT_GE(within, 0.999);
 }
 
 TEST(LoraMerge, BadFilesAreErrorsNamingTheFileAndKeys) {

@@ -1,6 +1,7 @@
 // LoRA files as users download them, placed on taiyi's modules by name: the kohya / web UI layout
 // (lora_unet_<module path with '_'>.lora_down.weight, .lora_up.weight, .alpha; lora_te_ for the text
-// encoder) and diffusers' PEFT layout (unet.<module>.lora_A.weight / lora_B, text_encoder.<module>...).
+// encoder; UNet modules also by their original LDM names, lora_unet_input_blocks_4_1_proj_in, as the web
+// UI places them) and diffusers' PEFT layout (unet.<module>.lora_A.weight / lora_B, text_encoder.<module>...).
 // The mapping is derived from the module tree (every Linear and Conv2d weight is a target, its kohya
 // name its path with '.' replaced by '_'), the way diffusers' lora_conversion_utils.py and the web UI's
 // networks.py resolve names. Also the web UI's <lora:NAME:MULTIPLIER> prompt tags.
@@ -12,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace taiyi {
@@ -57,6 +59,15 @@ struct LoraPlan {
 // unplaced / mis_shaped.
 LoraPlan plan_lora(const std::vector<LoraTensor>& tensors, const std::map<std::string, double>& alphas,
                    const std::map<std::string, std::string>& metadata, const std::vector<LoraTarget>& targets);
+
+// The original LDM UNet's name (ldm/modules/diffusionmodules/openaimodel.py, as the web UI's LoRA keys
+// write it with '_' and without lora_unet_) of every UNet target that has one, in target order:
+// {"down_blocks.1.attentions.0.proj_in", "input_blocks_4_1_proj_in"}, resnet conv1 / conv2 / time_emb_proj /
+// conv_shortcut as in_layers_2 / out_layers_3 / emb_layers_1 / skip_connection, a downsampler as
+// input_blocks_N_0_op, an upsampler as output_blocks_N_1_conv (_2_conv in a block with attentions),
+// conv_in / conv_out / time_embedding as input_blocks_0_0 / out_2 / time_embed_0, _2. The block arithmetic
+// (layers_per_block, which blocks have attentions or samplers) is read off the targets themselves.
+std::vector<std::pair<std::string, std::string>> ldm_lora_names(const std::vector<LoraTarget>& targets);
 
 // A <lora:NAME:TE:UNET> (or <lyco:...>) tag of a prompt, as the web UI's extra networks parse it:
 // positional multipliers (the text encoder's, then the UNet's, which defaults to the first), or named
