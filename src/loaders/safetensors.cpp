@@ -23,6 +23,12 @@ static torch::Dtype torch_dtype(StDtype dtype) {
     case StDtype::F16: return torch::kHalf;
     case StDtype::BF16: return torch::kBFloat16;
     case StDtype::I64: return torch::kLong;
+    case StDtype::I32: return torch::kInt;
+    case StDtype::I16: return torch::kShort;
+    case StDtype::I8: return torch::kChar;
+    case StDtype::U8: return torch::kByte;
+    case StDtype::BOOL: return torch::kBool;
+    case StDtype::F64: return torch::kDouble;
   }
   return torch::kFloat;
 }

@@ -25,14 +25,21 @@ const char* to_string(StDtype dtype) {
     case StDtype::F16: return "F16";
     case StDtype::BF16: return "BF16";
     case StDtype::I64: return "I64";
+    case StDtype::I32: return "I32";
+    case StDtype::I16: return "I16";
+    case StDtype::I8: return "I8";
+    case StDtype::U8: return "U8";
+    case StDtype::BOOL: return "BOOL";
+    case StDtype::F64: return "F64";
   }
   return "?";
 }
 
 size_t element_size(StDtype dtype) {
   switch (dtype) {
-    case StDtype::F32: return 4;
-    case StDtype::I64: return 8;
+    case StDtype::F32: case StDtype::I32: return 4;
+    case StDtype::I64: case StDtype::F64: return 8;
+    case StDtype::I8: case StDtype::U8: case StDtype::BOOL: return 1;
     default: return 2;
   }
 }
@@ -98,9 +105,16 @@ class HeaderReader : public nlohmann::json_sax<json> {
       if (value == "F32") info_.dtype = StDtype::F32;
       else if (value == "F16") info_.dtype = StDtype::F16;
       else if (value == "BF16") info_.dtype = StDtype::BF16;
-      // I64 only for index buffers such as older checkpoints' text_model.embeddings.position_ids, which
-      // loading ignores; a weight stored as I64 is reported by check_weights.
+      // The others only for buffers such as older checkpoints' text_model.embeddings.position_ids (I64) or
+      // a VAE file's model_ema.num_updates (I32), which loading ignores; a weight stored so is reported by
+      // check_weights.
       else if (value == "I64") info_.dtype = StDtype::I64;
+      else if (value == "I32") info_.dtype = StDtype::I32;
+      else if (value == "I16") info_.dtype = StDtype::I16;
+      else if (value == "I8") info_.dtype = StDtype::I8;
+      else if (value == "U8") info_.dtype = StDtype::U8;
+      else if (value == "BOOL") info_.dtype = StDtype::BOOL;
+      else if (value == "F64") info_.dtype = StDtype::F64;
       else fail(tensor_where() + ": dtype " + dtype_in_message(value) + " is not supported (expected F32, F16 or BF16)");
       have_dtype_ = true;
       where_ = Where::Entry;

@@ -12,8 +12,9 @@
 
 namespace taiyi {
 
-// Weights are F32, F16 or BF16; I64 is read for index buffers (e.g. position_ids) that loading ignores.
-enum class StDtype { F32, F16, BF16, I64 };
+// Weights are F32, F16 or BF16; the integer types and F64 are read for the buffers and counters checkpoints
+// also hold (position_ids, a VAE file's model_ema.num_updates as I32) that loading ignores or reports.
+enum class StDtype { F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, F64 };
 const char* to_string(StDtype dtype);
 size_t element_size(StDtype dtype);
 
