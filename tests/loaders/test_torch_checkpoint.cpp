@@ -75,6 +75,12 @@ void check_against_reference(const std::string& file) {
 
 TEST(TorchCheckpoint, WeightsBinEveryDtypeAndView) { check_against_reference("weights.bin"); }
 
+// FRAME, MEMOIZE, SHORT_BINUNICODE, STACK_GLOBAL, ...: torch.save(..., pickle_protocol=4 or 5).
+TEST(TorchCheckpoint, PickleProtocols4And5) {
+  check_against_reference("weights_protocol4.bin");
+  check_against_reference("weights_protocol5.bin");
+}
+
 // Callbacks, hyper-parameters and optimizer state are passed over: their classes become placeholders.
 TEST(TorchCheckpoint, LightningCheckpointGivesItsStateDict) { check_against_reference("lightning.ckpt"); }
 
