@@ -117,6 +117,13 @@ TEST(TorchCheckpoint, ExploitsNeverRun) {
     }
     EXPECT_FALSE(fs::exists(marker)) << "the payload ran";
   }
+  // getattr(__import__("os"), "system")(command): every call gives a placeholder; no tensors, one skipped key.
+  const fs::path marker = want.at("exploit_reduce_chain.ckpt").at("marker").get<std::string>();
+  const taiyi::TorchCheckpoint chain = taiyi::read_torch_checkpoint(fixture("checkpoint/exploit_reduce_chain.ckpt"));
+  EXPECT_TRUE(chain.tensors.empty());
+  EXPECT_EQ(chain.skipped, std::vector<std::string>{"chain"});
+  EXPECT_EQ(chain.placeholders, (std::vector<std::string>{"__builtin__.getattr", "__builtin__.__import__"}));
+  EXPECT_FALSE(fs::exists(marker)) << "the payload ran";
 }
 
 TEST(TorchCheckpoint, HostileFilesAreOneLineErrors) {

@@ -11,7 +11,8 @@ checkpoint/lightning.ckpt       a Lightning-like dict: epoch, global_step, state
                                 tensors, lr_schedulers, callbacks holding an object of a class the reader cannot
                                 know (module taiyi_test_callbacks, made up here), hyper_parameters (argparse.Namespace)
 checkpoint/nested.ckpt          {"state_dict": {"state_dict": {...}}, "epoch": 1}
-checkpoint/exploit_*.ckpt       pickles that run os.system / builtins.eval / builtins.exec when Python unpickles
+checkpoint/exploit_*.ckpt       pickles that run os.system / builtins.eval / builtins.exec (or a reduce chain,
+                                getattr(__import__("os"), "system")(...)) when Python unpickles
                                 them (each writes its marker file; the harness proves it with pickle.loads in a
                                 subprocess, then deletes the marker); the reader must never create it
 checkpoint/bad_*.ckpt|.pt       hostile and unsupported files (see BAD below)
@@ -303,6 +304,18 @@ def write_exploits(out: Path, generator):
         proof.unlink()
         (out / "proof.ckpt").unlink()
         marker.unlink(missing_ok=True)
+        exploits[name] = dict(marker=str(marker))
+    # A reduce chain by hand: {"chain": getattr(__import__("os"), "system")(command)}.
+    for name in ["exploit_reduce_chain.ckpt"]:
+        marker, proof = out / f"{Path(name).stem}.marker", out / "proof.marker"
+        text = lambda t: b"X" + struct.pack("<I", len(t.encode())) + t.encode()
+        chain = lambda m: (b"\x80\x02}" + text("chain") + b"c__builtin__\ngetattr\n(c__builtin__\n__import__\n(" + text("os") +
+                           b"tR" + text("system") + b"tR(" + text(f"echo pwned > '{m}'") + b"tRs.")
+        torch_zip(out / name, chain(marker))
+        subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"],
+                       input=chain(proof), check=False, capture_output=True)
+        assert proof.exists(), f"{name}: the exploit does not run under Python's unpickler"
+        proof.unlink()
         exploits[name] = dict(marker=str(marker))
     return exploits
 
