@@ -272,7 +272,7 @@ void Unpickler::add_items(Kind expected, const char* op, const std::vector<uint3
 
 uint32_t Unpickler::run() {
   if (size_ > kMaxPickleBytes) fail("pickle of " + std::to_string(size_) + " bytes (limit " + std::to_string(kMaxPickleBytes) + ")");
-  objects_.reserve(std::min<uint64_t>(size_ / 4 + 16, kMaxPickleObjects));
+  objects_.reserve(std::min<uint64_t>(size_ / 8 + 16, 1u << 20));
   while (step()) {
   }
   if (stack_.size() != 1 || !marks_.empty())

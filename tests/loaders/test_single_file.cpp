@@ -15,8 +15,8 @@ using taiyi::test::fixtures_dir;
 
 namespace {
 
-Json source_cases() {
-  std::ifstream in(fixture("ref/sources_cases.json"));
+Json source_cases(const std::string& name = "ref/sources_cases.json") {
+  std::ifstream in(fixture(name));
   return Json::parse(in);
 }
 
@@ -34,11 +34,18 @@ torch::Tensor run_source_case(const Json& c, const fs::path& model, taiyi::Model
   taiyi::PipelineOptions pipeline;
   pipeline.source = std::move(options);
   auto pipe = taiyi::Pipeline::load(model, pipeline);
-  return taiyi::test::image_tensor(pipe.generate(taiyi::test::request_of_case(c)));
+  taiyi::GenerationRequest request = taiyi::test::request_of_case(c);
+  if (c.contains("mask")) {  // a 9-channel UNet: inpainting
+    request.init_image = (fixtures_dir() / c["init_image"].get<std::string>()).string();
+    request.mask = (fixtures_dir() / c["mask"].get<std::string>()).string();
+    request.strength = c["strength"].get<double>();
+  }
+  return taiyi::test::image_tensor(pipe.generate(request));
 }
 
-void expect_identical_images(const Json& c, const torch::Tensor& images) {
-  const torch::Tensor expected = taiyi::test::reference_tensor(fixture("ref/sources.safetensors"), c["name"].get<std::string>() + ".images");
+void expect_identical_images(const Json& c, const torch::Tensor& images,
+                             const std::string& reference = "ref/sources.safetensors") {
+  const torch::Tensor expected = taiyi::test::reference_tensor(fixture(reference), c["name"].get<std::string>() + ".images");
   ASSERT_EQ(images.sizes(), expected.sizes()) << c["name"];
   EXPECT_EQ(taiyi::test::fraction_within(images, expected, 0), 1.0)
       << c["name"] << ": max abs diff " << taiyi::test::max_abs_diff(images, expected);
@@ -53,6 +60,18 @@ TEST(ModelSource, EveryFormEqualsDiffusersImage) {
     SCOPED_TRACE(c["name"].get<std::string>());
     expect_identical_images(c, run_source_case(c, fixtures_dir() / c["model"].get<std::string>(), source_options(c)));
   }
+}
+
+// The full-size random pipeline (the real Chinese-EN configs) as one LDM .safetensors, read with the built-in
+// configs and tokenizer (no --config-dir), against diffusers' from_single_file(file, config=full-clip).
+TEST(FullSizeSingleFile, BuiltInConfigsGiveDiffusersImage) {
+  const Json cases = source_cases("ref/sources_full_cases.json");
+  ASSERT_EQ(cases.size(), 1u);
+  const Json& c = cases[0];
+  const fs::path model = fixtures_dir() / c["model"].get<std::string>();
+  const taiyi::ModelSource source = taiyi::ModelSource::open(model, {});
+  EXPECT_TRUE(source.folder().builtin_configs());
+  expect_identical_images(c, run_source_case(c, model, {}), "ref/sources_full.safetensors");
 }
 
 TEST(ModelSource, DescribesWhatItOpened) {

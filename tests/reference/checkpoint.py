@@ -5,11 +5,14 @@ files are a few KB.
 checkpoint/weights.bin          OrderedDict of every storage dtype, non-contiguous views (a transpose, a slice
                                 with a storage offset, a column), two tensors sharing one storage, an
                                 nn.Parameter, a 0-d and an empty tensor (what pytorch_model.bin holds)
+checkpoint/weights_protocol4.bin, weights_protocol5.bin
+                                the same, pickled with protocols 4 and 5
 checkpoint/lightning.ckpt       a Lightning-like dict: epoch, global_step, state_dict, optimizer_states with
                                 tensors, lr_schedulers, callbacks holding an object of a class the reader cannot
                                 know (module taiyi_test_callbacks, made up here), hyper_parameters (argparse.Namespace)
 checkpoint/nested.ckpt          {"state_dict": {"state_dict": {...}}, "epoch": 1}
-checkpoint/exploit_*.ckpt       pickles that run os.system / builtins.eval / builtins.exec when Python unpickles
+checkpoint/exploit_*.ckpt       pickles that run os.system / builtins.eval / builtins.exec (or a reduce chain,
+                                getattr(__import__("os"), "system")(...)) when Python unpickles
                                 them (each writes its marker file; the harness proves it with pickle.loads in a
                                 subprocess, then deletes the marker); the reader must never create it
 checkpoint/bad_*.ckpt|.pt       hostile and unsupported files (see BAD below)
@@ -127,14 +130,44 @@ def expected_state_dict(obj):
     return tensors, skipped
 
 
+class Inert:
+    """What the recording unpickler below gives for every global: takes any call, item or state."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return Inert()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
 def placeholders(pkl: bytes):
-    """The globals the pickle names other than the known ones, first seen first (pickletools, not our reader)."""
+    """The globals the pickle names other than the known ones, first seen first: the names Python's own
+    unpickler asks find_class for (it resolves none of them here, so nothing runs)."""
     seen = []
-    for op, arg, _ in pickletools.genops(pkl):
-        if op.name == "GLOBAL":
-            name = arg.replace(" ", ".")
-            if name not in KNOWN_GLOBALS and name not in seen:
-                seen.append(name)
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module, name):
+            full = f"{module}.{name}"
+            if full not in KNOWN_GLOBALS and full not in seen:
+                seen.append(full)
+            return Inert
+
+        def persistent_load(self, pid):
+            return None
+
+    Recorder(io.BytesIO(pkl)).load()
     return seen
 
 
@@ -152,7 +185,8 @@ def describe(path: Path, obj, out: Path):
             v = v.to(torch.int64)
         values[name] = v.clone()
     save_file(values, out / f"{path.stem}.expected.safetensors")
-    pkl = next(zipfile.ZipFile(path).read(n) for n in zipfile.ZipFile(path).namelist() if n.endswith("/data.pkl"))
+    with zipfile.ZipFile(path) as z:
+        pkl = next(z.read(n) for n in z.namelist() if n.endswith("/data.pkl"))
     return dict(tensors=records, skipped=skipped, placeholders=placeholders(pkl))
 
 
@@ -271,6 +305,18 @@ def write_exploits(out: Path, generator):
         (out / "proof.ckpt").unlink()
         marker.unlink(missing_ok=True)
         exploits[name] = dict(marker=str(marker))
+    # A reduce chain by hand: {"chain": getattr(__import__("os"), "system")(command)}.
+    for name in ["exploit_reduce_chain.ckpt"]:
+        marker, proof = out / f"{Path(name).stem}.marker", out / "proof.marker"
+        text = lambda t: b"X" + struct.pack("<I", len(t.encode())) + t.encode()
+        chain = lambda m: (b"\x80\x02}" + text("chain") + b"c__builtin__\ngetattr\n(c__builtin__\n__import__\n(" + text("os") +
+                           b"tR" + text("system") + b"tR(" + text(f"echo pwned > '{m}'") + b"tRs.")
+        torch_zip(out / name, chain(marker))
+        subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"],
+                       input=chain(proof), check=False, capture_output=True)
+        assert proof.exists(), f"{name}: the exploit does not run under Python's unpickler"
+        proof.unlink()
+        exploits[name] = dict(marker=str(marker))
     return exploits
 
 
@@ -279,8 +325,11 @@ def make(out: Path, full: bool):
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(26)
     expected = {}
-    for name, obj in [("weights.bin", weights(generator)), ("lightning.ckpt", lightning(generator))]:
-        torch.save(obj, folder / name)
+    sd = weights(generator)
+    # weights_protocol{4,5}.bin: the same dict with pickle's newer opcodes (FRAME, MEMOIZE, STACK_GLOBAL, ...).
+    for name, obj, protocol in [("weights.bin", sd, 2), ("weights_protocol4.bin", sd, 4), ("weights_protocol5.bin", sd, 5),
+                                ("lightning.ckpt", lightning(generator), 2)]:
+        torch.save(obj, folder / name, pickle_protocol=protocol)
         expected[name] = describe(folder / name, torch.load(folder / name, weights_only=False), folder)
     nested = {"state_dict": {"state_dict": collections.OrderedDict(a=torch.randn(3, generator=generator)), "step": 2},
               "epoch": 1}

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from single_file import ModelCheckpoint  # noqa: E402
+from single_file import ModelCheckpoint  # noqa: E402  (single_file.py puts this folder on sys.path too)
 
 SETTINGS = dict(prompt="小桥流水人家，Van Gogh style", negative_prompt="模糊", steps=4, cfg_scale=7.5, seed=11,
                 width=64, height=64, count=1)
@@ -36,6 +36,11 @@ def case(name, model, loader, **options):
     return dict(SETTINGS, name=name, model=model, loader=loader, reference=options.get("reference", model),
                 variant=options.get("variant", ""), vae=options.get("vae", ""), config_dir=options.get("config_dir", ""),
                 extract_ema=options.get("extract_ema", False))
+
+
+def inpaint(c):
+    """A 9-channel UNet's case: StableDiffusionInpaintPipeline with an init image and a mask."""
+    return dict(c, init_image="images/rgb_64.png", mask="images/mask_64.png", strength=1.0)
 
 
 def folder_cases():
@@ -58,6 +63,9 @@ def single_file_cases(out: Path):
         case("single_clip_ckpt_extract_ema", f"{sf}/clip-ema.ckpt", "single_file", config_dir="tiny-clip", extract_ema=True),
         case("single_bert_safetensors", f"{sf}/bert.safetensors", "folder", config_dir="tiny-bert", reference="tiny-bert"),
         case("single_bert_ckpt", f"{sf}/bert-ema.ckpt", "folder", config_dir="tiny-bert", reference="tiny-bert"),
+        inpaint(case("single_inpaint_safetensors", f"{sf}/clip-inpaint.safetensors", "single_file",
+                     config_dir="tiny-clip-inpaint")),
+        inpaint(case("single_inpaint_ckpt", f"{sf}/clip-inpaint.ckpt", "single_file", config_dir="tiny-clip-inpaint")),
         case("vae_file_safetensors", "tiny-clip", "folder", vae=f"{sf}/vae.safetensors"),
         case("vae_file_ckpt", "tiny-clip", "folder", vae=f"{sf}/vae.ckpt"),
         case("vae_folder_2022", "tiny-clip", "folder", vae=f"{sf}/vae-2022"),
@@ -106,6 +114,9 @@ def make_vae_2022_folder(out: Path):
 def load_pipeline(out: Path, c: dict):
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipeline_class = StableDiffusionInpaintPipeline if c.get("mask") else StableDiffusionPipeline
     kwargs = {}
     if c["vae"] and (out / c["vae"]).is_dir():
         kwargs["vae"] = AutoencoderKL.from_pretrained(out / c["vae"])
@@ -116,29 +127,53 @@ def load_pipeline(out: Path, c: dict):
     if c["loader"] == "folder":
         if c["variant"]:
             kwargs["variant"] = c["variant"]
-        pipe = StableDiffusionPipeline.from_pretrained(out / c["reference"], torch_dtype=torch.float32, **kwargs)
+        pipe = pipeline_class.from_pretrained(out / c["reference"], torch_dtype=torch.float32, **kwargs)
     else:
         # diffusers reads a .ckpt with torch.load(weights_only=True): the harness allows single_file.py's
         # stand-in for Lightning's callback class, which taiyi's reader never needs to know.
         with torch.serialization.safe_globals([ModelCheckpoint]):
-            pipe = StableDiffusionPipeline.from_single_file(str(out / c["reference"]), config=str(out / c["config_dir"]),
+            pipe = pipeline_class.from_single_file(str(out / c["reference"]), config=str(out / c["config_dir"]),
                                                             local_files_only=True, torch_dtype=torch.float32,
                                                             extract_ema=c["extract_ema"], safety_checker=None, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def images(pipe, c: dict):
+def images(pipe, c: dict, out: Path):
+    from PIL import Image
+
     generators = [torch.Generator("cpu").manual_seed(c["seed"] + i) for i in range(c["count"])]
+    extra = {}
+    if c.get("mask"):
+        extra = dict(image=Image.open(out / c["init_image"]).convert("RGB"), mask_image=Image.open(out / c["mask"]).convert("L"),
+                     strength=c["strength"])
     result = pipe(c["prompt"], negative_prompt=c["negative_prompt"], num_inference_steps=c["steps"],
                   guidance_scale=c["cfg_scale"], height=c["height"], width=c["width"], num_images_per_prompt=c["count"],
-                  generator=generators, output_type="np")
+                  generator=generators, output_type="np", **extra)
     pixels = (result.images.astype(np.float32) * 255).round().astype("uint8")
     return torch.from_numpy(pixels.astype(np.float32)).contiguous()
+
+
+def make_full(out: Path):
+    """--full: the full-size random pipeline with the real Chinese-EN configs as one LDM .safetensors, and
+    diffusers' image from it with config=full-clip; taiyi reads it with its built-in configs (no --config-dir),
+    which are stable-diffusion-v1-5's, the real model's."""
+    from ldm_layout import original_checkpoint
+
+    file = out / "single_file" / "full-clip.safetensors"
+    file.parent.mkdir(exist_ok=True)
+    save_file(original_checkpoint(out / "full-clip"), file)
+    c = case("full_single_clip_builtin", "single_file/full-clip.safetensors", "single_file", config_dir="full-clip")
+    c.update(steps=3, width=64, height=64)
+    save_file({f"{c['name']}.images": images(load_pipeline(out, c), c, out)}, out / "ref" / "sources_full.safetensors")
+    c["config_dir"] = ""  # taiyi: the built-in configs
+    (out / "ref" / "sources_full_cases.json").write_text(json.dumps([c], ensure_ascii=False, indent=1), "utf-8")
 
 
 def make(out: Path, full: bool):
     make_folders(out)
     cases = folder_cases() + single_file_cases(out)
-    save_file({f"{c['name']}.images": images(load_pipeline(out, c), c) for c in cases}, out / "ref" / "sources.safetensors")
+    save_file({f"{c['name']}.images": images(load_pipeline(out, c), c, out) for c in cases}, out / "ref" / "sources.safetensors")
     (out / "ref" / "sources_cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1), "utf-8")
+    if full:
+        make_full(out)

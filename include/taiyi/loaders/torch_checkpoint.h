@@ -21,8 +21,8 @@ namespace taiyi {
 
 struct TorchCheckpoint {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;  // file order; lazy views of the mapping
-  std::vector<std::string> skipped;       // keys not followed (e.g. "optimizer_states", "callbacks"), for `taiyi info`;
-                                          // raw text from the file: quote it (listed_name) before printing
+  // Both lists are raw text from the file: quote them (listed_name, utils/error.h) before printing.
+  std::vector<std::string> skipped;       // keys not followed (e.g. "optimizer_states", "callbacks"), for `taiyi info`
   std::vector<std::string> placeholders;  // the distinct globals read as inert placeholders ("__main__.MyCallback")
 };
 

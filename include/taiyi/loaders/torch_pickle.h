@@ -36,9 +36,9 @@ struct TensorRecord {
 };
 
 // Limits that hold whatever a file says. A 12 GB Lightning checkpoint's pickle is a few MB with about a
-// million objects; memory stays within a small multiple of the pickle's size and under these.
+// hundred thousand objects; memory stays within a small multiple of the pickle's size and under these.
 constexpr uint64_t kMaxPickleBytes = 512ull << 20;
-constexpr size_t kMaxPickleObjects = 8'000'000;
+constexpr size_t kMaxPickleObjects = 4'000'000;  // about 80 bytes each
 constexpr size_t kMaxPickleStack = 1'000'000;
 constexpr size_t kMaxPickleMarks = 10'000;
 // Python's pickler recurses once per level, so a file it wrote nests less deep than its recursion limit (1000).
