@@ -77,7 +77,7 @@ std::string yaml_prediction_type(const fs::path& checkpoint) {
   std::string line;
   // The web UI reads model.params.parameterization of the LDM config; a line of that key is enough
   // (the file is the whole LDM config, bounded here to its first 10,000 lines).
-  static const std::regex key(R"(^\s*parameterization\s*:\s*["']?([A-Za-z_]+)["']?\s*(#.*)?$)");
+  static const std::regex key(R"(^\s*parameterization\s*:\s*["']?([A-Za-z0-9_]+)["']?\s*(#.*)?$)");
   for (int n = 0; n < 10000 && std::getline(in, line); ++n) {
     std::smatch m;
     if (!std::regex_match(line, m, key)) continue;

@@ -130,7 +130,7 @@ TEST(Cli, PromptFileBadLineResumeAndShards) {
 
 TEST(Cli, BadInputGetsClearErrors) {
   fs::path dir = taiyi::test::temp_dir("cli-bad");
-  expect_failure({"x", "--model", (dir / "nope").string()}, "model folder not found");
+  expect_failure({"x", "--model", (dir / "nope").string()}, "model not found");
   expect_failure(fast({"x", "-W", "500", "-o", (dir / "a.png").string()}), "500");
   expect_failure(fast({"x", "--steps", "0", "-o", (dir / "a.png").string()}), "--steps 0");
   expect_failure(fast({"x", "-g", "-2", "-o", (dir / "a.png").string()}), "--cfg-scale");

@@ -102,7 +102,7 @@ TEST(Safetensors, RejectsBadFiles) {
   expect_error(write_raw(dir, "list_entry", "{\"a\": [", ""), "tensor 'a': expected an object with dtype, shape and data_offsets");
   expect_error(write_raw(dir, "not_object", "[1,2]", ""), "not a JSON object");
   expect_error(write_raw(dir, "dtype", R"({"a":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}})", floats({1, 2})),
-               "tensor 'a': dtype F8_E4M3 is not supported (expected F32, F16 or BF16)");
+               "tensor 'a': dtype \"F8_E4M3\" is not supported (expected F32, F16 or BF16)");
   expect_error(write_raw(dir, "span", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", floats({1, 2})),
                "does not match shape");
   expect_error(write_raw(dir, "oob", R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", floats({1, 2})),

@@ -98,7 +98,7 @@ TEST(ModelSource, BadInputIsOneLineError) {
                       {"unet", "no weights of variant 'fp16'"});
   expect_error_naming([&] { taiyi::ModelSource::open(dir / "none.safetensors", {}); }, {"none.safetensors", "not found"});
   std::ofstream(dir / "notes.ckpt") << "just some text, not a checkpoint";
-  expect_error_naming([&] { taiyi::ModelSource::open(dir / "notes.ckpt", {}); }, {"notes.ckpt", "not a weights file"});
+  expect_error_naming([&] { taiyi::ModelSource::open(dir / "notes.ckpt", {}); }, {"notes.ckpt", "not a PyTorch checkpoint"});
   taiyi::ModelSourceOptions v;
   v.prediction_type = "x";
   expect_error_naming([&] { taiyi::ModelSource::open(fixture("tiny-clip"), v); }, {"--prediction-type x"});

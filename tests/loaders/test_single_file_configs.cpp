@@ -13,7 +13,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "taiyi/loaders/safetensors.h"
+#include "taiyi/loaders/state_dict.h"
 #include "taiyi/loaders/single_file_configs.h"
 #include "taiyi/models/autoencoder_kl.h"
 #include "taiyi/models/modeling_bert.h"
@@ -330,15 +330,15 @@ TEST(FullSizeSingleFileConfigs, ConfigsAreTheFullSizeConfigs) {
     }
     const Config text_config(builtin_config("text_encoder", kind), builtin_source(kind, "text_encoder"));
     auto encoder = kind == TextEncoderKind::Clip ? make_clip_text_model(text_config) : make_bert_model(text_config);
-    SafetensorsFile text_file(folder.weight_files("text_encoder").at(0));
-    const WeightMismatch text = check_weights(*encoder, {&text_file}, ignoring(*encoder));
+    const StateDict text_weights = read_weights_files(folder.weight_files("text_encoder"));
+    const WeightMismatch text = check_weights(*encoder, text_weights, ignoring(*encoder));
     EXPECT_TRUE(text.empty()) << text.message(family(kind));
   }
   const ModelFolder folder = ModelFolder::open(test::fixture("full-clip"));
   UNet2DConditionModel unet(Config(builtin_config("unet", TextEncoderKind::Clip), "built-in unet"));
   AutoencoderKL vae(Config(builtin_config("vae", TextEncoderKind::Clip), "built-in vae"));
-  SafetensorsFile unet_file(folder.weight_files("unet").at(0)), vae_file(folder.weight_files("vae").at(0));
-  const WeightMismatch u = check_weights(unet.module(), {&unet_file}), v = check_weights(vae.module(), {&vae_file});
+  const WeightMismatch u = check_weights(unet.module(), read_weights_files(folder.weight_files("unet")));
+  const WeightMismatch v = check_weights(vae.module(), read_weights_files(folder.weight_files("vae")));
   EXPECT_TRUE(u.empty()) << u.message("unet");
   EXPECT_TRUE(v.empty()) << v.message("vae");
 }
