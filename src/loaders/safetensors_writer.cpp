@@ -92,6 +92,7 @@ void write_entry(int fd, const SafetensorsEntry& entry, const fs::path& path) {
                 to_string(entry.dtype) + " " + c10::str(c10::IntArrayRef(entry.shape)));
   tensor = tensor.contiguous();
   write_all(fd, tensor.data_ptr(), tensor.nbytes(), path);
+  if (entry.written) entry.written();
 }
 
 }  // namespace

@@ -109,10 +109,10 @@ SavedWeights save_weights(const ModelSource& source, const std::string& componen
     const torch::Tensor view = *weights.find(name);
     const torch::Dtype dtype = output_dtype(view, options);
     entries.push_back({name, safetensors_dtype(dtype, weights.origin(name) + ": tensor " + quoted_name(name)),
-                       view.sizes().vec(), [view, dtype] {
-                         torch::Tensor out = cast(view, dtype);
-                         if (out.data_ptr() != view.data_ptr() && view.is_contiguous()) release_pages(view);
-                         return out;
+                       view.sizes().vec(), [view, dtype] { return cast(view, dtype); },
+                       // Read once, written: the source's pages go back, so memory stays near one tensor.
+                       [view] {
+                         if (view.is_contiguous()) release_pages(view);
                        }});
   }
   const fs::path dir = folder / component;

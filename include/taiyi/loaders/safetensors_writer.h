@@ -31,6 +31,8 @@ struct SafetensorsEntry {
   std::vector<int64_t> shape;
   // Called once, when the tensor's turn comes; must return a CPU tensor of `dtype` and `shape`.
   std::function<torch::Tensor()> produce;
+  // Optional: called once the tensor's bytes are written (save_pretrained gives a mapped source's pages back).
+  std::function<void()> written;
 };
 
 // The safetensors dtype of a torch dtype: F32, F16, BF16, I64; Error naming `what` for any other.
