@@ -24,13 +24,13 @@ std::vector<taiyi::SafetensorsEntry> entries_of(const taiyi::SafetensorsFile& fi
   std::vector<taiyi::SafetensorsEntry> entries;
   for (auto it = file.tensors().rbegin(); it != file.tensors().rend(); ++it) {
     const std::string name = it->name;
-    entries.push_back({name, it->dtype, it->shape, [&file, name] { return file.tensor(name); }});
+    entries.push_back({name, it->dtype, it->shape, [&file, name] { return file.tensor(name); }, {}});
   }
   return entries;
 }
 
 taiyi::SafetensorsEntry zeros(const std::string& name, taiyi::StDtype dtype, std::vector<int64_t> shape, torch::Dtype torch_dtype) {
-  return {name, dtype, shape, [shape, torch_dtype] { return torch::zeros(shape, torch_dtype); }};
+  return {name, dtype, shape, [shape, torch_dtype] { return torch::zeros(shape, torch_dtype); }, {}};
 }
 
 }  // namespace
@@ -47,6 +47,7 @@ TEST(SafetensorsWriter, RewritesDiffusersAndTransformersFilesByteForByte) {
     const uint64_t size = taiyi::save_safetensors(entries_of(file), copy);
     EXPECT_EQ(size, fs::file_size(original));
     EXPECT_TRUE(file_bytes(copy) == file_bytes(original)) << copy << " differs from " << original;
+    fs::remove_all(copy.parent_path());
   }
 }
 
@@ -73,6 +74,7 @@ TEST(SafetensorsWriter, HeaderEqualsSafetensorsForMixedDtypes) {
   EXPECT_EQ(bytes.size(), 8 + padded.size() + 26);
   taiyi::SafetensorsFile reread(path);  // and taiyi's reader takes it
   EXPECT_EQ(reread.tensors().size(), 5u);
+  fs::remove_all(path.parent_path());
 }
 
 TEST(SafetensorsWriter, NamesTheFileOnBadInput) {
@@ -88,4 +90,5 @@ TEST(SafetensorsWriter, NamesTheFileOnBadInput) {
                       {"no-such-folder", "cannot create"});
   expect_error_naming([&] { taiyi::safetensors_dtype(torch::kInt, "model.ckpt: tensor 'x'"); },
                       {"model.ckpt: tensor 'x'", "Int"});
+  fs::remove_all(dir);
 }

@@ -1,11 +1,14 @@
 // save_pretrained (include/taiyi/pipelines/pipeline_utils.h), what `taiyi convert` runs: a .bin folder, single
-// files (with built-in configs and tokenizers) and fp16/bf16 conversions give folders whose every tensor is
+// files (configs from --config-dir; the built-in tokenizer files against the hub's) and fp16/bf16 conversions give folders whose every tensor is
 // the source's cast to the dtype, bit for bit, and whose image in taiyi is the source's; the half-precision
 // weights of a converted folder are used in place from the file; bad input is a one-line Error that leaves
 // nothing behind.
+#include <cstring>
 #include <fstream>
+#include <map>
 
 #include "taiyi/loaders/safetensors.h"
+#include "taiyi/loaders/single_file_configs.h"
 #include "taiyi/pipelines/pipeline_utils.h"
 #include "test_util.h"
 
@@ -106,24 +109,48 @@ TEST(SavePretrained, HalfPrecisionIsTheSourceCastTensorByTensor) {
   }
 }
 
-TEST(SavePretrained, SingleFilesGetTheirConfigsAndTokenizersWritten) {
-  // Built-in configs and tokenizers (CLIP and BERT): the converted folder alone gives the file's image.
-  for (const auto& [file, prompt] : {std::pair<std::string, std::string>{"single_file/clip.safetensors", "a red fox"},
-                                     {"single_file/bert.safetensors", "小桥流水人家"}}) {
+TEST(SavePretrained, SingleFilesGiveTheirImageFromTheWrittenFolder) {
+  // LDM keys converted, configs from --config-dir with what the file says on top: the converted folder
+  // alone gives the file's image.
+  for (const auto& [file, config_dir] : {std::pair<std::string, std::string>{"single_file/clip.safetensors", "tiny-clip"},
+                                         {"single_file/bert.safetensors", "tiny-bert"},
+                                         {"single_file/clip-ema.ckpt", "tiny-clip"}}) {
     SCOPED_TRACE(file);
     const fs::path model = fixture(file);
-    const fs::path out = convert(model, "single", "keep");
-    expect_cast_copies(model, {}, out, std::nullopt);
-    const taiyi::ModelSource source = taiyi::ModelSource::open(model, {});
+    taiyi::ModelSourceOptions options;
+    options.config_dir = fixture(config_dir);
+    const fs::path out = convert(model, "single", "keep", options);
+    expect_cast_copies(model, options, out, std::nullopt);
+    const taiyi::ModelSource source = taiyi::ModelSource::open(model, options);
     EXPECT_EQ(json_of(out / "unet" / "config.json"), source.config("unet").json());
     EXPECT_EQ(json_of(out / "model_index.json")["text_encoder"][1], source.folder().class_name("text_encoder"));
-    EXPECT_EQ(taiyi::test::max_abs_diff(image_of(out, {}, prompt), image_of(model, {}, prompt)), 0.0);
+    EXPECT_EQ(text_of(out / "tokenizer" / "tokenizer_config.json"), text_of(options.config_dir / "tokenizer" / "tokenizer_config.json"));
+    EXPECT_EQ(taiyi::test::max_abs_diff(image_of(out, {}, "小桥流水人家"), image_of(model, options, "小桥流水人家")), 0.0);
     fs::remove_all(out.parent_path());
   }
-  // A 9-channel file: in_channels from the file is in the written config.
-  const fs::path out = convert(fixture("single_file/clip-inpaint.safetensors"), "inpaint", "fp16");
+  // A 9-channel file with a 4-channel config folder: in_channels from the file is in the written config.
+  taiyi::ModelSourceOptions options;
+  options.config_dir = fixture("tiny-clip");
+  const fs::path out = convert(fixture("single_file/clip-inpaint.safetensors"), "inpaint", "fp16", options);
+  EXPECT_EQ(json_of(options.config_dir / "unet" / "config.json")["in_channels"], 4);
   EXPECT_EQ(json_of(out / "unet" / "config.json")["in_channels"], 9);
   fs::remove_all(out.parent_path());
+}
+
+TEST(SavePretrained, BuiltInTokenizerFilesAreTheHubs) {
+  // What a single file with built-in configs gets in tokenizer/: the vocabularies the harness derives as the
+  // hub has them (tools/make_fixtures.py's write_clip_vocab; bert-base-chinese's vocab.txt), and configs
+  // that parse.
+  std::map<std::string, std::string> clip, bert;
+  for (const auto& [name, bytes] : taiyi::builtin_tokenizer_files(taiyi::TextEncoderKind::Clip)) clip[name] = bytes;
+  for (const auto& [name, bytes] : taiyi::builtin_tokenizer_files(taiyi::TextEncoderKind::Bert)) bert[name] = bytes;
+  EXPECT_EQ(nlohmann::json::parse(clip.at("vocab.json")), json_of(fixture("clip-vocab/vocab.json")));
+  EXPECT_EQ(clip.at("merges.txt"), text_of(fixture("clip-vocab/merges.txt")));
+  EXPECT_EQ(nlohmann::json::parse(clip.at("tokenizer_config.json"))["model_max_length"], 77);
+  EXPECT_EQ(nlohmann::json::parse(clip.at("special_tokens_map.json"))["pad_token"], "<|endoftext|>");
+  EXPECT_EQ(bert.at("vocab.txt"), text_of(fixture("tiny-bert/tokenizer/vocab.txt")));
+  EXPECT_EQ(nlohmann::json::parse(bert.at("tokenizer_config.json"))["tokenizer_class"], "BertTokenizer");
+  EXPECT_EQ(nlohmann::json::parse(bert.at("special_tokens_map.json"))["cls_token"], "[CLS]");
 }
 
 TEST(SavePretrained, ConvertedBf16WeightsAreUsedInPlace) {
