@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Tests of tools/convert.py, run on the tiny random pipelines of the fixture harness:
+"""Tests of `taiyi convert` (C++) against tools/convert.py (Python, diffusers' own loaders), and of
+tools/convert.py itself, which stays as the reference these tests compare with. Run on the tiny random
+pipelines of the fixture harness:
 
     TAIYI_FIXTURES=DIR ~/.cache/taiyi/venv/bin/python tests/test_convert.py     (DIR from tools/make_fixtures.py)
 
@@ -13,7 +15,11 @@ the real command line, then:
     (uint8, 64x48, 5 steps, fixed seed) as the original pipeline;
   - fp16 weights take half the bytes of fp32 ones and equal the original weights cast to fp16;
   - expected failures exit with status 2, name the problem, print no traceback and leave no output;
-  - with TAIYI_BINARY set (ctest sets it), `taiyi info` reads the converted folders without a problem.
+  - with TAIYI_BINARY set (ctest sets it), `taiyi info` reads the converted folders without a problem;
+  - `taiyi convert` on the same inputs writes the same tensors, bit for bit, and configs with the same
+    values (diffusers' / transformers' init arguments) as tools/convert.py; its folders load in diffusers
+    with the original weights and give the original image; bf16 is the originals cast; its errors are one
+    line with exit status 2.
 Missing fixtures fail the test.
 """
 import argparse
@@ -84,6 +90,18 @@ def generate(folder, **load_kwargs):
     image = pipe(PROMPTS[family], height=64, width=48, num_inference_steps=5,
                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     return (image * 255).round().astype(np.uint8)
+
+
+WEIGHT_FILES = (("text_encoder", "model.safetensors"), ("unet", "diffusion_pytorch_model.safetensors"),
+                ("vae", "diffusion_pytorch_model.safetensors"))
+
+
+def run_taiyi(*args):
+    """The taiyi binary ($TAIYI_BINARY, which ctest sets)."""
+    binary = os.environ.get("TAIYI_BINARY")
+    if not binary:
+        raise RuntimeError("TAIYI_BINARY must name the taiyi binary (ctest sets it)")
+    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True)
 
 
 def weight_files(folder):
@@ -293,6 +311,98 @@ class ConvertTest(unittest.TestCase):
             diff = np.abs(image.astype(int) - self.original_images[family].astype(int))
             self.assertLessEqual(diff.max(), 1, f"{family}: taiyi on the converted folder vs diffusers on the original")
             self.assertGreaterEqual((diff == 0).mean(), 0.999)
+
+    # -- taiyi convert (C++) against this reference ---------------------------------------------------
+
+    def taiyi_convert(self, name, source, *options):
+        """`taiyi convert SOURCE OUT OPTIONS...` once per name, with the real binary."""
+        out = self.tmp / "taiyi" / name
+        if not out.exists():
+            result = run_taiyi("convert", source, out, *options)
+            self.assertEqual(result.returncode, 0, f"taiyi convert {source} {options}:\n{result.stdout}\n{result.stderr}")
+            self.assertEqual(result.stdout.count("verified"), 3, result.stdout)
+            self.assertEqual([p.name for p in out.parent.iterdir() if ".convert-" in p.name], [])
+        return out
+
+    def assert_same_weights(self, folder, reference):
+        for component, name in WEIGHT_FILES:
+            ours, theirs = load_file(folder / component / name), load_file(reference / component / name)
+            self.assertEqual(set(ours), set(theirs), f"{folder.name}: {component}")
+            for key, tensor in theirs.items():
+                self.assertTrue(convert.same_bits(ours[key], tensor), f"{folder.name}: {component}: {key}")
+
+    def assert_same_configs(self, folder, reference):
+        import diffusers
+        from transformers import AutoConfig
+        for component in ("unet", "vae", "scheduler"):
+            config = json.loads((reference / component / ("scheduler_config.json" if component == "scheduler"
+                                                          else "config.json")).read_text())
+            cls = getattr(diffusers, config["_class_name"])
+            ours, theirs = (cls.extract_init_dict(cls.load_config(f / component))[0] for f in (folder, reference))
+            self.assertEqual(ours, theirs, f"{folder.name}: {component}")
+        ignored = {"_name_or_path", "transformers_version"}
+        ours, theirs = ({k: v for k, v in AutoConfig.from_pretrained(f / "text_encoder").to_dict().items() if k not in ignored}
+                        for f in (folder, reference))
+        self.assertEqual(ours, theirs, f"{folder.name}: text_encoder")
+
+    def test_taiyi_convert_equals_the_reference_converter(self):
+        # (name, source, taiyi's options, tools/convert.py's extra options)
+        cases = [("clip-bin-fp32", self.tmp / "clip-bin", ["--dtype", "fp32"], []),
+                 ("bert-bin-fp32", self.tmp / "bert-bin", ["--dtype", "fp32"], []),
+                 ("clip-bin-fp16", self.tmp / "clip-bin", ["--dtype", "fp16"], ["--keep-safety-checker"]),
+                 ("bert-single", self.tmp / "bert.safetensors", ["--config-dir", self.tmp / "bert-configs"],
+                  ["--text-encoder", "bert"]),
+                 ("clip-ckpt-ema", self.tmp / "clip.ckpt", ["--config-dir", self.tmp / "clip-configs", "--extract-ema"], [])]
+        for name, source, options, reference_only in cases:
+            with self.subTest(name=name):
+                reference = self.convert(name, source, *options, *reference_only)
+                folder = self.taiyi_convert(name, source, *options)
+                self.assert_same_weights(folder, reference)
+                self.assert_same_configs(folder, reference)
+                for file in (reference / "tokenizer").iterdir():
+                    self.assertEqual((folder / "tokenizer" / file.name).read_bytes(), file.read_bytes(), file.name)
+
+    def test_taiyi_converted_folders_load_in_diffusers(self):
+        from diffusers import StableDiffusionPipeline
+        folder = self.taiyi_convert("clip-bin-fp32", self.tmp / "clip-bin", "--dtype", "fp32")
+        pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
+        original = self.fixtures / "tiny-clip"
+        for component, name in WEIGHT_FILES:
+            expected = load_file(original / component / name)
+            loaded = getattr(pipe, component).state_dict()
+            self.assertEqual(set(loaded), set(expected), component)
+            for key, tensor in expected.items():
+                self.assertTrue(torch.equal(loaded[key], tensor), f"{component}: {key}")
+        self.assert_same_image("clip", folder)
+        self.assert_same_image("bert", self.taiyi_convert("bert-single", self.tmp / "bert.safetensors",
+                                                          "--config-dir", self.tmp / "bert-configs"))
+        # bf16 (which tools/convert.py does not write): the originals cast, tensor by tensor.
+        bf16 = self.taiyi_convert("clip-bf16", original, "--dtype", "bf16")
+        for component, name in WEIGHT_FILES:
+            converted, source = load_file(bf16 / component / name), load_file(original / component / name)
+            self.assertEqual(set(converted), set(source), component)
+            for key, tensor in source.items():
+                self.assertTrue(convert.same_bits(converted[key], tensor.to(torch.bfloat16)), f"{component}: {key}")
+
+    def test_taiyi_convert_errors_are_one_line(self):
+        busy = self.failure_out("taiyi-busy")
+        busy.mkdir()
+        (busy / "keep.txt").write_text("mine")
+        not_a_model = self.tmp / "notes.txt"
+        not_a_model.write_text("hello")
+        for args, parts in (([self.fixtures / "tiny-clip", busy], [busy, "not empty"]),
+                            ([not_a_model, self.failure_out("taiyi-not-a-model")], [not_a_model]),
+                            ([self.fixtures / "tiny-clip", self.failure_out("taiyi-dtype"), "--dtype", "fp8"],
+                             ["--dtype", "fp8"])):
+            result = run_taiyi("convert", *args)
+            self.assertEqual(result.returncode, EXIT_USAGE, f"{args}: {result.stderr}")
+            lines = result.stderr.strip().splitlines()
+            self.assertEqual(len(lines), 1, result.stderr)
+            self.assertTrue(lines[0].startswith("taiyi: error: "), lines[0])
+            for part in parts:
+                self.assertIn(str(part), lines[0])
+            self.assertEqual(sorted(p.name for p in args[1].parent.iterdir()), ["out"] if args[1] == busy else [])
+        self.assertEqual((busy / "keep.txt").read_text(), "mine")
 
     # -- expected failures -------------------------------------------------------------------------
 

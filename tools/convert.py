@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Convert a Taiyi Stable Diffusion model into the folder taiyi reads.
+"""Convert a Taiyi Stable Diffusion model into the folder taiyi reads, with diffusers' own loaders.
+
+Users run `taiyi convert` (C++, no Python); this script stays as the reference that tests/test_convert.py
+compares `taiyi convert` with (same tensors bit for bit, same config values).
 
     convert.py SOURCE OUT [--dtype fp16|fp32|keep] [--force]
     convert.py MODEL.ckpt OUT --config-dir DIFFUSERS_FOLDER [--text-encoder clip|bert] [--extract-ema]

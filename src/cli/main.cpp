@@ -3,6 +3,7 @@
 //   taiyi "小桥流水人家，Van Gogh style" -o out.png
 //   taiyi --prompts prompts.txt -o outputs/ --resume --shard 0/4
 //   taiyi tokenize --model DIR "prompt"        taiyi info --model DIR        taiyi bench --model DIR
+//   taiyi convert model.ckpt models/my-model --dtype fp16
 #include <cstdlib>
 #include <exception>
 #include <iostream>
@@ -11,6 +12,7 @@
 #include <c10/util/Exception.h>
 
 #include "taiyi/cli/bench.h"
+#include "taiyi/cli/convert.h"
 #include "taiyi/cli/generate.h"
 #include "taiyi/cli/info.h"
 #include "taiyi/cli/tokenize.h"
@@ -36,6 +38,8 @@ int main(int argc, char** argv) {
   CLI::App* info_app = taiyi::cli::add_info_command(app, info);
   taiyi::cli::BenchCommand bench;
   CLI::App* bench_app = taiyi::cli::add_bench_command(app, bench);
+  taiyi::cli::ConvertCommand convert;
+  CLI::App* convert_app = taiyi::cli::add_convert_command(app, convert);
 
   try {
     app.parse(argc, argv);
@@ -46,6 +50,7 @@ int main(int argc, char** argv) {
     if (*tokenize_app) return taiyi::cli::run_tokenize(tokenize);
     if (*info_app) return taiyi::cli::run_info(info);
     if (*bench_app) return taiyi::cli::run_bench_command(bench);
+    if (*convert_app) return taiyi::cli::run_convert(convert);
     return taiyi::cli::run_generate(generate);
   } catch (const taiyi::Error& e) {
     std::cerr << "taiyi: error: " << e.what() << "\n";

@@ -208,4 +208,17 @@ std::unique_ptr<Tokenizer> builtin_tokenizer(TextEncoderKind kind) {
   return load_clip_tokenizer(files);
 }
 
+std::vector<std::pair<std::string, std::string>> builtin_tokenizer_files(TextEncoderKind kind) {
+  if (kind == TextEncoderKind::Bert)
+    return {{"vocab.txt", std::string(builtin_bert_vocab())},
+            {"tokenizer_config.json", kBertTokenizerConfig},
+            {"special_tokens_map.json", kBertSpecialTokensMap}};
+  TokenizerFiles files;
+  derive_clip_vocab(builtin_clip_bpe(), files);
+  return {{"vocab.json", files.vocab},
+          {"merges.txt", files.merges},
+          {"tokenizer_config.json", kClipTokenizerConfig},
+          {"special_tokens_map.json", kClipSpecialTokensMap}};
+}
+
 }  // namespace taiyi

@@ -13,6 +13,8 @@
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -35,5 +37,9 @@ std::unique_ptr<Tokenizer> builtin_tokenizer(TextEncoderKind kind);
 // unet/config.json", "built-in Taiyi-Stable-Diffusion-1B-Chinese-v0.1 tokenizer", "... model_index.json"
 // (component "model_index"). Config(builtin_config(c, kind), builtin_source(kind, c)) names it in errors.
 std::string builtin_source(TextEncoderKind kind, const std::string& component);
+// The built-in tokenizer as the hub's tokenizer/ folder holds it, file name -> bytes: vocab.json, merges.txt,
+// tokenizer_config.json and special_tokens_map.json (CLIP); vocab.txt, tokenizer_config.json and
+// special_tokens_map.json (BERT). What `taiyi convert` writes for a single file.
+std::vector<std::pair<std::string, std::string>> builtin_tokenizer_files(TextEncoderKind kind);
 
 }  // namespace taiyi
