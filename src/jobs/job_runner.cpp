@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <new>
@@ -282,20 +283,24 @@ std::string batch_name(const std::vector<JobItem>& items, const std::vector<size
 
 }  // namespace
 
-// The model's names and hashes for the parameters, the file hashes computed once per runner (a 4 GB
-// checkpoint takes seconds; the web UI caches them too).
+// The model's names and hashes for the parameters. A 4 GB checkpoint's SHA-256 takes over 10 s, so the
+// hashes are kept in ~/.cache/taiyi/hashes.json (or $TAIYI_HASH_CACHE) by path, size and time, as the web UI
+// keeps them in its cache.json.
 const ModelInfotext& JobRunner::model_infotext() {
   if (model_infotext_) return *model_infotext_;
   ModelInfotext info;
   info.name = pipe_.model_name();
   const ModelSource& source = pipe_.source();
-  if (source.single_file()) info.hash = sha256_file(source.folder().root()).substr(0, 10);
+  const char* cache_env = std::getenv("TAIYI_HASH_CACHE");
+  const char* home = std::getenv("HOME");
+  const fs::path cache = cache_env && *cache_env ? fs::path(cache_env) : fs::path(home ? home : ".") / ".cache/taiyi/hashes.json";
+  if (source.single_file()) info.hash = cached_sha256_file(source.folder().root(), cache).substr(0, 10);
   const fs::path& vae = source.vae_path();
   if (!vae.empty()) {
     std::error_code ec;
     info.vae_name = vae.filename().string();
     if (info.vae_name.empty()) info.vae_name = vae.parent_path().filename().string();
-    if (fs::is_regular_file(vae, ec)) info.vae_hash = sha256_file(vae).substr(0, 10);
+    if (fs::is_regular_file(vae, ec)) info.vae_hash = cached_sha256_file(vae, cache).substr(0, 10);
   }
   model_infotext_ = info;
   return *model_infotext_;

@@ -17,7 +17,7 @@ namespace taiyi {
 
 namespace fs = std::filesystem;
 
-static torch::Dtype torch_dtype(StDtype dtype) {
+torch::Dtype torch_dtype(StDtype dtype) {
   switch (dtype) {
     case StDtype::F32: return torch::kFloat;
     case StDtype::F16: return torch::kHalf;

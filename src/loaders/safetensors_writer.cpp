@@ -3,6 +3,8 @@
 // file byte for byte (tests/loaders/test_safetensors_writer.cpp rewrites a diffusers file and compares).
 #include "taiyi/loaders/safetensors_writer.h"
 
+#include "taiyi/loaders/safetensors.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -25,22 +27,18 @@ namespace {
 // larger ones first.
 int dtype_rank(StDtype dtype) {
   switch (dtype) {
-    case StDtype::F16: return 0;
-    case StDtype::BF16: return 1;
-    case StDtype::F32: return 2;
-    case StDtype::I64: return 3;
+    case StDtype::BOOL: return 0;
+    case StDtype::U8: return 1;
+    case StDtype::I8: return 2;
+    case StDtype::I16: return 5;
+    case StDtype::F16: return 7;
+    case StDtype::BF16: return 8;
+    case StDtype::I32: return 9;
+    case StDtype::F32: return 11;
+    case StDtype::F64: return 12;
+    case StDtype::I64: return 13;
   }
   return 0;
-}
-
-torch::Dtype torch_dtype(StDtype dtype) {
-  switch (dtype) {
-    case StDtype::F16: return torch::kHalf;
-    case StDtype::BF16: return torch::kBFloat16;
-    case StDtype::F32: return torch::kFloat;
-    case StDtype::I64: return torch::kLong;
-  }
-  return torch::kFloat;
 }
 
 // A JSON string as serde_json writes it: '"', '\\' and control characters escaped, the rest as it is.

@@ -169,7 +169,9 @@ void load_weights(torch::nn::Module& module, const StateDict& weights, const Loa
       target.set_data(target.to(options.device, dtype));
       continue;
     }
-    target.set_data(load_tensor(*source, dtype, options.device));
+    torch::Tensor loaded = load_tensor(*source, dtype, options.device);
+    if (options.in_place && loaded.data_ptr() == source->data_ptr()) options.in_place->push_back(loaded);
+    target.set_data(loaded);
   }
 }
 

@@ -5,6 +5,10 @@
 #include <fstream>
 #include <vector>
 
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
 #include "taiyi/utils/error.h"
 
 namespace taiyi {
@@ -100,6 +104,36 @@ std::string sha256_file(const std::filesystem::path& path, uint64_t offset) {
   }
   if (in.bad()) throw Error(path.string() + ": read error");
   return hash.hex_digest();
+}
+
+std::string cached_sha256_file(const std::filesystem::path& path, const std::filesystem::path& cache_file) {
+  namespace fs = std::filesystem;
+  const std::string key = fs::absolute(path).lexically_normal().string();
+  const auto size = static_cast<uint64_t>(fs::file_size(path));
+  const auto mtime = static_cast<int64_t>(fs::last_write_time(path).time_since_epoch().count());
+  nlohmann::json cache = nlohmann::json::object();
+  {
+    std::ifstream in(cache_file);
+    // A bad cache is only a slower run: parse without exceptions and start again.
+    if (in) cache = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!cache.is_object()) cache = nlohmann::json::object();
+  }
+  const nlohmann::json& entry = cache.contains(key) ? cache[key] : nlohmann::json();
+  if (entry.is_object() && entry.value("size", uint64_t{0}) == size && entry.value("mtime", int64_t{0}) == mtime &&
+      entry.value("sha256", std::string()).size() == 64)
+    return entry["sha256"].get<std::string>();
+  const std::string digest = sha256_file(path);
+  cache[key] = {{"size", size}, {"mtime", mtime}, {"sha256", digest}};
+  std::error_code ec;
+  fs::create_directories(cache_file.parent_path(), ec);
+  const fs::path temporary = cache_file.string() + ".tmp" + std::to_string(getpid());
+  {
+    std::ofstream out(temporary);
+    out << cache.dump(1);
+  }
+  fs::rename(temporary, cache_file, ec);  // whole or not at all; a failure leaves the old cache
+  if (ec) fs::remove(temporary, ec);
+  return digest;
 }
 
 }  // namespace taiyi

@@ -20,6 +20,9 @@
 
 namespace taiyi {
 
+// The torch dtype of a safetensors dtype.
+torch::Dtype torch_dtype(StDtype dtype);
+
 class SafetensorsFile {
  public:
   // Maps and validates the file: header length within the file, JSON well-formed, dtypes F32, F16

@@ -73,6 +73,9 @@ struct LoadOptions {
   std::vector<std::string> ignore_unexpected;
   // Module keys that may be absent from the files (their initial values are kept).
   std::vector<std::string> ignore_missing;
+  // When set, receives the module's tensors that are the files' own pages (CPU, same dtype): a caller
+  // may give those pages back (release_pages) while the module is idle, as long as nothing wrote to them.
+  std::vector<torch::Tensor>* in_place = nullptr;
 };
 
 // What load_weights would find wrong, from names and shapes alone (no tensor data is read): module

@@ -234,7 +234,11 @@ class Pipeline {
   void say(const std::string& notice) const;
   torch::Tensor encode_ids(const std::vector<int64_t>& chunk_ids, int64_t skip);  // [1, L, D], with the fp32 fallback
   void load_component(torch::nn::Module& module, const std::string& component, torch::Dtype dtype,
-                      const std::vector<std::string>& ignored_keys = {}) const;
+                      const std::vector<std::string>& ignored_keys = {});
+  // Gives back the resident pages of a component's weights used in place from the files (CPU, the
+  // file's dtype) once it is idle for this batch: they are clean file pages, faulted in again from the
+  // page cache at the next use. Not while a LoRA is merged (its writes live in those pages).
+  void release_mapped_weights(const std::string& component);
   struct Inpainting {
     torch::Tensor latents, noise, image_latents, mask, masked_image_latents;  // mask undefined: not inpainting
   };
@@ -297,6 +301,7 @@ class Pipeline {
   mutable std::vector<TextualInversion> embeddings_;      // loaded, in order (their rows follow the table's)
   mutable std::map<std::string, std::filesystem::path> embedding_folder_;  // stem -> file, not loaded yet
   StageTimes times_;
+  std::map<std::string, std::vector<torch::Tensor>> mapped_weights_;  // component -> weights that are file pages
 };
 
 }  // namespace taiyi

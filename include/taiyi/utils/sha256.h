@@ -27,4 +27,9 @@ std::string sha256_hex(const std::string& bytes);
 // The SHA-256 of a file's bytes from `offset` to its end (Error naming the file when unreadable).
 std::string sha256_file(const std::filesystem::path& path, uint64_t offset = 0);
 
+// sha256_file of a whole file through a cache, as the web UI's cache.json keeps model hashes: entries
+// keyed by the absolute path and valid while its size and modification time are the same. The cache is
+// `cache_file` (JSON); an unreadable or malformed cache is recomputed and rewritten, never an error.
+std::string cached_sha256_file(const std::filesystem::path& path, const std::filesystem::path& cache_file);
+
 }  // namespace taiyi
