@@ -3,14 +3,16 @@
 #   bash scripts/run.sh ["prompt"] [more taiyi options]
 # Uses the model in $TAIYI_MODEL (default ~/.cache/taiyi/models/Taiyi-Stable-Diffusion-1B-Chinese-EN-v0.1)
 # when it exists; otherwise a tiny random-weight pipeline made by the test harness, whose picture is
-# noise: see the README ("Getting the real model") for converting the real weights.
+# noise: see the README ("Getting the real model") for the real weights (a hub snapshot, or a single
+# .ckpt / .safetensors file, used as downloaded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh >/dev/null
 TAIYI_VENV=${TAIYI_VENV:-$HOME/.cache/taiyi/venv}
 BUILD=${TAIYI_BUILD:-build}
 MODEL=${TAIYI_MODEL:-$HOME/.cache/taiyi/models/Taiyi-Stable-Diffusion-1B-Chinese-EN-v0.1}
-if [ ! -f "$MODEL/model_index.json" ]; then
+# A diffusers folder, or a single-file checkpoint used as downloaded.
+if [ ! -f "$MODEL/model_index.json" ] && [ ! -f "$MODEL" ]; then
   MODEL="$BUILD/demo-model/tiny-clip"
   if [ ! -f "$MODEL/model_index.json" ]; then
     "$TAIYI_VENV/bin/python" tools/make_fixtures.py "$BUILD/demo-model" --pipelines-only 2>/dev/null
