@@ -290,36 +290,42 @@ def write_record(out_dir, name, record):
 
 
 def make(out: Path, full: bool):
+    # One thread while making the files; the thread count is restored for the modules after this one,
+    # whose images must be computed as the C++ tests run (the default threads).
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    out_dir = out / "single_file"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    folders = {"clip": out / "tiny-clip", "clip-inpaint": inpaint_folder(out), "bert": out / "tiny-bert"}
-    for name, folder in folders.items():
-        family = "bert" if name == "bert" else "clip"
-        original = own_storage(original_checkpoint(folder))
-        save_file(original, out_dir / f"{name}.safetensors")
-        write_record(out_dir, f"{name}.safetensors",
-                     {"config": folder.name, **record_pipeline_file(out_dir / f"{name}.safetensors", folder, family, False)})
-        has_ema = name != "clip-inpaint"
-        ckpt = f"{name}-ema.ckpt" if has_ema else f"{name}.ckpt"
-        with lightning_importable():
-            torch.save(lightning_checkpoint(own_storage(with_ema(original) if has_ema else original), 1000), out_dir / ckpt)
-        write_record(out_dir, ckpt, {"config": folder.name, **record_pipeline_file(out_dir / ckpt, folder, family, has_ema)})
-    vae = own_storage(vae_file_state(folders["clip"]))
-    save_file(vae, out_dir / "vae.safetensors")
-    write_record(out_dir, "vae.safetensors", {"config": "tiny-clip", **record_vae_file(out_dir / "vae.safetensors", folders["clip"])})
-    torch.save({"state_dict": vae, "global_step": 840000}, out_dir / "vae.ckpt")
-    write_record(out_dir, "vae.ckpt", {"config": "tiny-clip", **record_vae_file(out_dir / "vae.ckpt", folders["clip"])})
-    record_quirks(out_dir, out_dir / "clip.safetensors", folders["clip"])
-    legacy = out_dir / "vae-2022"
-    legacy.mkdir()
-    shutil.copy(folders["clip"] / "vae" / "config.json", legacy / "config.json")
-    state = {}
-    for key, tensor in folder_weights(folders["clip"], "vae").items():
-        for new, old in LEGACY_VAE_ATTENTION.items():
-            if ".attentions." in key and f".{new}." in key:
-                key = key.replace(f".{new}.", f".{old}.")
-        state[key] = tensor.clone()
-    save_file(state, legacy / "diffusion_pytorch_model.safetensors")
-    write_record(out_dir, "vae-2022", {"config": "tiny-clip", **record_2022_folder(legacy, folders["clip"])})
+    try:
+        out_dir = out / "single_file"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
+        folders = {"clip": out / "tiny-clip", "clip-inpaint": inpaint_folder(out), "bert": out / "tiny-bert"}
+        for name, folder in folders.items():
+            family = "bert" if name == "bert" else "clip"
+            original = own_storage(original_checkpoint(folder))
+            save_file(original, out_dir / f"{name}.safetensors")
+            write_record(out_dir, f"{name}.safetensors",
+                         {"config": folder.name, **record_pipeline_file(out_dir / f"{name}.safetensors", folder, family, False)})
+            has_ema = name != "clip-inpaint"
+            ckpt = f"{name}-ema.ckpt" if has_ema else f"{name}.ckpt"
+            with lightning_importable():
+                torch.save(lightning_checkpoint(own_storage(with_ema(original) if has_ema else original), 1000), out_dir / ckpt)
+            write_record(out_dir, ckpt, {"config": folder.name, **record_pipeline_file(out_dir / ckpt, folder, family, has_ema)})
+        vae = own_storage(vae_file_state(folders["clip"]))
+        save_file(vae, out_dir / "vae.safetensors")
+        write_record(out_dir, "vae.safetensors", {"config": "tiny-clip", **record_vae_file(out_dir / "vae.safetensors", folders["clip"])})
+        torch.save({"state_dict": vae, "global_step": 840000}, out_dir / "vae.ckpt")
+        write_record(out_dir, "vae.ckpt", {"config": "tiny-clip", **record_vae_file(out_dir / "vae.ckpt", folders["clip"])})
+        record_quirks(out_dir, out_dir / "clip.safetensors", folders["clip"])
+        legacy = out_dir / "vae-2022"
+        legacy.mkdir()
+        shutil.copy(folders["clip"] / "vae" / "config.json", legacy / "config.json")
+        state = {}
+        for key, tensor in folder_weights(folders["clip"], "vae").items():
+            for new, old in LEGACY_VAE_ATTENTION.items():
+                if ".attentions." in key and f".{new}." in key:
+                    key = key.replace(f".{new}.", f".{old}.")
+            state[key] = tensor.clone()
+        save_file(state, legacy / "diffusion_pytorch_model.safetensors")
+        write_record(out_dir, "vae-2022", {"config": "tiny-clip", **record_2022_folder(legacy, folders["clip"])})
+    finally:
+        torch.set_num_threads(threads)
