@@ -122,7 +122,7 @@ def make_full_clip(fixtures: Path):
     spec.loader.exec_module(mf)
     clip_vocab = fixtures / "clip-vocab"
     if not (clip_vocab / "merges.txt").exists():
-        mf.write_clip_vocab(mf.VOCAB_DATA / "bpe_simple_vocab_16e6.txt", clip_vocab)
+        mf.write_clip_vocab(mf.VOCAB_DATA / "bpe_simple_vocab_16e6.txt.gz", clip_vocab)
     folder = fixtures / "full-clip"
     tmp = fixtures / "full-clip.partial"
     pipe = mf.build_pipeline("clip", "full", clip_vocab)

@@ -16,6 +16,7 @@ Every tests/reference/*.py module with a function make(out: Path, full: bool) is
 pipelines exist, in name order. Seeds are fixed, so the goldens come out the same each run.
 """
 import argparse
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -46,11 +47,11 @@ def bytes_to_unicode():
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def write_clip_vocab(bpe_txt: Path, out_dir: Path):
-    """Derive the hub's vocab.json / merges.txt from OpenAI's bpe_simple_vocab_16e6.txt (kept
-    uncompressed), as openai/clip-vit-large-patch14 did: 256 byte symbols, the same with </w>, one per
-    merge, then the two specials (49408 entries, 48894 merges). taiyi's derive_clip_vocab does the same."""
-    merges = bpe_txt.read_bytes().decode("utf-8").split("\n")
+def write_clip_vocab(bpe_gz: Path, out_dir: Path):
+    """Derive the hub's vocab.json / merges.txt from OpenAI's bpe_simple_vocab_16e6.txt.gz, as
+    openai/clip-vit-large-patch14 did: 256 byte symbols, the same with </w>, one per merge, then the two
+    specials (49408 entries, 48894 merges). taiyi's derive_clip_vocab does the same."""
+    merges = gzip.open(bpe_gz).read().decode("utf-8").split("\n")
     merges = merges[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in merges]
     vocab = list(bytes_to_unicode().values())
@@ -188,7 +189,7 @@ def main():
     (out / "ref").mkdir(exist_ok=True)
     clip_vocab = out / "clip-vocab"
     if not (clip_vocab / "merges.txt").exists():
-        write_clip_vocab(VOCAB_DATA / "bpe_simple_vocab_16e6.txt", clip_vocab)
+        write_clip_vocab(VOCAB_DATA / "bpe_simple_vocab_16e6.txt.gz", clip_vocab)
     sizes = ["tiny"] + (["full"] if args.full else [])
     for size in sizes:
         for family in ("clip", "bert"):
