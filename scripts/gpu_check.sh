@@ -57,7 +57,7 @@ DEPS=$ROOT/.deps
 # imports peft when it is installed, and the image's peft targets transformers 5).
 WHEELS=(diffusers==0.37.1 transformers==4.57.3 huggingface-hub==0.36.0 tokenizers==0.22.2 accelerate==1.12.0
         importlib-metadata==8.7.0 peft==0.18.0)
-DEBS=(libcli11-dev nlohmann-json3-dev libstb-dev libgtest-dev)
+DEBS=(libcli11-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libgtest-dev)
 # The reference modules the CUDA suite reads (tests/test_cuda.cpp, CudaScheduler, CudaSamplers).
 export TAIYI_REFERENCE_ONLY=pipeline,samplers,scheduler,text_encoder,unet,vae
 CUDA_TESTS_MIN=10  # Cuda* tests the binary must list (8 in tests/test_cuda.cpp, CudaScheduler, CudaSamplers)
@@ -132,7 +132,8 @@ prepare() {
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$DEPS/wheels" "${WHEELS[@]}" || exit 1
   for f in usr/share/cmake/CLI11/CLI11Config.cmake usr/share/cmake/nlohmann_json/nlohmann_jsonConfig.cmake \
-           usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake usr/include/stb/stb_image_write.h; do
+           usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake usr/include/stb/stb_image_write.h \
+           usr/lib/x86_64-linux-gnu/libjpeg.a; do
     [ -f "$DEPS/$f" ] || { echo "gpu_check: --prepare: $DEPS/$f missing" >&2; exit 1; }
   done
   [ "${TAIYI_GPU_PREPARE_BINARIES:-1}" = 1 ] && { prepare_binaries || exit 1; }

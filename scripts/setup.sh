@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything taiyi needs on Debian 12:
 #   - Debian packages: compilers (clang for the fuzz targets), CMake, ccache and the C++ libraries (CLI11,
-#     nlohmann_json, stb);
+#     nlohmann_json, stb, libjpeg-turbo);
 #   - a Python virtualenv outside the checkout (default ~/.cache/taiyi/venv, override with TAIYI_VENV)
 #     holding pinned torch (its bundled libtorch is what CMake links), diffusers, transformers, safetensors,
 #     numpy, scipy (diffusers' LMSDiscreteScheduler needs it), Pillow (the img2img references) and peft
@@ -18,7 +18,7 @@ PY_PINS=(torch==2.11.0 diffusers==0.37.1 transformers==4.57.3 safetensors==0.7.0
          huggingface-hub==0.36.0 accelerate==1.12.0 scipy==1.16.3 pillow==13.0.0
          peft==0.18.0)
 APT_PKGS=(build-essential cmake ninja-build ccache pkg-config python3-venv python3-pip
-          libcli11-dev nlohmann-json3-dev libstb-dev libgtest-dev
+          libcli11-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libgtest-dev
           clang libclang-rt-14-dev)  # clang and its libFuzzer/ASan runtimes: scripts/fuzz.sh
 
 sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

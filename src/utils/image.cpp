@@ -17,7 +17,6 @@
 #include <stb_image_write.h>
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_ONLY_PNG
-#define STBI_ONLY_JPEG
 #define STBI_NO_STDIO
 #define STBI_FAILURE_USERMSG
 // stb_image calls memcpy(NULL, data, 0) for a PNG whose first IDAT chunk is empty (stbi__getn): undefined
@@ -30,6 +29,12 @@ static inline void* stbi_memcpy(void* to, const void* from, size_t n) { return n
 
 #include <algorithm>
 #include <cmath>
+#include <csetjmp>
+#include <cstdio>
+
+// After <cstdio>: jpeglib.h uses FILE and size_t without including their headers.
+#include <jpeglib.h>
+#include <jerror.h>
 
 #include "taiyi/utils/error.h"
 
@@ -225,6 +230,11 @@ std::vector<std::pair<std::string, std::string>> read_png_text(const fs::path& p
 
 // ---- image input ----
 
+// PIL's RGB to L: L = R * 299/1000 + G * 587/1000 + B * 114/1000 in 16-bit fixed point.
+static uint8_t rgb_to_l(const uint8_t* rgb) {
+  return static_cast<uint8_t>((rgb[0] * 19595 + rgb[1] * 38470 + rgb[2] * 7471 + 0x8000) >> 16);
+}
+
 static std::string read_whole_file(const fs::path& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw Error(path.string() + ": image file not found");
@@ -254,39 +264,149 @@ PixelImage read_image(const fs::path& path, int channels) {
   return decode_image(data, path.string(), channels);
 }
 
-// The Huffman tables of a JPEG, walked as stb_image walks its markers (stbi__process_marker, and the
-// marker that ends each scan's entropy-coded data): the Debian stb_image (2.27) writes past its tables
-// for a DHT segment whose 16 code counts add up to more than 256 (found by tests/fuzz; upstream 2.28
-// refuses such a table as "bad size list"). Such a file is refused here first. Bytes past the end read
-// as 0, as stb_image reads them.
-static void check_jpeg_huffman_tables(std::string_view data, const std::string& name) {
-  const auto at = [&](size_t i) -> unsigned { return i < data.size() ? static_cast<unsigned char>(data[i]) : 0u; };
-  size_t pos = 0;  // SOI, after any 0xFF fill bytes (stbi__get_marker skips them)
-  while (at(pos) == 0xFF && pos < data.size()) ++pos;
-  if (at(pos) != 0xD8) return;  // not a JPEG to stb_image
-  ++pos;
-  while (pos < data.size()) {
-    if (at(pos) != 0xFF) {
-      ++pos;  // entropy-coded data, or junk between segments: stb_image skips it byte by byte too
-      continue;
-    }
-    while (at(pos) == 0xFF && pos < data.size()) ++pos;
-    const unsigned marker = at(pos++);
-    // No length: stuffed 0xFF00, restart markers, SOI, EOI, TEM.
-    if (marker == 0x00 || (marker >= 0xD0 && marker <= 0xD9) || marker == 0x01) continue;
-    const size_t length = (at(pos) << 8) | at(pos + 1);
-    if (marker == 0xC4) {
-      for (size_t table = pos + 2; table < pos + length;) {
-        size_t codes = 0;
-        for (size_t i = 0; i < 16; ++i) codes += at(table + 1 + i);
-        if (codes > 256)
-          throw Error(name + ": corrupt JPEG: a Huffman table of " + std::to_string(codes) + " codes (at most 256)");
-        table += 17 + codes;
-      }
-    }
-    // Segments with a length are skipped whole; after SOS's header comes entropy-coded data (scanned above).
-    pos += length;
+// ---- JPEG: libjpeg-turbo, the decoder PIL's Image.open uses ----
+// PIL's JpegDecode.c: default settings (islow IDCT, fancy upsampling), YCbCr to RGB in libjpeg,
+// grayscale kept as L, CMYK as CMYK (inverted when an Adobe marker is present: rawmode "CMYK;I").
+// libjpeg reports errors through error_exit, which must not return: it longjmps back to
+// decode_jpeg_pixels, whose frame holds nothing with a destructor, and the message is thrown from there.
+
+namespace {
+
+constexpr int kMaxJpegScans = 500;  // libjpeg-turbo's own advice against progressive-scan DoS (djpeg -maxscans)
+constexpr long kMaxJpegMemory = 512L << 20;  // a 4096^2 progressive CMYK image's coefficients need 128 MiB
+
+struct JpegErrors {
+  jpeg_error_mgr manager;  // first: libjpeg's pointer to it is a pointer to this
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+[[noreturn]] void jpeg_fail(j_common_ptr cinfo) {
+  auto* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, errors->message);
+  std::longjmp(errors->jump, 1);
+}
+
+// Warnings are ignored as PIL ignores them, except the end of the data coming first: PIL refuses a
+// truncated image ("image file is truncated") where libjpeg would fill the rest with gray.
+void jpeg_warning(j_common_ptr cinfo, int level) {
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(cinfo);
+}
+
+void jpeg_scan_limit(j_common_ptr cinfo) {
+  auto* d = reinterpret_cast<j_decompress_ptr>(cinfo);
+  if (d->input_scan_number > kMaxJpegScans) {
+    auto* errors = reinterpret_cast<JpegErrors*>(cinfo->err);
+    std::snprintf(errors->message, sizeof errors->message, "more than %d scans", kMaxJpegScans);
+    std::longjmp(errors->jump, 1);
   }
+}
+
+enum class JpegColor { kGray, kRgb, kCmyk, kCmykInverted };
+
+struct JpegHeader {
+  int width = 0, height = 0, components = 0;
+  JpegColor color = JpegColor::kRgb;
+};
+
+// Decodes into `pixels` (width*height*components bytes, resized once the header is read); returns false
+// with errors.message set when libjpeg refuses the file. Only plain data lives in this frame.
+bool decode_jpeg_pixels(const unsigned char* bytes, unsigned long size, JpegErrors& errors, JpegHeader& header,
+                        std::vector<uint8_t>& pixels) {
+  jpeg_decompress_struct cinfo;
+  jpeg_progress_mgr progress;
+  cinfo.err = jpeg_std_error(&errors.manager);
+  errors.manager.error_exit = jpeg_fail;
+  errors.manager.emit_message = jpeg_warning;
+  progress.progress_monitor = jpeg_scan_limit;
+  if (setjmp(errors.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  jpeg_create_decompress(&cinfo);
+  cinfo.progress = &progress;
+  cinfo.mem->max_memory_to_use = kMaxJpegMemory;
+  jpeg_mem_src(&cinfo, bytes, size);
+  jpeg_read_header(&cinfo, TRUE);
+  header.width = static_cast<int>(cinfo.image_width);
+  header.height = static_cast<int>(cinfo.image_height);
+  if (header.width > kMaxImageSide || header.height > kMaxImageSide) {
+    jpeg_destroy_decompress(&cinfo);
+    return true;  // the caller names the size
+  }
+  switch (cinfo.jpeg_color_space) {
+    case JCS_GRAYSCALE: cinfo.out_color_space = JCS_GRAYSCALE; header.color = JpegColor::kGray; break;
+    case JCS_YCbCr: case JCS_RGB: cinfo.out_color_space = JCS_RGB; header.color = JpegColor::kRgb; break;
+    case JCS_CMYK: case JCS_YCCK:
+      cinfo.out_color_space = JCS_CMYK;
+      header.color = cinfo.saw_Adobe_marker ? JpegColor::kCmykInverted : JpegColor::kCmyk;
+      break;
+    default:
+      std::snprintf(errors.message, sizeof errors.message, "%d color components that are not gray, RGB or CMYK",
+                    cinfo.num_components);
+      jpeg_destroy_decompress(&cinfo);
+      return false;
+  }
+  jpeg_start_decompress(&cinfo);
+  header.components = cinfo.output_components;
+  const size_t row = static_cast<size_t>(cinfo.output_width) * static_cast<size_t>(header.components);
+  pixels.resize(row * cinfo.output_height);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW rows[1] = {pixels.data() + row * cinfo.output_scanline};
+    jpeg_read_scanlines(&cinfo, rows, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return true;
+}
+
+// PIL's cmyk2rgb (Convert.c): each channel (255 - K) - C * (255 - K) / 255, rounded as MULDIV255.
+uint8_t cmyk_channel(int ink, int black) {
+  const int white = 255 - black;
+  const int product = ink * white + 128;
+  return static_cast<uint8_t>(std::clamp(white - (((product >> 8) + product) >> 8), 0, 255));
+}
+
+}  // namespace
+
+static PixelImage decode_jpeg(std::string_view data, const std::string& name, int channels) {
+  JpegErrors errors{};
+  JpegHeader header;
+  std::vector<uint8_t> decoded;
+  if (!decode_jpeg_pixels(reinterpret_cast<const unsigned char*>(data.data()), data.size(), errors, header, decoded))
+    throw Error(name + ": corrupt JPEG: " + errors.message);
+  if (header.width <= 0 || header.height <= 0)
+    throw Error(name + ": image of size " + std::to_string(header.width) + "x" + std::to_string(header.height));
+  if (header.width > kMaxImageSide || header.height > kMaxImageSide)
+    throw Error(name + ": image of " + std::to_string(header.width) + "x" + std::to_string(header.height) +
+                " is larger than taiyi reads (" + std::to_string(kMaxImageSide) + " pixels a side)");
+  PixelImage image;
+  image.width = header.width;
+  image.height = header.height;
+  image.channels = channels;
+  const size_t count = static_cast<size_t>(header.width) * static_cast<size_t>(header.height);
+  if (header.color == JpegColor::kGray) {
+    image.pixels.resize(count * static_cast<size_t>(channels));
+    for (size_t i = 0; i < count; ++i)
+      for (int k = 0; k < channels; ++k) image.pixels[i * static_cast<size_t>(channels) + static_cast<size_t>(k)] = decoded[i];
+    return image;
+  }
+  if (header.color != JpegColor::kRgb) {  // CMYK to RGB in place, as PIL's convert("RGB")
+    const bool inverted = header.color == JpegColor::kCmykInverted;
+    for (size_t i = 0; i < count; ++i) {
+      int ink[4];
+      for (int k = 0; k < 4; ++k) ink[k] = inverted ? 255 - decoded[i * 4 + static_cast<size_t>(k)] : decoded[i * 4 + static_cast<size_t>(k)];
+      for (int k = 0; k < 3; ++k) decoded[i * 3 + static_cast<size_t>(k)] = cmyk_channel(ink[k], ink[3]);
+    }
+    decoded.resize(count * 3);
+  }
+  if (channels == 3) {
+    image.pixels = std::move(decoded);
+  } else {
+    image.pixels.resize(count);
+    for (size_t i = 0; i < count; ++i) image.pixels[i] = rgb_to_l(&decoded[i * 3]);
+  }
+  return image;
 }
 
 PixelImage decode_image(std::string_view data, const std::string& name, int channels) {
@@ -320,7 +440,7 @@ PixelImage decode_image(std::string_view data, const std::string& name, int chan
       pos += 12 + static_cast<size_t>(chunk);
     }
   }
-  if (!data.empty() && static_cast<unsigned char>(data[0]) == 0xFF) check_jpeg_huffman_tables(data, name);
+  if (!data.empty() && static_cast<unsigned char>(data[0]) == 0xFF) return decode_jpeg(data, name, channels);
   if (!stbi_info_from_memory(bytes, length, &width, &height, &file_channels))
     throw Error(path.string() + ": not a PNG or JPEG image (" + stbi_failure_reason() + ")");
   if (width <= 0 || height <= 0) throw Error(path.string() + ": image of size " + std::to_string(width) + "x" + std::to_string(height));
@@ -356,10 +476,8 @@ PixelImage decode_image(std::string_view data, const std::string& name, int chan
     image.pixels.resize(count);
     for (size_t i = 0; i < count; ++i) image.pixels[i] = rgb[i * 3];
   } else {
-    // PIL's RGB to L: L = R * 299/1000 + G * 587/1000 + B * 114/1000 in 16-bit fixed point.
     image.pixels.resize(count);
-    for (size_t i = 0; i < count; ++i)
-      image.pixels[i] = static_cast<uint8_t>((rgb[i * 3] * 19595 + rgb[i * 3 + 1] * 38470 + rgb[i * 3 + 2] * 7471 + 0x8000) >> 16);
+    for (size_t i = 0; i < count; ++i) image.pixels[i] = rgb_to_l(&rgb[i * 3]);
   }
   stbi_image_free(rgb);
   return image;

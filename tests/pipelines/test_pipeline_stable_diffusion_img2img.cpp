@@ -34,16 +34,21 @@ TEST(ImageInput, PngReadsAsPilConvertRgbAndL) {
   }
 }
 
-// stb_image's JPEG decoder is not libjpeg's: close, not equal (measured and bounded here).
-TEST(ImageInput, JpegReadsCloseToPil) {
+// libjpeg-turbo with PIL's settings: the same pixels as PIL, for baseline 4:2:0, progressive 4:2:2,
+// grayscale and Adobe CMYK files, to RGB and to L, and resized.
+const char* kJpegImages[] = {"rgb_64", "rgb_100x70", "gray_72x64", "cmyk_64"};
+
+TEST(ImageInput, JpegReadsAsPil) {
   const auto golden = fixture("ref/images.safetensors");
-  const torch::Tensor rgb = as_tensor(taiyi::read_image(fixture("images/rgb_64.jpg"), 3));
-  const torch::Tensor expected = reference_tensor(golden, "rgb_64_jpg.rgb");
-  ASSERT_EQ(rgb.sizes(), expected.sizes());
-  const double max_diff = (rgb - expected).abs().max().item<double>();
-  std::cout << "JPEG rgb_64.jpg: max difference to PIL " << max_diff << " levels, mean "
-            << (rgb - expected).abs().mean().item<double>() << "\n";
-  EXPECT_LE(max_diff, 8.0);
+  for (const char* name : kJpegImages) {
+    SCOPED_TRACE(name);
+    const fs::path file = fixture(std::string("images/") + name + ".jpg");
+    const std::string key = std::string(name) + "_jpg";
+    EXPECT_TRUE(torch::equal(as_tensor(taiyi::read_image(file, 3)), reference_tensor(golden, key + ".rgb")));
+    EXPECT_TRUE(torch::equal(as_tensor(taiyi::read_image(file, 1)), reference_tensor(golden, key + ".l")));
+    EXPECT_TRUE(torch::equal(as_tensor(taiyi::resize_lanczos(taiyi::read_image(file, 3), 96, 64)),
+                             reference_tensor(golden, key + ".resize_96x64")));
+  }
 }
 
 TEST(ImageInput, LanczosResizeEqualsPil) {
@@ -79,6 +84,20 @@ TEST(ImageInput, BadFilesAreErrorsNamingTheFile) {
   std::ofstream(dir / "huge.png", std::ios::binary) << huge << png.substr(33);
   expect_error_naming([&] { taiyi::read_image(dir / "huge.png", 3); }, {"huge.png", "100000x100000", "4096"});
   expect_error_naming([&] { taiyi::read_image(dir, 3); }, {"folder"});
+  // JPEG: truncated (PIL refuses it as "image file is truncated"; libjpeg alone would fill in gray), a
+  // frame header claiming 65500 x 65500 pixels (refused before the scan is decoded), and garbage.
+  std::ifstream jpeg_in(fixture("images/rgb_100x70.jpg"), std::ios::binary);
+  const std::string jpeg((std::istreambuf_iterator<char>(jpeg_in)), {});
+  std::ofstream(dir / "cut.jpg", std::ios::binary) << jpeg.substr(0, jpeg.size() * 2 / 3);
+  expect_error_naming([&] { taiyi::read_image(dir / "cut.jpg", 3); }, {"cut.jpg", "corrupt JPEG", "Premature end"});
+  std::string big = jpeg;
+  const size_t frame = big.find("\xFF\xC2");  // progressive frame header: length(2) precision(1) height(2) width(2)
+  ASSERT_NE(frame, std::string::npos);
+  for (size_t at : {frame + 5, frame + 7}) big[at] = static_cast<char>(0xFF), big[at + 1] = static_cast<char>(0xDC);
+  std::ofstream(dir / "big.jpg", std::ios::binary) << big;
+  expect_error_naming([&] { taiyi::read_image(dir / "big.jpg", 3); }, {"big.jpg", "65500x65500", "4096 pixels a side"});
+  std::ofstream(dir / "junk.jpg", std::ios::binary) << "\xFF\xD8\xFF\xE0 not a JPEG after all";
+  expect_error_naming([&] { taiyi::read_image(dir / "junk.jpg", 3); }, {"junk.jpg", "corrupt JPEG"});
   fs::remove_all(dir);
 }
 

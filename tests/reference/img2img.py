@@ -105,7 +105,12 @@ def make_images(folder: Path):
     Image.fromarray(pattern(64, 64, 3), "RGB").quantize(colors=37).save(folder / "palette_64.png")
     gray16 = (pattern(64, 64, 1)[..., 0].astype(np.uint16) * 3)  # values past 255: PIL clips them
     Image.fromarray(gray16).save(folder / "gray16_64.png")  # mode I;16, a 16-bit grayscale PNG
-    Image.fromarray(pattern(64, 64, 3), "RGB").save(folder / "rgb_64.jpg", quality=90)
+    Image.fromarray(pattern(64, 64, 3), "RGB").save(folder / "rgb_64.jpg", quality=90)  # 4:2:0, baseline
+    # JPEG as users' files come: 4:2:2 progressive, grayscale, and CMYK (PIL writes an Adobe marker: inverted).
+    Image.fromarray(pattern(100, 70, 3), "RGB").save(folder / "rgb_100x70.jpg", quality=80, subsampling=1,
+                                                     progressive=True)
+    Image.fromarray(pattern(72, 64, 1)[..., 0], "L").save(folder / "gray_72x64.jpg", quality=85)
+    Image.fromarray(pattern(64, 64, 3), "RGB").convert("CMYK").save(folder / "cmyk_64.jpg", quality=90)
     mask = np.zeros((64, 64), np.uint8)
     mask[12:44, 20:56] = 255
     mask[30:34, 0:64] = 127  # below 0.5 after / 255: kept
