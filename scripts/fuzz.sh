@@ -14,7 +14,7 @@ shift || true
 BUILD=${TAIYI_FUZZ_BUILD:-build-fuzz}
 FIXTURES=${TAIYI_FIXTURES:-build/fixtures}
 ALL=(safetensors_header config_json clip_tokenizer bert_tokenizer prompt_syntax prompt_file image lora_keys embedding torch_zip torch_pickle
-  ldm_keys)
+  ldm_keys base64)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL[@]}")
 

@@ -6,6 +6,7 @@ few hand-made cases. Standard library only (scripts/fuzz.sh runs it with the sys
 
 Safetensors seeds are the fixtures' files shrunk to at most 64 KiB: each kept tensor keeps its name
 and shape when its data fits, else becomes [1] (so that placing and validation run to the end)."""
+import base64
 import json
 import struct
 import sys
@@ -175,6 +176,11 @@ def main():
         "cond_stage_model.transformer.embeddings.token_embedding.weight 10,4",
         "cond_stage_model.transformer.bert.encoder.layer.0.LayerNorm.gamma 4",
         "encoder.mid_block.attentions.0.query.weight 4,4"]).encode())
+    # base64: encodings as the HTTP API receives them (a PNG's, with line breaks, unpadded, padded mid-way)
+    encoded = base64.b64encode(png(4, 3)).decode()
+    for name, text in [("png", encoded), ("mime", base64.encodebytes(png(2, 2)).decode()), ("unpadded", "YWI"),
+                       ("mid-pad", "ab=cdef=xy=="), ("data-url", "data:image/png;base64," + encoded), ("one-left", "abcde")]:
+        write(out, "base64", f"hand-{name}", text.encode())
 
 
 if __name__ == "__main__":

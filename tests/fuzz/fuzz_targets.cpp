@@ -13,6 +13,7 @@
 #include "taiyi/loaders/model_folder.h"
 #include "taiyi/loaders/textual_inversion_layout.h"
 #include "taiyi/utils/error.h"
+#include "taiyi/utils/base64.h"
 #include "taiyi/utils/image.h"
 #include "taiyi/loaders/lora_conversion.h"
 #include "taiyi/pipelines/prompt_parser.h"
@@ -346,6 +347,20 @@ void ldm_keys(const uint8_t* data, size_t size) {
   check_converted(convert_deprecated_vae_attention_names(keys), keys);
 }
 
+// Base64 text from an HTTP request: decoding ends in bytes or an Error, never more than 3/4 of the text;
+// what decodes encodes to a canonical text that decodes to the same bytes; any bytes round-trip.
+void base64(const uint8_t* data, size_t size) {
+  const std::string_view text = as_text(data, size);
+  check(base64_decode(base64_encode(text)) == text, "decode(encode(x)) == x");
+  try {
+    const std::string bytes = base64_decode(text);
+    check(bytes.size() * 4 <= size * 3, "decoded size <= 3/4 of the text");
+    const std::string canonical = base64_encode(bytes);
+    check(base64_decode(canonical) == bytes, "decode(encode(decode(x))) == decode(x)");
+  } catch (const Error&) {
+  }
+}
+
 }  // namespace
 
 const std::vector<Target>& targets() {
@@ -355,6 +370,7 @@ const std::vector<Target>& targets() {
       {"image", image},                           {"lora_keys", lora_keys},     {"embedding", embedding},
       {"torch_zip", torch_zip},                   {"torch_pickle", torch_pickle},
       {"ldm_keys", ldm_keys},
+      {"base64", base64},
   };
   return all;
 }

@@ -18,7 +18,7 @@ struct Target {
 };
 
 // safetensors_header, config_json, clip_tokenizer, bert_tokenizer, prompt_syntax, prompt_file, image,
-// lora_keys, embedding, torch_zip, torch_pickle, ldm_keys.
+// lora_keys, embedding, torch_zip, torch_pickle, ldm_keys, base64.
 const std::vector<Target>& targets();
 const Target* find_target(const std::string& name);
 
