@@ -4,6 +4,7 @@
 //   taiyi --prompts prompts.txt -o outputs/ --resume --shard 0/4
 //   taiyi tokenize --model DIR "prompt"        taiyi info --model DIR        taiyi bench --model DIR
 //   taiyi convert model.ckpt models/my-model --dtype fp16
+//   taiyi serve --port 7860                  (the web UI's API and a page)
 #include <cstdlib>
 #include <exception>
 #include <iostream>
@@ -15,6 +16,7 @@
 #include "taiyi/cli/convert.h"
 #include "taiyi/cli/generate.h"
 #include "taiyi/cli/info.h"
+#include "taiyi/cli/serve.h"
 #include "taiyi/cli/tokenize.h"
 #include "taiyi/utils/error.h"
 
@@ -40,6 +42,8 @@ int main(int argc, char** argv) {
   CLI::App* bench_app = taiyi::cli::add_bench_command(app, bench);
   taiyi::cli::ConvertCommand convert;
   CLI::App* convert_app = taiyi::cli::add_convert_command(app, convert);
+  taiyi::cli::ServeCommand serve;
+  CLI::App* serve_app = taiyi::cli::add_serve_command(app, serve);
 
   try {
     app.parse(argc, argv);
@@ -51,6 +55,7 @@ int main(int argc, char** argv) {
     if (*info_app) return taiyi::cli::run_info(info);
     if (*bench_app) return taiyi::cli::run_bench_command(bench);
     if (*convert_app) return taiyi::cli::run_convert(convert);
+    if (*serve_app) return taiyi::cli::run_serve(serve);
     return taiyi::cli::run_generate(generate);
   } catch (const taiyi::Error& e) {
     std::cerr << "taiyi: error: " << e.what() << "\n";

@@ -10,6 +10,7 @@
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/image.h"
 #include "taiyi/pipelines/prompt_parser.h"
+#include "taiyi/pipelines/latent_preview.h"
 #include "taiyi/loaders/state_dict.h"
 
 namespace taiyi {
@@ -375,6 +376,7 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
     }
     ++times_.unet_calls;
     if (progress) progress(i - first_index + 1, total - first_index);
+    if (const LatentsObserver* observe = latents_observer()) (*observe)(latents, i - first_index + 1, total - first_index);
   }
   return latents;
 }

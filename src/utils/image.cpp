@@ -190,16 +190,21 @@ void write_file_atomically(const fs::path& path, const std::string& text) {
 std::vector<std::pair<std::string, std::string>> read_png_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path.string() + ": cannot open");
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_png_text(data, path.string());
+}
+
+std::vector<std::pair<std::string, std::string>> parse_png_text(std::string_view data, const std::string& name) {
+  const fs::path path = name;  // for the messages below
   if (data.size() < 8 || data.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) throw Error(path.string() + ": not a PNG file");
   std::vector<std::pair<std::string, std::string>> texts;
   size_t pos = 8;
   while (pos + 12 <= data.size()) {
     uint32_t length = 0;
     for (int i = 0; i < 4; ++i) length = (length << 8) | static_cast<unsigned char>(data[pos + i]);
-    std::string type = data.substr(pos + 4, 4);
+    const std::string type(data.substr(pos + 4, 4));
     if (pos + 12 + length > data.size()) throw Error(path.string() + ": truncated PNG chunk " + type);
-    std::string payload = data.substr(pos + 8, length);
+    const std::string payload(data.substr(pos + 8, length));
     uint32_t stored_crc = 0;
     for (int i = 0; i < 4; ++i) stored_crc = (stored_crc << 8) | static_cast<unsigned char>(data[pos + 8 + length + i]);
     if (crc32(reinterpret_cast<const uint8_t*>(data.data() + pos + 4), length + 4) != stored_crc)

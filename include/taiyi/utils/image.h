@@ -57,5 +57,7 @@ PixelImage resize_lanczos(const PixelImage& image, int64_t width, int64_t height
 
 // Reads the text chunks (tEXt and iTXt) of a PNG file, for tests and `taiyi info`-like tools.
 std::vector<std::pair<std::string, std::string>> read_png_text(const std::filesystem::path& path);
+// The same over a PNG's bytes (`name` for messages): a server's uploaded image.
+std::vector<std::pair<std::string, std::string>> parse_png_text(std::string_view data, const std::string& name);
 
 }  // namespace taiyi
