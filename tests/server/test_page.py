@@ -9,17 +9,17 @@ through Playwright: scripts/setup.sh installs both) as a user would:
   - an example prompt clicked, 3 steps, 64x64, seed 42, Generate: the result is a 64x64 PNG whose bytes
     equal what the command line writes for the same request (`taiyi PROMPT --steps 3 -W 64 -H 64 -s 42
     --sampler Euler -g 7`: the server's defaults are the web UI's), its infotext under it equals that PNG's
-    "parameters" text, the progress bar moved and the ETA was shown while it ran, and the download link
-    gives the same bytes under the name taiyi-42.png; a screenshot is kept ($TAIYI_TEST_OUT, else
-    $TAIYI_FIXTURES/server/);
+    "parameters" text, and the download link gives the same bytes under the name taiyi-42.png; a
+    screenshot is kept ($TAIYI_TEST_OUT, else $TAIYI_FIXTURES/server/page.png);
+  - an init image uploaded: the page posts /sdapi/v1/img2img with the file as a data URL, and the result
+    equals the command line's `-i FILE --strength 0.6`; a mask goes as a data URL beside it;
   - English at one click; a request the server refuses shows its error in the message line, no result;
-  - Interrupt stops a 1000-step run early: the run ends before its progress reaches one half.
+  - a 1000-step run shows its progress and ETA, and Interrupt stops it before its progress reaches one half.
 Missing fixtures, binary or browser fail the test.
 """
 import base64
 import io
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -147,11 +147,17 @@ class PageTest(unittest.TestCase):
         page.click("#generate")
         page.wait_for_function("!document.getElementById('generate').disabled", timeout=RUN_TIMEOUT_MS)
 
-    def cli_png(self, prompt):
-        out = Path(self.tmp.name) / "cli.png"
-        subprocess.run([self.binary, prompt, "-m", str(self.model), "--steps", "3", "-W", "64", "-H", "64", "-s", "42",
-                        "--sampler", "Euler", "-g", "7", "-o", str(out)], check=True, capture_output=True)
+    def cli_png(self, prompt, *extra):
+        out = Path(tempfile.mkdtemp(dir=self.tmp.name)) / "cli.png"
+        run = subprocess.run([self.binary, prompt, "-m", str(self.model), "--steps", "3", "-W", "64", "-H", "64", "-s", "42",
+                              "--sampler", "Euler", "-g", "7", *extra, "-o", str(out)], capture_output=True, text=True)
+        self.assertEqual(run.returncode, 0, run.stderr)
         return out.read_bytes()
+
+    def result_png(self, page):
+        results = page.locator("#gallery .result")
+        self.assertEqual(results.count(), 1, page.text_content("#error"))
+        return png_of_data_url(results.locator("img").get_attribute("src"))
 
     def test_generate_matches_the_command_line(self):
         page = self.open_page()
@@ -165,8 +171,7 @@ class PageTest(unittest.TestCase):
         self.generate(page)
         self.assertEqual(page.text_content("#error"), "")
         results = page.locator("#gallery .result")
-        self.assertEqual(results.count(), 1)
-        png = png_of_data_url(results.locator("img").get_attribute("src"))
+        png = self.result_png(page)
         image = Image.open(io.BytesIO(png))
         self.assertEqual((image.format, image.size), ("PNG", (64, 64)))
         expected = self.cli_png(PROMPT)
@@ -175,11 +180,10 @@ class PageTest(unittest.TestCase):
         self.assertIn("Sampler: Euler", parameters)
         self.assertEqual(results.locator(".infotext").text_content(), parameters)
 
+        # A 3-step run may end before the first poll sees it: the progress is checked on a long run below.
         seen = page.evaluate("window.seen")
-        running = [v for v in seen["progress"] if 0 < v < 1]
-        self.assertTrue(running, f"the progress bar never showed a running value: {seen['progress']}")
-        self.assertTrue(any(re.fullmatch(r"剩余约 \d+\.\d 秒", e) for e in seen["eta"]), f"no ETA shown: {seen['eta']}")
-        print(f"progress values shown: {running}; ETA lines: {len(seen['eta'])}; previews: {seen['preview']}", file=sys.stderr)
+        print(f"progress values shown: {seen['progress']}; previews: {seen['preview']}", file=sys.stderr)
+        self.assertEqual(seen["progress"][-1], 1)
 
         link = results.locator("a.download")
         with page.expect_download() as info:
@@ -188,6 +192,31 @@ class PageTest(unittest.TestCase):
         self.assertEqual(download.suggested_filename, "taiyi-42.png")
         self.assertTrue(Path(download.path()).read_bytes() == expected, "the downloaded file differs")
         page.screenshot(path=str(self.out / "page.png"), full_page=True)
+
+    def test_img2img_sends_the_files_as_data_urls(self):
+        images = self.fixtures / "images"
+        init, mask = images / "rgb_64.png", images / "mask_64.png"
+        page = self.open_page()
+        bodies = []
+        page.on("request", lambda r: bodies.append((r.url, r.post_data_json)) if r.url.endswith("/img2img") else None)
+        page.fill("#prompt", PROMPT)
+        self.set_request(page, steps=3)
+        page.fill("#strength", "0.6")
+        page.set_input_files("#init-image", str(init))
+        self.generate(page)
+        self.assertTrue(self.result_png(page) == self.cli_png(PROMPT, "-i", str(init), "--strength", "0.6"),
+                        "the server's img2img PNG differs from the command line's")
+        (url, body), = bodies
+        self.assertEqual(png_of_data_url(body["init_images"][0]), init.read_bytes())
+        self.assertEqual((body["denoising_strength"], body["steps"], body["seed"]), (0.6, 3, 42))
+        self.assertNotIn("mask", body)
+        # With a mask too: the mask goes as a data URL beside the image, and an image comes back.
+        page.locator("#gallery").evaluate("g => g.replaceChildren()")
+        page.set_input_files("#mask", str(mask))
+        self.generate(page)
+        image = Image.open(io.BytesIO(self.result_png(page)))
+        self.assertEqual((image.format, image.size), ("PNG", (64, 64)))
+        self.assertEqual(png_of_data_url(bodies[-1][1]["mask"]), mask.read_bytes())
 
     def test_english_and_errors(self):
         page = self.open_page(locale="en-US")
@@ -208,12 +237,15 @@ class PageTest(unittest.TestCase):
         self.assertTrue(message.startswith("request failed: ") and len(message) > len("request failed: "), message)
         self.assertEqual(page.locator("#gallery .result").count(), 0)
 
-    def test_interrupt_stops_a_run(self):
+    def test_progress_and_interrupt(self):
         page = self.open_page()
         page.fill("#prompt", PROMPT)
         self.set_request(page, steps=1000)
         page.click("#generate")
+        # While it runs: the bar moves, and the ETA comes from the server's eta_relative.
         page.wait_for_function("window.seen.progress.some((v) => v > 0 && v < 1)", timeout=RUN_TIMEOUT_MS)
+        page.wait_for_function("window.seen.eta.some((e) => /^剩余约 [0-9]+[.][0-9] 秒$/.test(e))", timeout=RUN_TIMEOUT_MS)
+        print(f"previews shown: {page.evaluate('window.seen.preview')}", file=sys.stderr)
         page.click("#interrupt")
         page.wait_for_function("!document.getElementById('generate').disabled", timeout=RUN_TIMEOUT_MS)
         seen = page.evaluate("window.seen.progress")
