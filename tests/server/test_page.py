@@ -13,8 +13,10 @@ through Playwright: scripts/setup.sh installs both) as a user would:
     screenshot is kept ($TAIYI_TEST_OUT, else $TAIYI_FIXTURES/server/page.png);
   - an init image uploaded: the page posts /sdapi/v1/img2img with the file as a data URL, and the result
     equals the command line's `-i FILE --strength 0.6`; a mask goes as a data URL beside it;
-  - English at one click; a request the server refuses shows its error in the message line, no result;
-  - a 1000-step run shows its progress and ETA, and Interrupt stops it before its progress reaches one half.
+  - English at one click; a broken init image is refused by the server and its error shown in the message
+    line, no result;
+  - a 1000-step run shows its progress, ETA and live preview, and Interrupt stops it before its progress
+    reaches one half.
 Missing fixtures, binary or browser fail the test.
 """
 import base64
@@ -226,16 +228,19 @@ class PageTest(unittest.TestCase):
         self.assertEqual(page.text_content("#generate"), "生成")
         page.click("#lang")
         self.assertEqual(page.text_content("label[for=steps]"), "Steps")
-        # A sampler the server does not know: it must refuse, and the page show why.
-        page.evaluate("""() => { const o = document.createElement('option'); o.value = o.textContent = 'No Such Sampler';
-                                 document.getElementById('sampler').appendChild(o); }""")
-        page.select_option("#sampler", "No Such Sampler")
+        # An init image that is no image: the server must refuse it, and the page show why.
+        statuses = []
+        page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/img2img") else None)
+        page.set_input_files("#init-image", {"name": "broken.png", "mimeType": "image/png", "buffer": b"not a PNG at all"})
         page.fill("#prompt", "a cat")
         self.set_request(page, steps=2)
         self.generate(page)
+        self.assertEqual(len(statuses), 1)
+        self.assertGreaterEqual(statuses[0], 400)
         message = page.text_content("#error")
-        self.assertTrue(message.startswith("request failed: ") and len(message) > len("request failed: "), message)
+        self.assertTrue(message.startswith("request failed: ") and len(message) > len("request failed: ") + 5, message)
         self.assertEqual(page.locator("#gallery .result").count(), 0)
+        print(f"error shown: {message}", file=sys.stderr)
 
     def test_progress_and_interrupt(self):
         page = self.open_page()
@@ -245,7 +250,11 @@ class PageTest(unittest.TestCase):
         # While it runs: the bar moves, and the ETA comes from the server's eta_relative.
         page.wait_for_function("window.seen.progress.some((v) => v > 0 && v < 1)", timeout=RUN_TIMEOUT_MS)
         page.wait_for_function("window.seen.eta.some((e) => /^剩余约 [0-9]+[.][0-9] 秒$/.test(e))", timeout=RUN_TIMEOUT_MS)
-        print(f"previews shown: {page.evaluate('window.seen.preview')}", file=sys.stderr)
+        # The live preview (current_image; the server sends one every few steps by default) as a PNG.
+        page.wait_for_function("window.seen.preview > 0", timeout=RUN_TIMEOUT_MS)
+        preview = Image.open(io.BytesIO(png_of_data_url(page.get_attribute("#preview", "src"))))
+        self.assertEqual(preview.format, "PNG")
+        print(f"preview {preview.size}, progress {page.evaluate('window.seen.progress')}", file=sys.stderr)
         page.click("#interrupt")
         page.wait_for_function("!document.getElementById('generate').disabled", timeout=RUN_TIMEOUT_MS)
         seen = page.evaluate("window.seen.progress")
