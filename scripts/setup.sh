@@ -16,10 +16,12 @@ TAIYI_VENV=${TAIYI_VENV:-$HOME/.cache/taiyi/venv}
 # (transformers 5 replaced them); diffusers 0.37.1 is the newest release that accepts it.
 PY_PINS=(torch==2.11.0 diffusers==0.37.1 transformers==4.57.3 safetensors==0.7.0 numpy==2.3.5
          huggingface-hub==0.36.0 accelerate==1.12.0 scipy==1.16.3 pillow==13.0.0
-         peft==0.18.0)
+         peft==0.18.0
+         playwright==1.65.3)  # tests/server/test_page.py drives Debian's chromium with it
 APT_PKGS=(build-essential cmake ninja-build ccache pkg-config python3-venv python3-pip
           libcli11-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libcpp-httplib-dev libgtest-dev
-          clang libclang-rt-14-dev)  # clang and its libFuzzer/ASan runtimes: scripts/fuzz.sh
+          clang libclang-rt-14-dev  # clang and its libFuzzer/ASan runtimes: scripts/fuzz.sh
+          chromium fonts-wqy-microhei)  # the web page's browser test, and CJK glyphs for its screenshot
 
 sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
