@@ -239,6 +239,24 @@ struct RemoveOnExit {
   }
 };
 
+// The request's init image and mask as files of their own, for the job library to read.
+void add_uploads(const ApiGeneration& g, const fs::path& scratch, uint64_t number, GenerationRequest& request,
+                 RemoveOnExit& uploads) {
+  uploads.files.push_back(write_upload(scratch, number, g.init_image, "init_images", false));
+  request.init_image = uploads.files.back().string();
+  if (!g.mask.empty()) {
+    uploads.files.push_back(write_upload(scratch, number, g.mask, "mask", g.mask_invert));
+    request.mask = uploads.files.back().string();
+  }
+}
+
+// save_images' file under --outdir: a running number and the seed, as the web UI names its samples.
+std::string saved_name(const std::string& outdir, uint64_t number, uint64_t seed) {
+  char name[64];
+  std::snprintf(name, sizeof name, "%05llu-%llu.png", static_cast<unsigned long long>(number), static_cast<unsigned long long>(seed));
+  return (fs::path(outdir) / name).string();
+}
+
 }  // namespace
 
 Json GenerationService::run_generation(Task& task, const ApiGeneration& g) {
@@ -258,15 +276,7 @@ Json GenerationService::run_generation(Task& task, const ApiGeneration& g) {
   GenerationRequest request = g.request;
   if (!g.clip_skip_given) request.clip_skip = clip_skip;
   RemoveOnExit uploads;
-  const uint64_t number = uploads_++;
-  if (g.img2img) {
-    uploads.files.push_back(write_upload(scratch_, number, g.init_image, "init_images", false));
-    request.init_image = uploads.files.back().string();
-    if (!g.mask.empty()) {
-      uploads.files.push_back(write_upload(scratch_, number, g.mask, "mask", g.mask_invert));
-      request.mask = uploads.files.back().string();
-    }
-  }
+  if (g.img2img) add_uploads(g, scratch_, uploads_++, request, uploads);
   // Pipeline::validate's checks (sizes, steps, scale, strength, memory, prompt syntax); not the CLI's
   // check_job_spec, which refuses the empty prompt the web UI accepts.
   try {
@@ -308,12 +318,8 @@ Json GenerationService::run_generation(Task& task, const ApiGeneration& g) {
     item.request.seed = request.seed + static_cast<uint64_t>(k * g.batch_size);
     item.request.count = g.batch_size;
     if (g.save_images && !options_.outdir.empty())
-      for (int64_t i = 0; i < g.batch_size; ++i) {
-        char name[64];
-        std::snprintf(name, sizeof name, "%05llu-%llu.png", static_cast<unsigned long long>(saved_++),
-                      static_cast<unsigned long long>(item.request.seed + static_cast<uint64_t>(i)));
-        item.outputs.push_back((fs::path(options_.outdir) / name).string());
-      }
+      for (int64_t i = 0; i < g.batch_size; ++i)
+        item.outputs.push_back(saved_name(options_.outdir, saved_++, item.request.seed + static_cast<uint64_t>(i)));
     job.base_seed = item.request.seed;
     job.items.push_back(std::move(item));
     runner.run(job, events);  // a cancelled batch ends the job with what it made

@@ -52,6 +52,7 @@ TEST(LatentPreview, DenoisingLoopHandsItsLatentsToTheObserver) {
   auto pipe = taiyi::Pipeline::load(fixture("tiny-clip"), options);
   taiyi::GenerationRequest r;
   r.prompt = "a cat";
+  r.sampler = "Euler";  // one UNet call a step (the folder's PNDM makes steps + 1)
   r.steps = 3;
   r.width = 64;
   r.height = 48;

@@ -36,6 +36,6 @@ def make(out: Path, full: bool):
     latents = torch.randn(2, 4, 12, 10, generator=generator) * 2.5
     tensors = {"latents": latents}
     for i in range(latents.shape[0]):
-        tensors[f"preview_{i}"] = torch.from_numpy(single_sample_to_image(latents[i]))
+        tensors[f"preview_{i}"] = torch.from_numpy(np.ascontiguousarray(single_sample_to_image(latents[i])))
     (out / "ref").mkdir(parents=True, exist_ok=True)
     save_file(tensors, out / "ref" / "latent_preview.safetensors")
