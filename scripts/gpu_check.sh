@@ -57,7 +57,9 @@ DEPS=$ROOT/.deps
 # imports peft when it is installed, and the image's peft targets transformers 5).
 WHEELS=(diffusers==0.37.1 transformers==4.57.3 huggingface-hub==0.36.0 tokenizers==0.22.2 accelerate==1.12.0
         importlib-metadata==8.7.0 peft==0.18.0)
-DEBS=(libcli11-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libgtest-dev)
+# libcpp-httplib0.11 and libbrotli1: the shared libraries taiyi serve links (the carried binaries need them).
+DEBS=(libcli11-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libcpp-httplib-dev libcpp-httplib0.11 libbrotli1 libbrotli-dev
+      libgtest-dev)
 # The reference modules the CUDA suite reads (tests/test_cuda.cpp, CudaScheduler, CudaSamplers).
 export TAIYI_REFERENCE_ONLY=pipeline,samplers,scheduler,text_encoder,unet,vae
 CUDA_TESTS_MIN=10  # Cuda* tests the binary must list (8 in tests/test_cuda.cpp, CudaScheduler, CudaSamplers)
@@ -391,7 +393,10 @@ export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/taiyi/ccache}
 export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
 # The carried binaries find libtorch in this Python's torch, then CUDA's runtime beside it, then .deps/lib.
 TORCH_LIB=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)
-export LD_LIBRARY_PATH=$TORCH_LIB:$TORCH_LIB/../../nvidia/cu13/lib:$DEPS/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LD_LIBRARY_PATH=$TORCH_LIB:$TORCH_LIB/../../nvidia/cu13/lib:$DEPS/lib:$DEPS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# cpp-httplib's pkg-config file, relocated to the unpacked package (its prefix is /usr).
+export PKG_CONFIG_PATH=$DEPS/usr/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+export PKG_CONFIG_SYSROOT_DIR=$DEPS
 
 stage wheels 60 bash -c wheels > "$OUT/env.txt" 2>&1
 [ -d "$SITE/diffusers" ] && export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}

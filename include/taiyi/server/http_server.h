@@ -22,8 +22,8 @@ struct HttpOptions {
   std::vector<std::pair<std::string, std::string>> credentials;  // --api-auth user:pass,...
   std::vector<std::string> cors_origins;                         // --cors-allow-origins ("*": any)
   size_t max_body = size_t{64} << 20;                            // bytes of a request body
-  double rate_limit = 20;                                        // requests a second per client address (0: none)
-  double rate_burst = 400;                                       // requests a client may send at once
+  double rate_limit = 50;                                        // requests a second per client address (0: none)
+  double rate_burst = 1000;                                      // requests a client may send at once
   // Threads answering requests: every queued request holds one while it waits, and /progress, /interrupt
   // and the lists must still be answered then (the CLI gives --queue + 16).
   size_t threads = 32;
