@@ -16,7 +16,7 @@ TAIYI_VENV=${TAIYI_VENV:-$HOME/.cache/taiyi/venv}
 # (transformers 5 replaced them); diffusers 0.37.1 is the newest release that accepts it.
 PY_PINS=(torch==2.11.0 diffusers==0.37.1 transformers==4.57.3 safetensors==0.7.0 numpy==2.3.5
          huggingface-hub==0.36.0 accelerate==1.12.0 scipy==1.16.3 pillow==13.0.0
-         peft==0.18.0)
+         peft==0.18.0 webuiapi==0.9.17)  # webuiapi: the real client of tests/server
 APT_PKGS=(build-essential cmake ninja-build ccache pkg-config python3-venv python3-pip
           libcli11-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libgtest-dev
           clang libclang-rt-14-dev)  # clang and its libFuzzer/ASan runtimes: scripts/fuzz.sh
