@@ -16,7 +16,7 @@ TAIYI_VENV=${TAIYI_VENV:-$HOME/.cache/taiyi/venv}
 # (transformers 5 replaced them); diffusers 0.37.1 is the newest release that accepts it.
 PY_PINS=(torch==2.11.0 diffusers==0.37.1 transformers==4.57.3 safetensors==0.7.0 numpy==2.3.5
          huggingface-hub==0.36.0 accelerate==1.12.0 scipy==1.16.3 pillow==13.0.0
-         peft==0.18.0 webuiapi==0.9.17)  # webuiapi: the real client of tests/server
+         peft==0.18.0)
 APT_PKGS=(build-essential cmake ninja-build ccache pkg-config python3-venv python3-pip
           libcli11-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libgtest-dev
           clang libclang-rt-14-dev)  # clang and its libFuzzer/ASan runtimes: scripts/fuzz.sh
@@ -35,6 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp="$TAIYI_VENV/.taiyi-pins"
+PY_PINS+=(webuiapi==0.9.17)  # the real web UI API client of tests/server/test_webuiapi.py
 want="${PY_PINS[*]}"
 if [ ! -x "$TAIYI_VENV/bin/python" ]; then
   echo "setup: creating virtualenv $TAIYI_VENV" >&2

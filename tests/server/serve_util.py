@@ -91,7 +91,10 @@ class Server:
         return self.proc.pid
 
     def start(self):
-        cmd = [str(binary()), "serve", *self.args, "--host", self.host, "--port", str(self.port)]
+        # --rate-limit 0: the tests poll /progress and load the queue faster than the default per-client
+        # rate allows; the rate limit is not what they check.
+        cmd = [str(binary()), "serve", *self.args, "--host", self.host, "--port", str(self.port),
+               "--rate-limit", "0"]
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, env=child_env(),
                                      cwd=self.workdir)
@@ -243,8 +246,20 @@ def b64_png(data, data_url=False):
 
 
 class ServerCase(unittest.TestCase):
-    """Assertions shared by the test files."""
+    """Assertions shared by the test files; a subclass sets cls.server and cls.tmp in setUpClass."""
     maxDiff = 4000
+
+    @classmethod
+    def tearDownClass(cls):
+        """Stops the server (SIGTERM), shows the end of its log, removes the scratch folder (kept with
+        TAIYI_SERVE_KEEP=1)."""
+        try:
+            cls.server.stop()
+        finally:
+            tail = cls.server.stderr().splitlines()[-15:]
+            print(f"  [{cls.__name__}] server stderr, last {len(tail)} lines:\n    " + "\n    ".join(tail))
+            if not os.environ.get("TAIYI_SERVE_KEEP"):
+                shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def assert_same_png(self, got, want, what):
         """The server's PNG equals the CLI's byte for byte; on a difference, says whether the pixels or only
