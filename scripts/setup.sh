@@ -37,6 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp="$TAIYI_VENV/.taiyi-pins"
+PY_PINS+=(webuiapi==0.9.17)  # the real web UI API client of tests/server/test_webuiapi.py
 want="${PY_PINS[*]}"
 if [ ! -x "$TAIYI_VENV/bin/python" ]; then
   echo "setup: creating virtualenv $TAIYI_VENV" >&2
