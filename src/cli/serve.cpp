@@ -4,6 +4,9 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstring>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -76,16 +79,37 @@ int run_serve(ServeCommand& c) {
   const int port = server.bind();
   if (c.listen && c.http.credentials.empty())
     std::cerr << "taiyi: warning: listening on every interface without --api-auth: anyone who reaches this machine can use it\n";
+  // cpp-httplib 0.11.4 ends its accept loop on any accept() error but EMFILE, EINTR and EAGAIN (a client
+  // that resets before it is accepted gives ECONNABORTED): then taiyi listens again, unless stopping.
+  std::atomic<bool> stopping{false}, finished{false};
   std::thread stopper([&] {
     int signal_number = 0;
     sigwait(&stop_signals, &signal_number);
+    if (finished) return;
     std::cerr << "taiyi: stopping\n";
+    stopping = true;
     service.shutdown();
-    server.stop();
+    while (!finished) {  // again until the main thread has seen it: a stop between two listens is lost
+      server.stop();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
   });
   std::cerr << "taiyi: serving on http://" << c.http.host << ":" << port << " (the API at /sdapi/v1, the page at /)" << std::endl;
-  server.serve();
-  pthread_kill(stopper.native_handle(), SIGTERM);  // stopped another way: wake the waiting thread
+  for (;;) {
+    server.serve();
+    if (stopping) break;
+    std::cerr << "taiyi: warning: the listening socket failed (" << std::strerror(errno) << "); listening again\n";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    try {
+      server.bind();
+    } catch (const Error& e) {
+      std::cerr << "taiyi: error: " << e.what() << "\n";
+      break;
+    }
+    if (stopping) break;
+  }
+  finished = true;
+  pthread_kill(stopper.native_handle(), SIGTERM);  // ended another way: wake the waiting thread
   stopper.join();
   return 0;
 }

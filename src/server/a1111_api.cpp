@@ -163,9 +163,22 @@ void read_override_settings(const Json& body, ApiGeneration& g) {
   }
 }
 
+// The fields whose type is a list or a dict in the web UI's models: a value of another type is a 422
+// there too, though taiyi does not use them.
+void check_structured_fields(const Json& p) {
+  for (const char* list : {"styles", "script_args", "init_images"}) {
+    if (!p.contains(list) || p[list].is_null()) continue;
+    if (!p[list].is_array()) type_error(list, "value is not a valid list", "type_error.list");
+  }
+  if (p.contains("styles") && p["styles"].is_array())
+    for (const Json& style : p["styles"]) as_string(style, "styles");
+  for (const char* dict : {"alwayson_scripts", "comments"})
+    if (p.contains(dict) && !p[dict].is_null() && !p[dict].is_object())
+      type_error(dict, "value is not a valid dict", "type_error.dict");
+}
+
 void read_img2img(const Json& body, ApiGeneration& g) {
-  if (!body.contains("init_images") || body["init_images"].is_null() || !body["init_images"].is_array() ||
-      body["init_images"].empty())
+  if (!body.contains("init_images") || body["init_images"].is_null() || body["init_images"].empty())
     throw ApiError(404, "HTTPException", "Init image not found");
   g.init_image = decode_image_field(as_string(body["init_images"][0], "init_images"), "init_images");
   if (body.contains("mask") && !body["mask"].is_null()) g.mask = decode_image_field(as_string(body["mask"], "mask"), "mask");
@@ -206,6 +219,7 @@ ApiGeneration parse_generation(const Json& body, bool img2img, uint64_t random_s
     value_error("subseed_strength", "variation seeds are not supported by taiyi: must be 0");
   if (present("send_images")) g.send_images = as_bool(p["send_images"], "send_images");
   if (present("save_images")) g.save_images = as_bool(p["save_images"], "save_images");
+  check_structured_fields(p);
   read_sampler(p, r);
   read_override_settings(p, g);
   if (img2img) read_img2img(p, g);

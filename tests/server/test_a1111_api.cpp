@@ -87,6 +87,9 @@ TEST(A1111Api, WrongTypesAre422NamingTheField) {
     EXPECT_NE(message.find(field), std::string::npos) << message;
   }
   EXPECT_EQ(api_error(json::array()).first, 422);
+  EXPECT_EQ(api_error({{"styles", "x"}}).first, 422);  // List[str] in the web UI's model
+  EXPECT_EQ(api_error({{"alwayson_scripts", json::array()}}).first, 422);
+  EXPECT_EQ(api_error({{"init_images", "notalist"}}, true).first, 422);
   try {
     taiyi::parse_generation({{"steps", "x"}}, false, 1);
     FAIL();
