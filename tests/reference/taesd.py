@@ -42,13 +42,10 @@ def random_model(config, seed):
 
 
 def original_layout(model):
-    """The decoder's keys as madebyollin/taesd names them: index 0 of its Sequential is Clamp()."""
-    out = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("decoder.layers."):
-            index, rest = key[len("decoder.layers."):].split(".", 1)
-            out[f"{int(index) + 1}.{rest}"] = value.contiguous()
-    return out
+    """The decoder's state dict as madebyollin/taesd's taesd.py Decoder has it: an nn.Sequential whose index 0
+    is Clamp() (no weights; nn.Identity stands for it here) followed by DecoderTiny's layers, so that
+    state_dict() gives 1.weight, 3.conv.0.weight, ... (an OrderedDict with _metadata, as torch.save writes it)."""
+    return torch.nn.Sequential(torch.nn.Identity(), *model.decoder.layers).state_dict()
 
 
 def previews(model, latents):
@@ -66,10 +63,10 @@ def write_files(model, files: Path):
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, files / "autoencoder_tiny.safetensors")
     original = original_layout(model)
-    save_file(original, files / "taesd_decoder.safetensors")
+    save_file({k: v.contiguous() for k, v in original.items()}, files / "taesd_decoder.safetensors")
     torch.save(original, files / "taesd_decoder.pth")
     save_file({"conv_in.weight": torch.zeros(2, 2)}, files / "bad_layout.safetensors")
-    missing = dict(original)
+    missing = {k: v.contiguous() for k, v in original.items()}
     del missing["3.conv.2.bias"]
     save_file(missing, files / "bad_missing.safetensors")
     misshaped = {k: v for k, v in state.items() if k.startswith("decoder.")}
