@@ -74,20 +74,29 @@ def overhead(args, tmp):
           f"server - (CLI wall - load) = {(med(srv) - (med(cli_wall) - med(cli_load))) * 1e3:+.0f} ms")
 
 
-def preview_cost(args, tmp):
-    steps = args.preview_steps
-    with su.Server("-m", args.model, "--device", args.device, "--preview-every", "1", workdir=tmp) as on, \
+def alternate(args, tmp, steps, with_args):
+    """Medians of N alternating requests to a server started with `with_args` and one without previews."""
+    with su.Server("-m", args.model, "--device", args.device, *with_args, workdir=tmp) as on, \
             su.Server("-m", args.model, "--device", args.device, "--preview-every", "0", workdir=tmp) as off:
         s_on, s_off = requests.Session(), requests.Session()
-        request_once(s_on, on, args, steps)
+        request_once(s_on, on, args, steps)  # warm-up
         request_once(s_off, off, args, steps)
         with_p, without = [], []
         for _ in range(args.runs):
             with_p.append(request_once(s_on, on, args, steps))
             without.append(request_once(s_off, off, args, steps))
-    med = statistics.median
-    print(f"previews, {steps}-step requests, {args.runs} rounds (medians): every step {med(with_p) * 1e3:.0f} ms, "
-          f"none {med(without) * 1e3:.0f} ms -> {(med(with_p) - med(without)) / steps * 1e3:+.2f} ms per step")
+    return statistics.median(with_p), statistics.median(without)
+
+
+def preview_cost(args, tmp):
+    steps = args.preview_steps
+    on, off = alternate(args, tmp, steps, ["--preview-every", "1"])
+    print(f"previews, {steps}-step requests, {args.runs} rounds (medians): every step {on * 1e3:.0f} ms, "
+          f"none {off * 1e3:.0f} ms -> {(on - off) / steps * 1e3:+.2f} ms per step")
+    if args.taesd:  # TAESD's full-size decode every step, against none
+        on, off = alternate(args, tmp, steps, ["--preview-every", "1", "--taesd", args.taesd])
+        print(f"TAESD previews ({args.taesd}): every step {on * 1e3:.0f} ms, none {off * 1e3:.0f} ms "
+              f"-> {(on - off) / steps * 1e3:+.2f} ms per step")
 
 
 def main():
@@ -99,6 +108,7 @@ def main():
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompt", default="a photo of a cat")
+    p.add_argument("--taesd", default="", help="TAESD weights: also time previews decoded by TAESD")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="taiyi-serve-bench-") as tmp:
         overhead(args, tmp)

@@ -2,7 +2,7 @@
 # The overhead of `taiyi serve` per image against the CLI on the same model, and the cost of live previews
 # per step (issue 27). Runs scripts/serve_bench.py (Python driver; medians of alternating runs):
 #
-#   scripts/serve_bench.sh [-m MODEL] [--steps K] [--size PX] [--runs N] [--preview-steps K] [--device D]
+#   scripts/serve_bench.sh [-m MODEL] [--steps K] [--size PX] [--runs N] [--preview-steps K] [--device D] [--taesd W]
 #
 # MODEL defaults to the tiny fixture model (build/fixtures/tiny-clip): its generation is a few ms, so the
 # server's own cost stands out. TAIYI (default build/taiyi) is the binary; OMP_NUM_THREADS defaults to 1

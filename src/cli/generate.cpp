@@ -14,6 +14,8 @@
 
 #include "taiyi/cli/options.h"
 #include "taiyi/jobs/infotext.h"
+#include "taiyi/pipelines/latent_preview.h"
+#include "taiyi/utils/image.h"
 #include "taiyi/utils/device.h"
 #include "taiyi/utils/error.h"
 
@@ -60,6 +62,15 @@ JobSpec job_spec(const GenerateCommand& c) {
   if (!from_file && !c.prompt.empty() && !c.prompt_option.empty())
     throw Error("give the prompt either as an argument or with -p, not both");
   spec.prompt = c.prompt_option.empty() ? c.prompt : c.prompt_option;
+  if (!c.hires_size.empty()) {  // WxH; one side 0 keeps the aspect (hr_resize_x/y)
+    long long w = -1, h = -1;
+    char x = 0, rest = 0;
+    if (std::sscanf(c.hires_size.c_str(), "%lld%c%lld%c", &w, &x, &h, &rest) != 3 || (x != 'x' && x != 'X') || w < 0 || h < 0 ||
+        (w == 0 && h == 0))
+      throw Error("--hires-size " + c.hires_size + ": expected WIDTHxHEIGHT, e.g. 1024x1024 (one side 0: the aspect kept)");
+    spec.defaults.hires_width = w;
+    spec.defaults.hires_height = h;
+  }
   if (c.pipeline.eta < 0) throw Error("--eta " + format_number(c.pipeline.eta) + ": must not be negative");
   return spec;  // plan_job checks it and parses its --lora options
 }
@@ -132,6 +143,25 @@ void add_sampler_options(CLI::App& app, PipelineOptions& pipeline) {
   app.add_flag("--channels-last", pipeline.channels_last, "channels_last memory format on CUDA");
 }
 
+// --preview FILE: every --preview-every steps (and at the last) the first image of the batch, as TAESD
+// decodes it (--taesd) or as the web UI's cheap approximation shows it, written whole
+// (write_file_atomically), for long runs watched from elsewhere.
+LatentsObserver preview_writer(const GenerateCommand& c, const Pipeline& pipe) {
+  if (c.preview.empty()) {
+    if (!c.taesd.empty()) throw Error("--taesd " + c.taesd + ": is for --preview FILE");
+    return {};
+  }
+  if (c.preview_every < 1) throw Error("--preview-every " + std::to_string(c.preview_every) + ": must be at least 1");
+  auto previewer = std::make_shared<LatentPreviewer>(c.taesd, pipe.device(), pipe.dtype());
+  const std::string file = c.preview;
+  const int64_t every = c.preview_every;
+  return [previewer, file, every](const torch::Tensor& latents, int64_t step, int64_t total) {
+    if (step % every != 0 && step != total) return;
+    const PixelImage image = previewer->render(latents);
+    write_file_atomically(file, encode_png(image.pixels.data(), static_cast<int>(image.width), static_cast<int>(image.height), {}));
+  };
+}
+
 }  // namespace
 
 int run_generate(const GenerateCommand& c) {
@@ -146,6 +176,7 @@ int run_generate(const GenerateCommand& c) {
   if (!c.quiet) print_plan(pipe, job);
 
   std::signal(SIGINT, on_sigint);
+  const ScopedLatentsObserver previews(preview_writer(c, pipe));
   const JobSummary summary = JobRunner(pipe).run(job, printing_events(c));
   if (!c.quiet) print_times(pipe, summary.written);
   if (summary.interrupted) {
@@ -194,6 +225,16 @@ void add_generate_options(CLI::App& app, GenerateCommand& c) {
   app.add_option("-W,--width", d.width, "width in pixels, a multiple of 8 (default: the model's, 512)");
   app.add_option("-H,--height", d.height, "height in pixels, a multiple of 8 (default: the model's, 512)");
   add_sampler_options(app, c.pipeline);
+  app.add_option("--hires-scale", d.hires_scale,
+                 "hires fix: draw at -W x -H, then upscale the latents by S and rework them (the web UI's \"Hires. fix\")");
+  app.add_option("--hires-size", c.hires_size, "hires fix to WIDTHxHEIGHT instead (the aspect kept, the excess cropped)");
+  app.add_option("--hires-upscaler", d.hires_upscaler,
+                 "Latent, \"Latent (antialiased)\", \"Latent (bicubic)\", \"Latent (bicubic antialiased)\", "
+                 "\"Latent (nearest)\", \"Latent (nearest-exact)\" or Lanczos (decode, resize, encode)")
+      ->capture_default_str();
+  app.add_option("--hires-steps", d.hires_steps, "steps of the second pass (0: --steps)")->capture_default_str();
+  app.add_option("--hires-strength", d.hires_strength, "denoising strength of the second pass")->capture_default_str();
+  app.add_option("--hires-sampler", d.hires_sampler, "sampler of the second pass (default: the first pass's)");
   app.add_option("--num-images", c.spec.num_images, "images per prompt")->capture_default_str();
   app.add_option("--batch-size", c.spec.batch_size, "images per UNet batch")->capture_default_str();
   add_model_option(&app, c.model);
@@ -206,6 +247,10 @@ void add_generate_options(CLI::App& app, GenerateCommand& c) {
   app.add_option("--shard", c.spec.shard, "i/n: run only the prompts with index % n == i (0-based), for n processes");
   app.add_flag("--sidecar", c.spec.sidecar, "write a JSON file next to each PNG with its settings");
   app.add_flag("--json", c.json, "print one JSON object per image on stdout");
+  app.add_option("--preview", c.preview, "write a live preview PNG of the running batch to FILE every --preview-every steps");
+  app.add_option("--preview-every", c.preview_every, "steps between live previews")->capture_default_str();
+  app.add_option("--taesd", c.taesd, "TAESD weights (diffusers AutoencoderTiny folder or file, or madebyollin's taesd_decoder) "
+                                     "for full-size previews");
   app.add_flag("-q,--quiet", c.quiet, "no progress or messages on stderr (errors still)");
 }
 

@@ -33,6 +33,8 @@ CLI::App* add_serve_command(CLI::App& app, ServeCommand& c) {
   serve->add_option("--queue", c.service.queue, "requests that may wait beyond the running one (more get 503)")->capture_default_str();
   serve->add_option("--outdir", c.service.outdir, "where requests with save_images write their PNGs (default: nowhere)");
   serve->add_option("--preview-every", c.service.preview_every, "a live preview every N steps in /progress (0: none)")->capture_default_str();
+  serve->add_option("--taesd", c.service.taesd, "TAESD weights (diffusers AutoencoderTiny folder or file, or madebyollin's "
+                                                "taesd_decoder) for full-size live previews");
   serve->add_option("--max-body-mb", c.max_body_mb, "largest request body in MiB")->capture_default_str();
   serve->add_option("--rate-limit", c.http.rate_limit, "requests a second per client address (0: no limit)")->capture_default_str();
   serve->add_option("--device", p.device, "auto, cpu, cuda or cuda:N")->capture_default_str();

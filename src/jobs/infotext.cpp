@@ -63,15 +63,24 @@ std::string a1111_parameters(const GenerationRequest& written, const GenerationR
   text += "Steps: " + std::to_string(r.steps) + ", Sampler: " + sampler.web_ui_name +
           (sampler.schedule_type.empty() ? "" : ", Schedule type: " + sampler.schedule_type) +
           ", CFG scale: " + format_number(r.cfg_scale) +
-          ", Seed: " + std::to_string(image.seed) + ", Size: " + std::to_string(image.width) + "x" +
-          std::to_string(image.height);
+          ", Seed: " + std::to_string(image.seed) + ", Size: " +
+          // The hires fix's Size is its first pass's, as the web UI writes p.width x p.height.
+          std::to_string(r.hires() ? r.width : image.width) + "x" + std::to_string(r.hires() ? r.height : image.height);
   if (!model.hash.empty()) text += ", Model hash: " + model.hash;
   text += ", Model: " + model.name;
   if (!model.vae_hash.empty()) text += ", VAE hash: " + model.vae_hash;
   if (!model.vae_name.empty()) text += ", VAE: " + quote_parameter(model.vae_name);
   if (!r.init_image.empty()) text += ", Denoising strength: " + format_number(r.strength);
+  if (r.hires()) text += ", Denoising strength: " + format_number(r.hires_strength);
   if (!r.mask.empty()) text += ", Mask: " + quote_parameter(fs::path(r.mask).filename().string());
   if (r.clip_skip > 1) text += ", Clip skip: " + std::to_string(r.clip_skip);
+  if (r.hires()) {  // StableDiffusionProcessingTxt2Img's extra_generation_params, in the order it adds them
+    if (r.hires_width == 0 && r.hires_height == 0) text += ", Hires upscale: " + format_number(r.hires_scale);
+    else text += ", Hires resize: " + std::to_string(r.hires_width) + "x" + std::to_string(r.hires_height);
+    if (r.hires_steps > 0) text += ", Hires steps: " + std::to_string(r.hires_steps);
+    text += ", Hires upscaler: " + quote_parameter(r.hires_upscaler);
+    if (!r.hires_sampler.empty()) text += ", Hires sampler: " + quote_parameter(r.hires_sampler);
+  }
   const std::string hashes = lora_hashes_parameter(r.loras, lora_hash);
   if (!hashes.empty()) text += ", Lora hashes: " + quote_parameter(hashes);
   return text;
@@ -116,6 +125,11 @@ Json image_record(const Pipeline& pipe, const GenerationRequest& r, const Image&
                  {"tf32", tf32_used},
                  {"vae_precision", precision_name(pipe.vae_dtype())}};
   if (numerics.cuda) record["numerics"] = numerics.to_json();
+  if (r.hires())
+    record["hires"] = {{"first_pass_width", r.width}, {"first_pass_height", r.height}, {"scale", r.hires_scale},
+                       {"resize_width", r.hires_width}, {"resize_height", r.hires_height}, {"upscaler", r.hires_upscaler},
+                       {"steps", r.hires_steps}, {"strength", r.hires_strength},
+                       {"sampler", r.hires_sampler.empty() ? Json() : Json(r.hires_sampler)}};
   return record;
 }
 

@@ -115,6 +115,13 @@ GenerationRequest request_of(const JobSpec& spec, const PromptJob& p, uint64_t b
   r.strength = p.strength.value_or(d.strength);
   r.clip_skip = p.clip_skip.value_or(d.clip_skip);
   r.mask = p.mask ? (file_folder / *p.mask).string() : d.mask;
+  r.hires_scale = p.hires_scale.value_or(d.hires_scale);
+  r.hires_width = p.hires_width.value_or(d.hires_width);
+  r.hires_height = p.hires_height.value_or(d.hires_height);
+  r.hires_upscaler = p.hires_upscaler.value_or(d.hires_upscaler);
+  r.hires_steps = p.hires_steps.value_or(d.hires_steps);
+  r.hires_strength = p.hires_strength.value_or(d.hires_strength);
+  r.hires_sampler = p.hires_sampler.value_or(d.hires_sampler);
   return r;
 }
 
@@ -272,7 +279,9 @@ namespace {
 bool batchable(const GenerationRequest& f, const GenerationRequest& r) {
   return r.steps == f.steps && r.cfg_scale == f.cfg_scale && r.width == f.width && r.height == f.height &&
          r.sampler == f.sampler && r.schedule == f.schedule && r.init_image.empty() == f.init_image.empty() &&
-         r.strength == f.strength && r.mask.empty() == f.mask.empty();
+         r.strength == f.strength && r.mask.empty() == f.mask.empty() && r.hires_scale == f.hires_scale &&
+         r.hires_width == f.hires_width && r.hires_height == f.hires_height && r.hires_upscaler == f.hires_upscaler &&
+         r.hires_steps == f.hires_steps && r.hires_strength == f.hires_strength && r.hires_sampler == f.hires_sampler;
 }
 
 std::string batch_name(const std::vector<JobItem>& items, const std::vector<size_t>& members) {

@@ -29,12 +29,14 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   if (!j.is_object()) throw Error(where + ": expected a JSON object with a \"prompt\"");
   static const char* known[] = {"prompt", "negative_prompt", "seed",     "steps",      "cfg_scale", "width",
                                 "height", "output",          "sampler",  "schedule",   "init_image", "strength",
-                                "mask",   "clip_skip"};
+                                "mask",   "clip_skip", "hires_scale", "hires_width", "hires_height", "hires_upscaler",
+                                "hires_steps", "hires_strength", "hires_sampler"};
   for (const auto& item : j.items()) {
     if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known))
       throw Error(where + ": unknown key " + quoted_excerpt(item.key(), 40) +
                   " (expected prompt, negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, "
-                  "init_image, strength, mask, clip_skip)");
+                  "init_image, strength, mask, clip_skip, hires_scale, hires_width, hires_height, hires_upscaler, "
+                  "hires_steps, hires_strength, hires_sampler)");
   }
   auto get_string = [&](const char* key) -> std::optional<std::string> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
@@ -69,6 +71,18 @@ static void parse_jsonl_line(const std::string& where, const std::string& text, 
   job.clip_skip = get_int("clip_skip");
   if (job.clip_skip && *job.clip_skip < 1)
     throw Error(where + ": \"clip_skip\" " + json_excerpt(j["clip_skip"]) + ": must be at least 1 (1: the last layer)");
+  auto get_number = [&](const char* key) -> std::optional<double> {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    if (!j[key].is_number()) throw Error(where + ": \"" + key + "\" must be a number, got " + json_excerpt(j[key]));
+    return j[key].get<double>();
+  };
+  job.hires_scale = get_number("hires_scale");
+  job.hires_strength = get_number("hires_strength");
+  job.hires_width = get_int("hires_width");
+  job.hires_height = get_int("hires_height");
+  job.hires_steps = get_int("hires_steps");
+  job.hires_upscaler = get_string("hires_upscaler");
+  job.hires_sampler = get_string("hires_sampler");
   if (j.contains("strength") && !j["strength"].is_null()) {
     if (!j["strength"].is_number()) throw Error(where + ": \"strength\" must be a number, got " + json_excerpt(j["strength"]));
     job.strength = j["strength"].get<double>();

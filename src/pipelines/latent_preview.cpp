@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "taiyi/models/autoencoder_tiny.h"
 #include "taiyi/utils/error.h"
 
 namespace taiyi {
@@ -37,6 +38,14 @@ PixelImage cheap_latent_preview(const torch::Tensor& latents, int64_t index) {
   image.channels = 3;
   image.pixels.assign(rgb.data_ptr<uint8_t>(), rgb.data_ptr<uint8_t>() + rgb.numel());
   return image;
+}
+
+LatentPreviewer::LatentPreviewer(const std::string& taesd, torch::Device device, torch::Dtype dtype) {
+  if (!taesd.empty()) taesd_ = std::make_shared<AutoencoderTiny>(load_taesd(taesd, device, dtype));
+}
+
+PixelImage LatentPreviewer::render(const torch::Tensor& latents, int64_t index) {
+  return taesd_ ? taesd_preview(*taesd_, latents, index) : cheap_latent_preview(latents, index);
 }
 
 }  // namespace taiyi

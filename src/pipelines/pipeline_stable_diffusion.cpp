@@ -210,6 +210,7 @@ void Pipeline::validate(const GenerationRequest& r) const {
                 " has " + folder().class_name("text_encoder"));
   context_chunks(r);  // a prompt's syntax error or excess length is an Error naming it
   check_memory(r);
+  validate_hires(r);
 }
 
 // Live copies of the widest activations, measured with the real SD 1.x configs on the CPU (peak RSS
@@ -463,8 +464,12 @@ std::vector<GenerationRequest> Pipeline::complete_batch(const std::vector<Genera
     if (r.steps != first.steps || r.cfg_scale != first.cfg_scale || r.width != first.width || r.height != first.height ||
         sampler_setting(r).key() != sampler_setting(first).key() || r.init_image.empty() != first.init_image.empty() ||
         (!r.init_image.empty() && r.strength != first.strength) || r.mask.empty() != first.mask.empty() ||
-        r.loras != first.loras)
-      throw Error("generate_batch: requests in one batch must share steps, cfg scale, size, sampler, strength and LoRAs");
+        r.loras != first.loras || r.hires() != first.hires() ||
+        (r.hires() && (r.hires_scale != first.hires_scale || r.hires_width != first.hires_width ||
+                       r.hires_height != first.hires_height || r.hires_upscaler != first.hires_upscaler ||
+                       r.hires_steps != first.hires_steps || r.hires_strength != first.hires_strength ||
+                       r.hires_sampler != first.hires_sampler)))
+      throw Error("generate_batch: requests in one batch must share steps, cfg scale, size, sampler, strength, LoRAs and hires fix");
   }
   return batch;
 }
@@ -558,8 +563,9 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   scheduler.set_timesteps(first.steps);
   std::vector<torch::Generator> generators;
   PreparedLatents prepared = prepare_latents(scheduler, batch, generators, guidance);
-  const torch::Tensor latents = denoise(scheduler, prepared.latents, embeddings, first, generators, progress,
-                                        prepared.first_index, prepared.after_step, prepared.extra_inputs);
+  torch::Tensor latents = denoise(scheduler, prepared.latents, embeddings, first, generators, progress,
+                                  prepared.first_index, prepared.after_step, prepared.extra_inputs);
+  if (first.hires()) latents = hires_pass(batch, latents, embeddings, progress);  // pipeline_hires_fix.cpp
   synchronize(device_);
   times_.denoise += seconds_since(start);
   release_mapped_weights("unet");  // nor the UNet's during the decode, the other peak

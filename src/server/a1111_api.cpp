@@ -177,6 +177,27 @@ void check_structured_fields(const Json& p) {
       type_error(dict, "value is not a valid dict", "type_error.dict");
 }
 
+// txt2img's hires fix (enable_hr): hr_scale 2, hr_upscaler "Latent" (latent_upscale_default_mode), the
+// model's denoising_strength 0.75, hr_second_pass_steps 0 (= steps), hr_sampler_name (the first pass's).
+void read_hires(const Json& p, GenerationRequest& r) {
+  if (!p.contains("enable_hr") || p["enable_hr"].is_null() || !as_bool(p["enable_hr"], "enable_hr")) return;
+  auto present = [&](const char* key) { return p.contains(key) && !p[key].is_null(); };
+  r.hires_scale = present("hr_scale") ? as_float(p["hr_scale"], "hr_scale") : 2.0;
+  r.hires_width = present("hr_resize_x") ? as_int(p["hr_resize_x"], "hr_resize_x") : 0;
+  r.hires_height = present("hr_resize_y") ? as_int(p["hr_resize_y"], "hr_resize_y") : 0;
+  r.hires_upscaler = present("hr_upscaler") ? as_string(p["hr_upscaler"], "hr_upscaler") : "Latent";
+  r.hires_steps = present("hr_second_pass_steps") ? as_int(p["hr_second_pass_steps"], "hr_second_pass_steps") : 0;
+  r.hires_strength = present("denoising_strength") ? as_float(p["denoising_strength"], "denoising_strength") : 0.75;
+  if (present("hr_sampler_name")) {
+    const std::string name = as_string(p["hr_sampler_name"], "hr_sampler_name");
+    if (name != "Use same sampler") r.hires_sampler = name;
+  }
+  // The web UI turns the fix off when the target is the first pass's size.
+  const bool same = r.hires_width == 0 && r.hires_height == 0 ? r.hires_scale == 1.0
+                                                             : r.hires_width == r.width && r.hires_height == r.height;
+  if (same) r.hires_scale = 0, r.hires_width = r.hires_height = 0;
+}
+
 void read_img2img(const Json& body, ApiGeneration& g) {
   if (!body.contains("init_images") || body["init_images"].is_null() || body["init_images"].empty())
     throw ApiError(404, "HTTPException", "Init image not found");
@@ -223,6 +244,7 @@ ApiGeneration parse_generation(const Json& body, bool img2img, uint64_t random_s
   read_sampler(p, r);
   read_override_settings(p, g);
   if (img2img) read_img2img(p, g);
+  else read_hires(p, r);
   // The echo as the web UI gives it: the images are not sent back (unless include_init_images).
   if (img2img) g.parameters["init_images"] = nullptr, g.parameters["mask"] = nullptr;
   return g;

@@ -94,7 +94,8 @@ GenerationService::GenerationService(ServeOptions options) : options_(std::move(
                {"show_progress_every_n_steps", options_.preview_every}, {"live_previews_enable", options_.preview_every > 0},
                {"eta_ddim", options_.pipeline.eta}, {"eta_ancestral", 1.0}, {"outdir_samples", options_.outdir},
                {"enable_pnginfo", true}};
-  pipeline_for(models_.front().title);  // the first model loads now: its errors show at start
+  Pipeline& first = pipeline_for(models_.front().title);  // the first model loads now: its errors show at start
+  previewer_ = std::make_unique<LatentPreviewer>(options_.taesd, first.device(), first.dtype());
   worker_ = std::thread([this] { worker_loop(); });
 }
 
@@ -296,7 +297,7 @@ Json GenerationService::run_generation(Task& task, const ApiGeneration& g) {
   const int64_t every = options_.preview_every;
   ScopedLatentsObserver previews(every <= 0 ? LatentsObserver{} : LatentsObserver([this, every](const torch::Tensor& latents, int64_t step, int64_t) {
     if (step % every != 0) return;
-    const PixelImage preview = cheap_latent_preview(latents);
+    const PixelImage preview = previewer_->render(latents);
     std::vector<uint8_t> png = encode_png(preview.pixels.data(), static_cast<int>(preview.width), static_cast<int>(preview.height), {});
     std::lock_guard<std::mutex> lock(mutex_);
     state_->preview_png = std::move(png);

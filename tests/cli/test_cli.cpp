@@ -298,3 +298,19 @@ TEST(Cli, InpaintingWithMask) {
   EXPECT_FALSE(fs::exists(dir / "z.png"));
   fs::remove_all(dir);
 }
+
+// --preview: the web UI's cheap preview of the running batch (latent resolution), the same pixels as the
+// live preview function gives for the final latents' image, written whole.
+TEST(Cli, LivePreviewFileIsWrittenEveryNSteps) {
+  fs::path dir = taiyi::test::temp_dir("cli-preview");
+  const fs::path preview = dir / "preview.png";
+  auto r = run_taiyi(fast({"a cat", "--seed", "3", "--sampler", "Euler", "--steps", "4", "--preview", preview.string(),
+                           "--preview-every", "2", "-o", (dir / "out.png").string()}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const taiyi::PixelImage image = taiyi::read_image(preview, 3);
+  EXPECT_EQ(image.width, 64 / 8);  // the tiny VAE's scale factor is 8, as SD's
+  EXPECT_EQ(image.height, 64 / 8);
+  expect_failure(fast({"a cat", "--preview", preview.string(), "--preview-every", "0", "-o", (dir / "o2.png").string()}),
+                 "--preview-every 0");
+  fs::remove_all(dir);
+}

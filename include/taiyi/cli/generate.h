@@ -20,6 +20,10 @@ struct GenerateCommand {
   std::string model;
   PipelineOptions pipeline;
   bool json = false, quiet = false;
+  std::string preview;               // --preview FILE: the live preview, rewritten every preview_every steps
+  int64_t preview_every = 5;
+  std::string hires_size;            // --hires-size WxH (into spec.defaults.hires_width/height)
+  std::string taesd;                 // --taesd: TAESD weights for the preview instead of the cheap approximation
 };
 
 // Registers the generation options on the main command.

@@ -26,6 +26,10 @@ struct PromptJob {
   std::optional<std::string> init_image, mask;   // relative to the prompt file's folder
   std::optional<double> strength;
   std::optional<int64_t> clip_skip;              // --clip-skip for this line
+  // The hires fix for this line (--hires-*): checked when the line runs.
+  std::optional<double> hires_scale, hires_strength;
+  std::optional<int64_t> hires_width, hires_height, hires_steps;
+  std::optional<std::string> hires_upscaler, hires_sampler;
 };
 
 struct PromptLineError {
@@ -42,7 +46,8 @@ struct PromptFile {
 // Plain text: a prompt a line; blank lines and lines starting with '#' skipped. JSONL (the file ends
 // in .jsonl, or every prompt line starts with '{'): per line an object with "prompt" and optionally
 // negative_prompt, seed, steps, cfg_scale, width, height, output, sampler, schedule, init_image,
-// strength, mask, clip_skip. Error when the file is unreadable.
+// strength, mask, clip_skip, hires_scale, hires_width, hires_height, hires_upscaler, hires_steps,
+// hires_strength, hires_sampler. Error when the file is unreadable.
 // Error when the file is over kMaxPromptFile; a line over kMaxPromptLine is that line's error. Memory:
 // a few times the file's size.
 PromptFile read_prompt_file(const std::filesystem::path& path);

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <string>
 
 #include <torch/torch.h>
 
@@ -39,5 +41,22 @@ const LatentsObserver* latents_observer();
 // Image `index` of the latents as the web UI's cheap approximation shows it: RGB = latents^T . coefs,
 // then x * 0.5 + 0.5 clamped to [0, 1], * 255 truncated to uint8. Error for latents that are not 4-channel.
 PixelImage cheap_latent_preview(const torch::Tensor& latents, int64_t index = 0);
+
+class AutoencoderTiny;
+
+// The preview a front end shows: TAESD's decode (include/taiyi/models/autoencoder_tiny.h, at full size)
+// when its weights are given (--taesd FILE|DIR), else the cheap approximation. Not thread-safe: one
+// denoising thread uses it.
+class LatentPreviewer {
+ public:
+  LatentPreviewer() = default;
+  // Loads TAESD onto the pipeline's device in its dtype; "" : the cheap approximation. Error from load_taesd.
+  LatentPreviewer(const std::string& taesd, torch::Device device, torch::Dtype dtype);
+  PixelImage render(const torch::Tensor& latents, int64_t index = 0);
+  bool uses_taesd() const { return taesd_ != nullptr; }
+
+ private:
+  std::shared_ptr<AutoencoderTiny> taesd_;
+};
 
 }  // namespace taiyi

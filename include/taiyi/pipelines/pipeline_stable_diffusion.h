@@ -94,6 +94,26 @@ struct GenerationRequest {
   // LoRAs merged for this request (--lora). complete() takes the prompts' <lora:...> tags out of the
   // text and appends them here, resolved in PipelineOptions::lora_dir.
   std::vector<LoraSelection> loras;
+  // Hires fix (the web UI's txt2img "Hires. fix", modules/processing.py StableDiffusionProcessingTxt2Img;
+  // src/pipelines/pipeline_hires_fix.cpp): text-to-image at width x height, the latents upscaled, then an
+  // img2img pass at the larger size. On when hires_scale > 0 or a hires size is given.
+  double hires_scale = 0;                   // hr_scale: the second pass at int(width * scale) x int(height * scale)
+  int64_t hires_width = 0, hires_height = 0;  // hr_resize_x/y: a size instead (aspect kept, the excess cropped)
+  std::string hires_upscaler = "Latent";    // a latent mode of the web UI, or "Lanczos" (decode, resize, encode)
+  int64_t hires_steps = 0;                  // hr_second_pass_steps (0: steps)
+  double hires_strength = 0.7;              // the second pass's denoising strength (the web UI's slider default)
+  std::string hires_sampler;                // hr_sampler_name ("" : the first pass's)
+  bool hires() const { return hires_scale > 0 || hires_width > 0 || hires_height > 0; }
+};
+
+// Where the hires fix's second pass goes (calculate_target_resolution): the upscaled size and the latent
+// rows and columns cropped after the upscale, as the web UI computes them.
+struct HiresTarget {
+  int64_t upscale_width = 0, upscale_height = 0;  // hr_upscale_to_x/y
+  int64_t truncate_x = 0, truncate_y = 0;         // latent columns / rows cropped (half before, half after)
+  int64_t width = 0, height = 0;                  // the final image
+  int64_t schedule_steps = 0;                     // the second pass's schedule: int(steps / min(strength, 0.999))
+  int64_t steps = 0;                              // the steps run, at its tail
 };
 
 // The sampler a request runs with, resolved.
@@ -209,6 +229,11 @@ class Pipeline {
   // nothing would be denoised.
   static int64_t first_index_for_strength(const Scheduler& scheduler, int64_t steps, double strength);
   static std::vector<Image> to_images(const torch::Tensor& images01, uint64_t first_seed);
+  // The hires fix's second pass (src/pipelines/pipeline_hires_fix.cpp): its size and steps for a completed
+  // request, and the pass itself on the first pass's latents (UNet space), returning the final latents.
+  HiresTarget hires_target(const GenerationRequest& request) const;
+  torch::Tensor hires_pass(const std::vector<GenerationRequest>& batch, const torch::Tensor& latents,
+                           const torch::Tensor& embeddings, const ProgressCallback& progress);
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   UNet2DConditionModel& unet() { return *unet_; }
@@ -261,6 +286,9 @@ class Pipeline {
   PreparedLatents prepare_inpainting_latents(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
                                              std::vector<torch::Generator>& generators, bool guidance);
   std::vector<Image> decode_images(const std::vector<GenerationRequest>& batch, const torch::Tensor& latents);
+  void validate_hires(const GenerationRequest& request) const;
+  torch::Tensor hires_upscale(const std::vector<GenerationRequest>& batch, const torch::Tensor& latents,
+                              const HiresTarget& target, std::vector<torch::Generator>& generators);
   // randn of `shape`, image i from generators[i] (randn_tensor with a list of CPU generators), on the device.
   torch::Tensor unit_noise(at::IntArrayRef shape, const std::vector<torch::Generator>& generators) const;
   // _encode_vae_image: latent_dist.sample of [N, 3, H, W] images, image i from generators[i], scaled.

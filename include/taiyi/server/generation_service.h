@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "taiyi/pipelines/latent_preview.h"
 #include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/server/a1111_api.h"
 
@@ -32,6 +33,7 @@ struct ServeOptions {
   size_t queue = 16;        // requests waiting beyond the running one; more are answered 503
   std::string outdir;       // where save_images writes ("" : nowhere)
   int64_t preview_every = 5;  // a live preview every N steps (0: none)
+  std::string taesd;          // TAESD weights for the previews ("" : the cheap approximation)
 };
 
 // A model a client can select (GET /sdapi/v1/sd-models).
@@ -82,6 +84,7 @@ class GenerationService {
   nlohmann::json settings_;              // GET /options
   std::unique_ptr<Pipeline> pipe_;       // the loaded model (worker thread)
   torch::Device device_{torch::kCPU};    // its device (for /memory)
+  std::unique_ptr<LatentPreviewer> previewer_;  // on that device (worker thread)
   std::string loaded_;                   // its title
   std::filesystem::path scratch_;        // uploaded images, one file each while their request runs
   std::atomic<uint64_t> uploads_{0};
