@@ -272,6 +272,18 @@ class WebuiapiTest(su.ServerCase):
         self.assertEqual(self.api.skip(), {}, "POST /skip")
         print(f"  interrupt at step {step_at_interrupt}/{steps}: request returned {stopped_after:.3f} s later")
 
+    def test_09b_hires_fix(self):
+        # webuiapi's enable_hr fields, as its users set them; the CLI's --hires-* options for the same.
+        result = self.api.txt2img(prompt=PROMPT, seed=SEED, steps=3, cfg_scale=7, width=64, height=48,
+                                  sampler_name="Euler", enable_hr=True, hr_scale=1.5, hr_upscaler="Latent (bicubic)",
+                                  hr_second_pass_steps=2, denoising_strength=0.6)
+        cli = self.cli("hires", prompt=PROMPT, model=self.models / "tiny-clip", steps=3, seed=SEED, width=64, height=48,
+                       extra=["--hires-scale", "1.5", "--hires-upscaler", "Latent (bicubic)", "--hires-steps", "2",
+                              "--hires-strength", "0.6"])
+        info = self.check_images(result, cli, "txt2img with enable_hr (hires fix)")
+        self.assertIn("Hires upscale: 1.5", info["infotexts"][0])
+        self.assertEqual(Image.open(io.BytesIO(base64.b64decode(result.json["images"][0]))).size, (96, 72))
+
     def test_10_server_log_clean(self):
         self.assertTrue(self.server.alive())
         r = requests.get(self.server.url(su.API + "/progress"), timeout=10)
