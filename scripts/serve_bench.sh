@@ -20,4 +20,6 @@ while [ $# -gt 0 ]; do
     *) ARGS+=("$1"); shift ;;
   esac
 done
-exec "$PY" scripts/serve_bench.py --model "$MODEL" "${ARGS[@]}"
+# The servers run in a temporary folder: every path absolute.
+export TAIYI_BINARY=$(realpath "$TAIYI_BINARY") TAIYI_FIXTURES=$(realpath "$TAIYI_FIXTURES")
+exec "$PY" scripts/serve_bench.py --model "$(realpath "$MODEL")" "${ARGS[@]}"

@@ -347,9 +347,8 @@ HttpServer::HttpServer(GenerationService& service, HttpOptions options) : impl_(
   s.set_read_timeout(30, 0);
   s.set_write_timeout(30, 0);
   s.set_keep_alive_max_count(100);
-  // A connection's first request may come late when many clients connect at once (cpp-httplib's listen
-  // backlog is 5, so connecting takes SYN retries): 5 s dropped such clients unanswered.
-  s.set_keep_alive_timeout(15);
+  // An idle connection holds a thread this long, and stopping waits for it (cpp-httplib's keep-alive wait).
+  s.set_keep_alive_timeout(5);
   // Small answers go out at once: with Nagle's algorithm a keep-alive client's delayed ACK held each
   // /progress answer 40 ms.
   s.set_tcp_nodelay(true);
