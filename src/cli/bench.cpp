@@ -171,6 +171,9 @@ Pipeline load_pipeline(const BenchOptions& o, const std::string& precision, cons
   options.cudnn_benchmark = o.cudnn_benchmark;
   options.channels_last = o.channels_last;
   options.source = o.source;
+  options.vae_tiling = o.vae_tiling;
+  options.vae_tile_size = o.vae_tile_size;
+  options.notice = [log](const std::string& notice) { say(log, "bench: " + notice); };
   release_gpu_cache(device);
   reset_gpu_peak(device);
   say(log, "bench: loading " + o.model + (o.random_weights ? " (random weights)" : "") + ", " + precision);
@@ -344,6 +347,38 @@ void bench_configuration(const BenchOptions& o, const torch::Device& device, con
   }
 }
 
+// --decode-only: `repeat` timed decodes (after `warmup` untimed ones) of [batch, latent_channels, h, w]
+// unit-normal latents (seed 0) through Pipeline::decode, with the pipeline's VAE tiling.
+void bench_decode(const BenchOptions& o, const Loaded& loaded, int64_t batch, int64_t resolution, Json& results,
+                  const Log& log) {
+  Pipeline& pipe = loaded.pipe;
+  const int64_t size = resolution ? resolution : pipe.default_width();
+  const Config vae = pipe.folder().config("vae");
+  const int64_t factor = int64_t{1} << (vae.get_int_list("block_out_channels").size() - 1);
+  if (size % factor != 0)
+    throw Error("bench: --resolution " + std::to_string(size) + ": must be a multiple of " + std::to_string(factor));
+  c10::InferenceMode inference;
+  const torch::Tensor latents =
+      torch::randn({batch, vae.get_int("latent_channels", 4), size / factor, size / factor},
+                   at::make_generator<at::CPUGeneratorImpl>(0), torch::TensorOptions().dtype(torch::kFloat))
+          .to(pipe.device(), pipe.dtype());
+  const std::string label = loaded.precision_name + " batch " + std::to_string(batch) + " " + std::to_string(size) +
+                            "x" + std::to_string(size) + " decode";
+  double total = 0;
+  for (int64_t i = 0; i < o.warmup + o.repeat; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    pipe.decode(latents);
+    synchronize(pipe.device());
+    const double wall = seconds_since(start);
+    if (i >= o.warmup) total += wall;
+    say(log, "bench: " + label + (i < o.warmup ? ": warm-up " : ": run ") + format("%.3f", wall) + " s");
+  }
+  const double decode_s = total / static_cast<double>(o.repeat);
+  results.push_back({{"precision", loaded.precision_name}, {"batch_size", batch}, {"width", size}, {"height", size},
+                     {"vae_tiling", o.vae_tiling}, {"vae_tile_size", o.vae_tile_size}, {"decode_s", decode_s},
+                     {"run_s", decode_s}, {"peak_rss_mb", peak_rss_mb()}});
+}
+
 }  // namespace
 
 Json run_bench(const BenchOptions& o, const std::function<void(const std::string&)>& log,
@@ -366,7 +401,10 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
     for (int64_t batch : o.batch_sizes) {
       for (int64_t resolution : o.resolutions) {
         try {
-          bench_configuration(o, device, loaded, batch, resolution, out["results"], log);
+          if (o.decode_only)
+            bench_decode(o, loaded, batch, resolution, out["results"], log);
+          else
+            bench_configuration(o, device, loaded, batch, resolution, out["results"], log);
         } catch (const std::exception& e) {
           if (!out_of_memory(e)) throw;
           // A row with its size and the error instead of a crash; the next configuration starts clean.
@@ -482,6 +520,11 @@ CLI::App* add_bench_command(CLI::App& app, BenchCommand& command) {
   bench->add_option("--repeat", o.repeat, "timed runs per configuration")->capture_default_str();
   add_numerics_options(bench, o.tf32, o.cudnn_benchmark);
   bench->add_flag("--channels-last", o.channels_last, "channels_last memory format on CUDA");
+  bench->add_option("--vae-tiling", o.vae_tiling, "auto, on or off (as for generation)")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
+  bench->add_option("--vae-tile-size", o.vae_tile_size, "VAE tile side in pixels (0: the VAE config's)")->capture_default_str();
+  bench->add_flag("--decode-only", o.decode_only, "time the VAE decode of random latents alone (no text encoder, no UNet)");
   bench->add_option("--json", command.json_file, "also write the results as JSON to this file");
   return bench;
 }

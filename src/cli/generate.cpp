@@ -138,6 +138,14 @@ void add_sampler_options(CLI::App& app, PipelineOptions& pipeline) {
                  "auto (the model's; an fp16 decode with NaN/Inf is redone in fp32) or fp32")
       ->check(CLI::IsMember({"auto", "fp32"}))
       ->capture_default_str();
+  app.add_option("--vae-tiling", pipeline.vae_tiling,
+                 "VAE decode/encode in overlapping tiles (diffusers' enable_tiling): auto (only when the untiled one "
+                 "would not fit the free memory), on or off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
+  app.add_option("--vae-tile-size", pipeline.vae_tile_size,
+                 "VAE tile side in pixels, a multiple of 32 (0: the VAE config's sample_size, 512 for SD 1.x)")
+      ->capture_default_str();
   app.add_option("--device", pipeline.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   add_numerics_options(&app, pipeline.tf32, pipeline.cudnn_benchmark);
   app.add_flag("--channels-last", pipeline.channels_last, "channels_last memory format on CUDA");

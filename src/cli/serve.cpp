@@ -42,6 +42,8 @@ CLI::App* add_serve_command(CLI::App& app, ServeCommand& c) {
       ->check(CLI::IsMember({"auto", "fp16", "fp32", "bf16"}))
       ->capture_default_str();
   serve->add_option("--vae-precision", p.vae_precision, "auto or fp32")->check(CLI::IsMember({"auto", "fp32"}))->capture_default_str();
+  serve->add_option("--vae-tiling", p.vae_tiling, "auto, on or off")->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
+  serve->add_option("--vae-tile-size", p.vae_tile_size, "VAE tile side in pixels (0: the VAE config's)")->capture_default_str();
   serve->add_option("--eta", p.eta, "DDIM eta (0: deterministic)")->capture_default_str();
   add_numerics_options(serve, p.tf32, p.cudnn_benchmark);
   serve->add_flag("--channels-last", p.channels_last, "channels_last memory format on CUDA");

@@ -3,7 +3,9 @@
 // size comes from vae/config.json. Inference only; NCHW.
 #include "taiyi/models/autoencoder_kl.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "taiyi/utils/error.h"
 #include "taiyi/models/attention.h"
@@ -254,6 +256,12 @@ class AutoencoderKLImpl : public torch::nn::Module {
     if (config.get_bool("use_post_quant_conv", true))
       post_quant_conv = register_module("post_quant_conv", nn::Conv2d(latent, latent, 1));
     scaling_factor = config.get_double("scaling_factor", 0.18215);
+    // tile_sample_min_size: sample_size (an int, or a list whose first entry diffusers' tile_latent_min_size
+    // uses); diffusers' default 32.
+    const nlohmann::json& json = config.json();
+    sample_size = json.contains("sample_size") && json["sample_size"].is_array()
+                      ? config.get_int_list("sample_size").at(0)
+                      : config.get_int("sample_size", 32);
   }
 
   VaeShape shape;
@@ -261,6 +269,7 @@ class AutoencoderKLImpl : public torch::nn::Module {
   Decoder decoder{nullptr};
   nn::Conv2d quant_conv{nullptr}, post_quant_conv{nullptr};
   double scaling_factor = 0.18215;
+  int64_t sample_size = 32;
 };
 
 AutoencoderKL::AutoencoderKL(const Config& config) : impl_(std::make_shared<AutoencoderKLImpl>(config)) {}
@@ -284,26 +293,32 @@ static void check_input(const torch::Tensor& x, int64_t channels, const char* wh
                 ", h, w], got " + c10::str(x.sizes()));
 }
 
-torch::Tensor AutoencoderKL::decode(const torch::Tensor& latents) {
+torch::Tensor AutoencoderKL::decode(const torch::Tensor& latents, const VaeTiling& tiling) {
   check_input(latents, impl_->shape.latent_channels, "latents");
+  if (decode_tiles(latents.size(2), latents.size(3), tiling)) return tiled_decode(latents, tiling);
   torch::Tensor z = latents;
   if (impl_->post_quant_conv) z = impl_->post_quant_conv(z);
   return impl_->decoder(z);
 }
 
-torch::Tensor AutoencoderKL::encode_mean(const torch::Tensor& images) {
-  check_input(images, impl_->shape.in_channels, "images");
-  torch::Tensor moments = impl_->encoder(images);
-  if (impl_->quant_conv) moments = impl_->quant_conv(moments);
-  // DiagonalGaussianDistribution: mean, logvar = torch.chunk(parameters, 2, dim=1).
-  return moments.chunk(2, 1)[0];
+// _encode: the moments (encoder, quant_conv), or with tiling on and a side over the tile _tiled_encode's.
+static torch::Tensor encode_moments(AutoencoderKL& vae, AutoencoderKLImpl& impl, const torch::Tensor& images,
+                                    const VaeTiling& tiling) {
+  check_input(images, impl.shape.in_channels, "images");
+  if (vae.encode_tiles(images.size(2), images.size(3), tiling)) return vae.tiled_encode(images, tiling);
+  torch::Tensor moments = impl.encoder(images);
+  if (impl.quant_conv) moments = impl.quant_conv(moments);
+  return moments;
 }
 
-std::pair<torch::Tensor, torch::Tensor> AutoencoderKL::encode_distribution(const torch::Tensor& images) {
-  check_input(images, impl_->shape.in_channels, "images");
-  torch::Tensor moments = impl_->encoder(images);
-  if (impl_->quant_conv) moments = impl_->quant_conv(moments);
-  auto halves = moments.chunk(2, 1);
+torch::Tensor AutoencoderKL::encode_mean(const torch::Tensor& images, const VaeTiling& tiling) {
+  // DiagonalGaussianDistribution: mean, logvar = torch.chunk(parameters, 2, dim=1).
+  return encode_moments(*this, *impl_, images, tiling).chunk(2, 1)[0];
+}
+
+std::pair<torch::Tensor, torch::Tensor> AutoencoderKL::encode_distribution(const torch::Tensor& images,
+                                                                           const VaeTiling& tiling) {
+  auto halves = encode_moments(*this, *impl_, images, tiling).chunk(2, 1);
   const torch::Tensor logvar = at::clamp(halves[1], -30.0, 20.0);
   return {halves[0], at::exp(at::mul(logvar, 0.5))};
 }
@@ -314,5 +329,106 @@ int64_t AutoencoderKL::scale_factor() const {
   return int64_t{1} << (impl_->shape.block_out_channels.size() - 1);
 }
 int64_t AutoencoderKL::latent_channels() const { return impl_->shape.latent_channels; }
+
+VaeTilingMode parse_vae_tiling_mode(const std::string& name) {
+  if (name == "off") return VaeTilingMode::kOff;
+  if (name == "on") return VaeTilingMode::kOn;
+  if (name == "auto") return VaeTilingMode::kAuto;
+  throw Error("--vae-tiling " + name + ": expected on, off or auto");
+}
+
+int64_t AutoencoderKL::tile_sample_size(const VaeTiling& tiling) const {
+  return tiling.tile_sample_size > 0 ? tiling.tile_sample_size : impl_->sample_size;
+}
+
+int64_t AutoencoderKL::tile_latent_size(const VaeTiling& tiling) const {
+  if (tiling.tile_latent_size > 0) return tiling.tile_latent_size;
+  // int(sample_size / (2 ** (len(block_out_channels) - 1))): a true division, truncated.
+  return static_cast<int64_t>(static_cast<double>(tile_sample_size(tiling)) / static_cast<double>(scale_factor()));
+}
+
+static bool tiling_on(const VaeTiling& tiling) {
+  if (tiling.mode == VaeTilingMode::kAuto)
+    throw Error("AutoencoderKL: VAE tiling \"auto\" is the pipeline's to resolve to on or off");
+  return tiling.mode == VaeTilingMode::kOn;
+}
+
+// _decode / _encode: tiled only when a side is strictly greater than the tile.
+bool AutoencoderKL::decode_tiles(int64_t latent_height, int64_t latent_width, const VaeTiling& tiling) const {
+  const int64_t tile = tile_latent_size(tiling);
+  return tiling_on(tiling) && (latent_width > tile || latent_height > tile);
+}
+
+bool AutoencoderKL::encode_tiles(int64_t height, int64_t width, const VaeTiling& tiling) const {
+  const int64_t tile = tile_sample_size(tiling);
+  return tiling_on(tiling) && (width > tile || height > tile);
+}
+
+namespace {
+
+// blend_v (dim 2) and blend_h (dim 3) of autoencoder_kl.py: b's first `extent` rows (columns) faded in
+// place from a's last ones. The weights are Python floats, i.e. doubles applied as scalars.
+void blend(const torch::Tensor& a, const torch::Tensor& b, int64_t extent, int64_t dim) {
+  extent = std::min({a.size(dim), b.size(dim), extent});
+  for (int64_t y = 0; y < extent; ++y) {
+    const double w = static_cast<double>(y) / static_cast<double>(extent);
+    b.select(dim, y).copy_(at::add(at::mul(a.select(dim, a.size(dim) - extent + y), 1.0 - w), at::mul(b.select(dim, y), w)));
+  }
+}
+
+// The loop of tiled_decode and _tiled_encode: tiles of `in_tile` a side every int(in_tile * (1 - overlap))
+// through `run`, whose results are `out_tile` a side; each blended in raster order with the already
+// blended results above it (blend_v) and to its left (blend_h) over int(out_tile * overlap), cropped to
+// row_limit = out_tile - that, concatenated along W, then H. diffusers runs every tile before blending;
+// a tile's result does not depend on the blending, so running a row and blending it at once gives the
+// same numbers while only the row above stays alive.
+torch::Tensor run_tiles(const torch::Tensor& x, int64_t in_tile, const char* unit, int64_t out_tile, const VaeTiling& tiling,
+                        const std::function<torch::Tensor(const torch::Tensor&)>& run) {
+  const auto step = static_cast<int64_t>(static_cast<double>(in_tile) * (1 - tiling.overlap));
+  if (!(tiling.overlap >= 0 && tiling.overlap < 1) || step < 1)  // range(0, H, step) needs a positive step
+    throw Error("VAE tiling: a tile of " + std::to_string(in_tile) + " " + unit +
+                " with overlap " + std::to_string(tiling.overlap) + " leaves no step between tiles (tile too small)");
+  const auto blend_extent = static_cast<int64_t>(static_cast<double>(out_tile) * tiling.overlap);
+  const int64_t row_limit = out_tile - blend_extent;
+  std::vector<torch::Tensor> above, result_rows;
+  for (int64_t i = 0; i < x.size(2); i += step) {
+    std::vector<torch::Tensor> row, result_row;
+    for (int64_t j = 0; j < x.size(3); j += step) {
+      torch::Tensor result = run(x.slice(2, i, i + in_tile).slice(3, j, j + in_tile));
+      if (!above.empty()) blend(above[row.size()], result, blend_extent, 2);
+      if (!row.empty()) blend(row.back(), result, blend_extent, 3);
+      result_row.push_back(result.slice(2, 0, row_limit).slice(3, 0, row_limit));
+      row.push_back(result);
+    }
+    result_rows.push_back(torch::cat(result_row, 3));
+    above = std::move(row);
+  }
+  return torch::cat(result_rows, 2);
+}
+
+}  // namespace
+
+torch::Tensor AutoencoderKL::tiled_decode(const torch::Tensor& latents, const VaeTiling& tiling) {
+  check_input(latents, impl_->shape.latent_channels, "latents");
+  return run_tiles(latents, tile_latent_size(tiling), "latents", tile_sample_size(tiling), tiling, [&](const torch::Tensor& tile) {
+    return impl_->decoder(impl_->post_quant_conv ? impl_->post_quant_conv(tile) : tile);
+  });
+}
+
+torch::Tensor AutoencoderKL::tiled_encode(const torch::Tensor& images, const VaeTiling& tiling) {
+  check_input(images, impl_->shape.in_channels, "images");
+  return run_tiles(images, tile_sample_size(tiling), "pixels", tile_latent_size(tiling), tiling, [&](const torch::Tensor& tile) {
+    torch::Tensor moments = impl_->encoder(tile);
+    return impl_->quant_conv ? impl_->quant_conv(moments) : moments;
+  });
+}
+
+double AutoencoderKL::encoder_values_per_pixel() const {
+  const std::vector<int64_t>& channels = impl_->shape.block_out_channels;
+  double widest = 0;
+  for (size_t i = 0; i < channels.size(); ++i)  // level i: channels[i] at 1/4^i of the pixels
+    widest = std::max(widest, static_cast<double>(channels[i]) * std::ldexp(1.0, -2 * static_cast<int>(i)));
+  return widest;
+}
 
 }  // namespace taiyi

@@ -103,6 +103,21 @@ Scheduler& Pipeline::scheduler_for(const SamplerSetting& setting) {
   return *schedulers_.emplace(key, std::move(scheduler)).first->second;
 }
 
+// PipelineOptions' vae_tiling and vae_tile_size, checked. Tiles meet when the pixels a decoded tile keeps
+// (tile - int(tile * 0.25)) are the latents it steps (int(tile / f * 0.75)) times the scale factor f: a
+// multiple of 4f.
+static VaeTiling vae_tiling_of(const PipelineOptions& options, const AutoencoderKL& vae) {
+  VaeTiling tiling;
+  tiling.mode = parse_vae_tiling_mode(options.vae_tiling);
+  const int64_t multiple = 4 * vae.scale_factor();
+  if (options.vae_tile_size < 0 || options.vae_tile_size % multiple != 0)
+    throw Error("--vae-tile-size " + std::to_string(options.vae_tile_size) + ": must be a multiple of " +
+                std::to_string(multiple) + " pixels (4x the VAE's scale factor, so that the tiles meet), or 0 for the " +
+                "VAE config's sample_size");
+  tiling.tile_sample_size = options.vae_tile_size;
+  return tiling;
+}
+
 Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& options) {
   return load(folder_path, options, /*random_weights=*/false);
 }
@@ -137,6 +152,7 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   p.text_encoder_ = make_text_encoder(folder);
   p.unet_ = std::make_shared<UNet2DConditionModel>(p.source_.config("unet"));
   p.vae_ = std::make_shared<AutoencoderKL>(p.source_.config("vae"));
+  p.vae_tiling_ = vae_tiling_of(options, *p.vae_);
   p.unet_first_channels_ = p.source_.config("unet").get_int_list("block_out_channels").at(0);
   const bool vae_forced_fp32 = options.vae_precision == "fp32" && p.dtype_ != torch::kFloat;
 
@@ -221,7 +237,14 @@ constexpr double kUnetLiveCopies = 16;
 uint64_t Pipeline::working_memory(const GenerationRequest& r) const {
   const double pixels = static_cast<double>(r.width) * static_cast<double>(r.height);
   const double latent_pixels = pixels / static_cast<double>(vae_->scale_factor() * vae_->scale_factor());
-  const double vae_bytes = static_cast<double>(c10::elementSize(vae_dtype())) * pixels * vae_->decoder_values_per_pixel() * kDecoderLiveCopies;
+  // The decode (tiled where it would be), or an img2img encode (one image at a time) where that is larger.
+  const int64_t f = vae_->scale_factor();
+  const bool tiled = vae_->decode_tiles(r.height / f, r.width / f, vae_tiling_for(r.width, r.height, r.count, false));
+  double vae_bytes = static_cast<double>(vae_memory(r.width, r.height, r.count, false, tiled)) / static_cast<double>(r.count);
+  if (!r.init_image.empty()) {
+    const bool encode_tiled = vae_->encode_tiles(r.height, r.width, vae_tiling_for(r.width, r.height, 1, true));
+    vae_bytes = std::max(vae_bytes, static_cast<double>(vae_memory(r.width, r.height, 1, true, encode_tiled)));
+  }
   // Classifier-free guidance doubles the UNet's batch.
   const double unet_bytes = static_cast<double>(c10::elementSize(dtype_)) * 2 * latent_pixels *
                             static_cast<double>(unet_first_channels_) * kUnetLiveCopies;
@@ -237,7 +260,8 @@ void Pipeline::check_memory(const GenerationRequest& r) const {
   std::snprintf(message, sizeof message, "%lldx%lld, %lld image(s) at once: needs about %.1f GB of working memory on %s, %.1f GB available",
                 static_cast<long long>(r.width), static_cast<long long>(r.height), static_cast<long long>(r.count),
                 static_cast<double>(needed) / 1e9, device_.str().c_str(), static_cast<double>(*available) / 1e9);
-  throw Error(std::string(message) + " (a smaller size, fewer images at once, or --precision fp16 on a GPU)");
+  const char* tiling = vae_tiling_.mode == VaeTilingMode::kOff ? ", --vae-tiling auto" : "";
+  throw Error(std::string(message) + " (a smaller size, fewer images at once" + tiling + ", or --precision fp16 on a GPU)");
 }
 
 int64_t Pipeline::prompt_chunks(const std::string& prompt) const {
@@ -383,11 +407,13 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
 }
 
 torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
+  const int64_t f = vae_->scale_factor();
+  const VaeTiling tiling = vae_tiling_for(latents.size(3) * f, latents.size(2) * f, latents.size(0), false);
   if (vae_fp32_) {
-    torch::Tensor images = vae_fp32_->decode(latents.to(torch::kFloat) / vae_fp32_->scaling_factor());
+    torch::Tensor images = vae_fp32_->decode(latents.to(torch::kFloat) / vae_fp32_->scaling_factor(), tiling);
     return (images * 0.5 + 0.5).clamp(0, 1);
   }
-  torch::Tensor images = vae_->decode(latents / vae_->scaling_factor());
+  torch::Tensor images = vae_->decode(latents / vae_->scaling_factor(), tiling);
   // fp16 safety (the web UI's "revert VAE to 32-bit"): a decode with NaN or Inf is done again in
   // fp32, and the VAE stays fp32 from then on. One sync per decode, after the loop.
   if (dtype_ != torch::kFloat && !torch::isfinite(images).all().item<bool>()) {
@@ -574,6 +600,53 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   std::vector<Image> images = decode_images(batch, latents);
   times_.decode += seconds_since(start);
   return images;
+}
+
+// Live copies measured with the SD 1.x VAE on the CPU (scripts/vae_tiling_bench.sh: peak RSS over
+// sizes), rounded up: a tile's decoder activations as kDecoderLiveCopies of the widest; the image being
+// assembled (3 values a pixel: the kept rows, the row above, its concatenation, the result).
+constexpr double kEncoderLiveCopies = 6;
+constexpr double kTiledOutputCopies = 4;
+
+uint64_t Pipeline::vae_memory(int64_t width, int64_t height, int64_t count, bool encode, bool tiled) const {
+  const AutoencoderKL& vae = *vae_;
+  double run_w = static_cast<double>(width), run_h = static_cast<double>(height), assembled = 0;
+  if (tiled) {  // one tile at a time, the largest a full one
+    const auto tile = static_cast<double>(vae.tile_sample_size(vae_tiling_));
+    run_w = std::min(run_w, tile);
+    run_h = std::min(run_h, tile);
+    assembled = static_cast<double>(width) * static_cast<double>(height) * 3 * kTiledOutputCopies;
+  }
+  const double values = encode ? vae.encoder_values_per_pixel() * kEncoderLiveCopies
+                               : vae.decoder_values_per_pixel() * kDecoderLiveCopies;
+  const double bytes = static_cast<double>(c10::elementSize(vae_dtype())) * static_cast<double>(count) *
+                       (run_w * run_h * values + assembled);
+  return bytes >= 1.8e19 ? UINT64_MAX : static_cast<uint64_t>(bytes);
+}
+
+VaeTiling Pipeline::vae_tiling_for(int64_t width, int64_t height, int64_t count, bool encode) const {
+  VaeTiling tiling = vae_tiling_;
+  if (tiling.mode != VaeTilingMode::kAuto) return tiling;
+  tiling.mode = VaeTilingMode::kOn;
+  const int64_t f = vae_->scale_factor();
+  const bool would_tile = encode ? vae_->encode_tiles(height, width, tiling) : vae_->decode_tiles(height / f, width / f, tiling);
+  tiling.mode = VaeTilingMode::kOff;
+  const uint64_t untiled = vae_memory(width, height, count, encode, false);
+  const std::optional<uint64_t> available = available_memory(device_);
+  if (!would_tile || !available || untiled <= *available) return tiling;
+  tiling.mode = VaeTilingMode::kOn;
+  if (!vae_tiling_said_) {
+    vae_tiling_said_ = true;
+    char message[320];
+    std::snprintf(message, sizeof message,
+                  "VAE tiling: the untiled %s of %lldx%lld needs about %.1f GB, %.1f GB available; tiles of %lld "
+                  "pixels from now on where needed (--vae-tiling on|off decides)",
+                  encode ? "encode" : "decode", static_cast<long long>(width), static_cast<long long>(height),
+                  static_cast<double>(untiled) / 1e9, static_cast<double>(*available) / 1e9,
+                  static_cast<long long>(vae_->tile_sample_size(tiling)));
+    say(message);
+  }
+  return tiling;
 }
 
 }  // namespace taiyi

@@ -35,11 +35,12 @@ int64_t Pipeline::first_index_for_strength(const Scheduler& scheduler, int64_t s
 
 torch::Tensor Pipeline::encode_image_latents(const torch::Tensor& images, std::vector<torch::Generator>& generators) {
   AutoencoderKL& vae = vae_fp32_ ? *vae_fp32_ : *vae_;
+  const VaeTiling tiling = vae_tiling_for(images.size(3), images.size(2), 1, true);  // one image at a time
   std::vector<torch::Tensor> samples;
   for (int64_t i = 0; i < images.size(0); ++i) {
     torch::Tensor image = images.narrow(0, i, 1);
     if (vae_fp32_) image = image.to(torch::kFloat);
-    auto [mean, std] = vae.encode_distribution(image);
+    auto [mean, std] = vae.encode_distribution(image, tiling);
     const torch::Tensor draw =
         torch::randn(mean.sizes(), generators.at(static_cast<size_t>(i)), torch::TensorOptions().dtype(mean.scalar_type()));
     samples.push_back(at::add(mean, at::mul(std, draw.to(device_))).to(dtype_));

@@ -42,6 +42,12 @@ struct BenchOptions {
   bool cudnn_benchmark = false;
   bool channels_last = false;
   ModelSourceOptions source;               // --variant, --config-dir, --extract-ema, --prediction-type, --vae
+  std::string vae_tiling = "auto";         // --vae-tiling, --vae-tile-size: as PipelineOptions'
+  int64_t vae_tile_size = 0;
+  // --decode-only: each configuration times Pipeline::decode of unit-normal latents instead of a
+  // generation (the VAE's time and the process's peak RSS alone; one configuration a process for a
+  // peak of its own). Results: precision, batch_size, width, height, vae_tiling, decode_s, run_s, peak_rss_mb.
+  bool decode_only = false;
 };
 
 // Runs the grid (precision x batch size x resolution x prompt); returns {"device": ..., "results": [

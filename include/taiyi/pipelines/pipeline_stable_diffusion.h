@@ -64,6 +64,12 @@ struct PipelineOptions {
   // Where the weights come from (include/taiyi/loaders/single_file.h): --variant, --config-dir,
   // --extract-ema, --prediction-type, --vae.
   ModelSourceOptions source;
+  // VAE tiling (diffusers' enable_tiling; include/taiyi/models/autoencoder_kl.h): "auto" tiles a decode or
+  // encode only when the untiled one would not fit the device's free memory (said once through notice),
+  // "on" whenever a side exceeds the tile, "off" never. vae_tile_size: the tile's side in pixels, 0 = the
+  // VAE config's sample_size; else a multiple of 4x the VAE's scale factor (32 for SD), so that tiles meet.
+  std::string vae_tiling = "auto";
+  int64_t vae_tile_size = 0;
   // Receives one-off notices (an fp32 fallback); the CLI prints them.
   std::function<void(const std::string&)> notice;
 };
@@ -289,6 +295,10 @@ class Pipeline {
   void validate_hires(const GenerationRequest& request) const;
   torch::Tensor hires_upscale(const std::vector<GenerationRequest>& batch, const torch::Tensor& latents,
                               const HiresTarget& target, std::vector<torch::Generator>& generators);
+  // The tiling a VAE decode (or, encode = true, an encode of one image) of `count` images of width x
+  // height uses: PipelineOptions' vae_tiling with auto resolved by the untiled run's memory (said once).
+  VaeTiling vae_tiling_for(int64_t width, int64_t height, int64_t count, bool encode) const;
+  uint64_t vae_memory(int64_t width, int64_t height, int64_t count, bool encode, bool tiled) const;  // bytes
   // randn of `shape`, image i from generators[i] (randn_tensor with a list of CPU generators), on the device.
   torch::Tensor unit_noise(at::IntArrayRef shape, const std::vector<torch::Generator>& generators) const;
   // _encode_vae_image: latent_dist.sample of [N, 3, H, W] images, image i from generators[i], scaled.
@@ -329,6 +339,8 @@ class Pipeline {
   mutable std::vector<TextualInversion> embeddings_;      // loaded, in order (their rows follow the table's)
   mutable std::map<std::string, std::filesystem::path> embedding_folder_;  // stem -> file, not loaded yet
   StageTimes times_;
+  VaeTiling vae_tiling_;                  // from PipelineOptions: mode and tile size
+  mutable bool vae_tiling_said_ = false;  // the auto notice is given once
   std::map<std::string, std::vector<torch::Tensor>> mapped_weights_;  // component -> weights that are file pages
 };
 
