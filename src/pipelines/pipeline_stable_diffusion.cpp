@@ -602,9 +602,12 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   return images;
 }
 
-// Live copies measured with the SD 1.x VAE on the CPU (scripts/vae_tiling_bench.sh: peak RSS over
-// sizes), rounded up: a tile's decoder activations as kDecoderLiveCopies of the widest; the image being
-// assembled (3 values a pixel: the kept rows, the row above, its concatenation, the result).
+// The VAE's part, fp32 CPU, SD 1.x VAE, peak RSS growth over a 64x64 decode (scripts/vae_tiling_bench.sh):
+// untiled 1024x1024 4.01 GB, 2048x2048 16.1 GB (3.7 live copies of the widest activation; estimates 6.4 and
+// 25.8 GB); tiled (512-pixel tiles) 1024x1024 1.04 GB, 2048x2048 1.09 GB (estimates 1.66 and 1.81 GB): one
+// tile's decode as kDecoderLiveCopies, plus the image being assembled (3 values a pixel: the kept rows, the
+// row above, their concatenation, the result). The encoder (diffusers' encode, the same kernels): 2.68 GB at
+// 1024x1024, 5.0 copies of its widest (block_out_channels[0] at full size), rounded up.
 constexpr double kEncoderLiveCopies = 6;
 constexpr double kTiledOutputCopies = 4;
 
