@@ -273,13 +273,17 @@ Json api_schedulers() {
   return list;
 }
 
+std::string job_timestamp_now() {
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", std::localtime(&now));
+  return stamp;
+}
+
 Json api_info(const ApiGeneration& g, const ApiImagesInfo& images) {
   const GenerationRequest& r = g.request;
   const size_t n = images.seeds.size();
   const uint64_t first_seed = n ? images.seeds.front() : r.seed;
-  const std::time_t now = std::time(nullptr);
-  char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", std::localtime(&now));
   Json seeds = Json::array();
   for (uint64_t s : images.seeds) seeds.push_back(s);
   return {{"prompt", r.prompt}, {"all_prompts", Json(std::vector<std::string>(n, r.prompt))},
@@ -293,7 +297,7 @@ Json api_info(const ApiGeneration& g, const ApiImagesInfo& images) {
           {"sd_vae_name", nullptr}, {"sd_vae_hash", nullptr}, {"seed_resize_from_w", -1}, {"seed_resize_from_h", -1},
           {"denoising_strength", g.img2img ? Json(r.strength) : g.parameters["denoising_strength"]},
           {"extra_generation_params", Json::object()}, {"index_of_first_image", 0}, {"infotexts", images.infotexts},
-          {"styles", Json::array()}, {"job_timestamp", stamp}, {"clip_skip", images.clip_skip},
+          {"styles", Json::array()}, {"job_timestamp", images.job_timestamp}, {"clip_skip", images.clip_skip},
           {"is_using_inpainting_conditioning", images.inpainting_conditioning}, {"version", "taiyi"}};
 }
 

@@ -74,13 +74,6 @@ std::vector<ServeModel> list_models(const ServeOptions& options) {
   return models;
 }
 
-std::string timestamp() {
-  const std::time_t now = std::time(nullptr);
-  char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", std::localtime(&now));
-  return stamp;
-}
-
 }  // namespace
 
 GenerationService::GenerationService(ServeOptions options) : options_(std::move(options)), state_(new RunState) {
@@ -270,7 +263,7 @@ Json GenerationService::run_generation(Task& task, const ApiGeneration& g) {
     *state_ = RunState{};
     state_->busy = true;
     state_->job_count = g.n_iter;
-    state_->job_timestamp = timestamp();
+    state_->job_timestamp = job_timestamp_now();
     state_->started = Clock::now();
   }
   Pipeline& pipe = pipeline_for(title);
@@ -334,6 +327,10 @@ Json GenerationService::run_generation(Task& task, const ApiGeneration& g) {
   info.height = completed.height;
   info.clip_skip = request.clip_skip;
   info.inpainting_conditioning = !request.mask.empty() && pipe.inpainting_unet();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    info.job_timestamp = state_->job_timestamp;
+  }
   Json images = Json::array();
   if (g.send_images)
     for (const std::string& png : pngs) images.push_back(base64_encode(png));

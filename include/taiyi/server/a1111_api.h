@@ -58,7 +58,10 @@ struct ApiImagesInfo {
   std::string model_name, model_hash;
   int64_t width = 0, height = 0, clip_skip = 1;
   bool inpainting_conditioning = false;
+  std::string job_timestamp;  // when the request started (the web UI's state.job_timestamp)
 };
+// The web UI's job timestamp of now: "%Y%m%d%H%M%S", local time.
+std::string job_timestamp_now();
 nlohmann::json api_info(const ApiGeneration& generation, const ApiImagesInfo& images);
 
 // The web UI's infotext read back (modules/infotext_utils.py parse_generation_parameters, its common
