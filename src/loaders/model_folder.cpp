@@ -196,6 +196,21 @@ TextEncoderKind ModelFolder::text_encoder_kind() const {
               " is not supported (expected CLIPTextModel or BertModel)");
 }
 
+bool ModelFolder::is_sdxl() const {
+  // The SDXL pipelines (StableDiffusionXLPipeline, ...Img2Img..., ...Inpaint...) all hold text_encoder_2;
+  // the refiner (no text_encoder) is refused where its text encoder is asked for.
+  const auto encoder_2 = index_.find("text_encoder_2");
+  return encoder_2 != index_.end() && encoder_2->is_array() && encoder_2->size() == 2 && !(*encoder_2)[1].is_null();
+}
+
+bool ModelFolder::force_zeros_for_empty_prompt() const {
+  const auto value = index_.find("force_zeros_for_empty_prompt");
+  if (value == index_.end()) return is_sdxl();  // the SDXL pipelines' default (register_to_config)
+  if (!value->is_boolean())
+    throw Error(index_path().string() + ": force_zeros_for_empty_prompt must be true or false");
+  return value->get<bool>();
+}
+
 // diffusers' utils/hub_utils._add_variant: "diffusion_pytorch_model.safetensors" -> "diffusion_pytorch_model.fp16.safetensors".
 static std::string with_variant(const std::string& name, const std::string& variant) {
   if (variant.empty()) return name;

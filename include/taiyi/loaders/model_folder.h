@@ -86,6 +86,11 @@ class ModelFolder {
   Config config(const std::string& component) const;
   // CLIPTextModel + CLIPTokenizer, or BertModel + BertTokenizer (Taiyi Chinese-v0.1).
   TextEncoderKind text_encoder_kind() const;
+  // An SDXL-family pipeline: model_index.json names a text_encoder_2 (CLIPTextModelWithProjection) and a
+  // tokenizer_2 besides text_encoder / tokenizer (StableDiffusionXLPipeline and its img2img / inpaint siblings).
+  bool is_sdxl() const;
+  // model_index.json's force_zeros_for_empty_prompt (SDXL: no negative prompt means zero embeddings).
+  bool force_zeros_for_empty_prompt() const;
   // The weight files of a component, as diffusers / transformers pick them in a local folder:
   // model.safetensors, diffusion_pytorch_model.safetensors, their .bin forms, or the shards of an
   // index (*.safetensors.index.json, *.bin.index.json), with the variant's names when one is set. Error
