@@ -379,6 +379,65 @@ void bench_decode(const BenchOptions& o, const Loaded& loaded, int64_t batch, in
                      {"run_s", decode_s}, {"peak_rss_mb", peak_rss_mb()}});
 }
 
+// --unet-only: what one denoising step with guidance gives the UNet for `batch` images: [2 x batch, C, h, w]
+// latents, a [2 x batch, L, D] context of the tokenizer's max_length tokens, for SDXL text_embeds and time_ids;
+// unit-normal values (seed 0), timestep 500. The calls alternate between two ways: with one cross-attention
+// cache, as the denoising loop keeps it (the context's keys and values projected once), and without (each call
+// projects them, as diffusers does); medians of `repeat` timed calls of each after `warmup` of each.
+void bench_unet(const BenchOptions& o, const Loaded& loaded, int64_t batch, int64_t resolution, Json& results,
+                const Log& log) {
+  Pipeline& pipe = loaded.pipe;
+  const int64_t size = resolution ? resolution : pipe.default_width();
+  const int64_t factor = pipe.default_width() / pipe.unet().sample_size();
+  if (size % factor != 0)
+    throw Error("bench: --resolution " + std::to_string(size) + ": must be a multiple of " + std::to_string(factor));
+  const Config unet = pipe.source().config("unet");
+  const size_t blocks = unet.get_int_list("block_out_channels").size();
+  const int64_t cross_dim = unet.get_int_or_list("cross_attention_dim", blocks, 1280).back();
+  const int64_t n = 2 * batch, tokens = static_cast<int64_t>(pipe.tokenizer().max_length());
+  c10::InferenceMode inference;
+  torch::Generator generator = at::make_generator<at::CPUGeneratorImpl>(0);
+  auto randn = [&](at::IntArrayRef shape) {
+    return torch::randn(shape, generator, torch::TensorOptions().dtype(torch::kFloat)).to(pipe.device(), pipe.dtype());
+  };
+  const torch::Tensor sample = randn({n, pipe.unet().in_channels(), size / factor, size / factor});
+  const torch::Tensor context = randn({n, tokens, cross_dim});
+  AddedConditions added;
+  if (pipe.unet().addition_time_embed_dim() > 0) {
+    added.text_embeds = randn({n, pipe.unet().projection_class_embeddings_input_dim() - 6 * pipe.unet().addition_time_embed_dim()});
+    added.time_ids = pipe.add_time_ids(size, size).expand({n, 6});
+  }
+  const torch::Tensor timestep = torch::tensor(500.0F).to(pipe.device());
+  const std::string label = loaded.precision_name + " batch " + std::to_string(batch) + " " + std::to_string(size) + "x" +
+                            std::to_string(size) + " UNet call";
+  nn::CrossAttentionCache cache;
+  std::vector<double> cached_s, uncached_s, cached_cpu_s, uncached_cpu_s;
+  for (int64_t i = 0; i < o.warmup + o.repeat; ++i) {
+    for (bool cached : {true, false}) {
+      const double cpu_before = cpu_seconds();
+      const auto start = std::chrono::steady_clock::now();
+      pipe.unet().forward(sample, timestep, context, cached ? &cache : nullptr, added);
+      synchronize(pipe.device());
+      const double wall = seconds_since(start), cpu = cpu_seconds() - cpu_before;
+      if (i >= o.warmup) {
+        (cached ? cached_s : uncached_s).push_back(wall);
+        (cached ? cached_cpu_s : uncached_cpu_s).push_back(cpu);
+      }
+      say(log, "bench: " + label + (cached ? " (cached keys/values)" : "") + (i < o.warmup ? ": warm-up " : ": run ") +
+                   format("%.3f", wall) + " s, " + format("%.3f", cpu) + " CPU s");
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  };
+  results.push_back({{"precision", loaded.precision_name}, {"batch_size", batch}, {"width", size}, {"height", size},
+                     {"unet_batch", n}, {"context_tokens", tokens}, {"unet_call_s", median(cached_s)},
+                     {"unet_call_cpu_s", median(cached_cpu_s)}, {"unet_call_uncached_s", median(uncached_s)},
+                     {"unet_call_uncached_cpu_s", median(uncached_cpu_s)}, {"run_s", median(cached_s)},
+                     {"peak_rss_mb", peak_rss_mb()}});
+}
+
 }  // namespace
 
 Json run_bench(const BenchOptions& o, const std::function<void(const std::string&)>& log,
@@ -403,6 +462,8 @@ Json run_bench(const BenchOptions& o, const std::function<void(const std::string
         try {
           if (o.decode_only)
             bench_decode(o, loaded, batch, resolution, out["results"], log);
+          else if (o.unet_only)
+            bench_unet(o, loaded, batch, resolution, out["results"], log);
           else
             bench_configuration(o, device, loaded, batch, resolution, out["results"], log);
         } catch (const std::exception& e) {
@@ -436,7 +497,8 @@ std::string format_bench_table(const Json& bench) {
       {"precision", "precision", nullptr}, {"batch", "batch_size", "%.0f"},   {"size", "", nullptr},
       {"steps", "steps", "%.0f"},          {"chunks", "prompt_chunks", "%.0f"}, {"load s", "load_s", "%.2f"},
       {"text s", "encode_s", "%.3f"},
-      {"step s", "unet_step_s", "%.4f"},   {"it/s", "it_per_s", "%.2f"},      {"decode s", "decode_s", "%.3f"},
+      {"step s", "unet_step_s", "%.4f"},   {"it/s", "it_per_s", "%.2f"},      {"unet call s", "unet_call_s", "%.3f"},
+      {"uncached s", "unet_call_uncached_s", "%.3f"},                         {"decode s", "decode_s", "%.3f"},
       {"s/image", "s_per_image", "%.3f"},  {"images/s", "images_per_s", "%.3f"}, {"first s", "first_run_s", "%.3f"},
       {"GPU MB", "peak_gpu_mb", "%.0f"},   {"RSS MB", "peak_rss_mb", "%.0f"},  {"attention", "attention_backend", nullptr},
       {"note", "", nullptr},
@@ -525,6 +587,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchCommand& command) {
       ->capture_default_str();
   bench->add_option("--vae-tile-size", o.vae_tile_size, "VAE tile side in pixels (0: the VAE config's)")->capture_default_str();
   bench->add_flag("--decode-only", o.decode_only, "time the VAE decode of random latents alone (no text encoder, no UNet)");
+  bench->add_flag("--unet-only", o.unet_only,
+                  "time single UNet calls on random inputs, with and without the cached context keys/values")
+      ->excludes("--decode-only");
   bench->add_option("--json", command.json_file, "also write the results as JSON to this file");
   return bench;
 }

@@ -149,6 +149,8 @@ void add_sampler_options(CLI::App& app, PipelineOptions& pipeline) {
   app.add_option("--device", pipeline.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   add_numerics_options(&app, pipeline.tf32, pipeline.cudnn_benchmark);
   app.add_flag("--channels-last", pipeline.channels_last, "channels_last memory format on CUDA");
+  app.add_flag("--offload", pipeline.offload,
+                  "CUDA: keep the text encoders in host memory except while encoding (SDXL in fp16 on 8 GB cards)");
 }
 
 // --preview FILE: every --preview-every steps (and at the last) the first image of the batch, as TAESD

@@ -41,18 +41,23 @@ const std::map<std::string, std::vector<std::string>> kSummaryKeys = {
     {"text_encoder",
      {"model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
       "max_position_embeddings", "hidden_act"}},
+    {"text_encoder_2",
+     {"model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+      "max_position_embeddings", "hidden_act", "projection_dim"}},
     {"unet",
      {"sample_size", "in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
-      "up_block_types", "cross_attention_dim", "attention_head_dim", "norm_num_groups"}},
+      "up_block_types", "cross_attention_dim", "attention_head_dim", "norm_num_groups", "transformer_layers_per_block",
+      "addition_embed_type"}},
     {"vae", {"sample_size", "in_channels", "out_channels", "latent_channels", "block_out_channels", "layers_per_block",
-             "scaling_factor"}},
+             "scaling_factor", "force_upcast"}},
     {"scheduler",
      {"_class_name", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
       "skip_prk_steps", "steps_offset", "set_alpha_to_one", "clip_sample"}},
 };
 
 // The components taiyi uses, in the order data flows through them.
-const std::vector<std::string> kComponents = {"tokenizer", "text_encoder", "unet", "vae", "scheduler"};
+const std::vector<std::string> kComponents = {"tokenizer",      "tokenizer_2", "text_encoder", "text_encoder_2",
+                                              "unet",           "vae",         "scheduler"};
 
 std::string message_of(const std::exception& e) {
   if (auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
@@ -182,32 +187,34 @@ void inspect_index(const ModelFolder& folder, Json& report, std::vector<std::str
   report["classes"] = classes;
 }
 
-// Tokenizer: its kind and length come from the tokenizer files.
-Json inspect_tokenizer(const ModelFolder& folder, std::vector<std::string>& problems) {
+// Tokenizer (or SDXL's tokenizer_2): its kind, length and vocabulary come from the tokenizer files.
+Json inspect_tokenizer(const ModelFolder& folder, const std::string& component, std::vector<std::string>& problems) {
   Json entry = Json::object();
-  attempt("tokenizer", problems, [&] {
-    entry["class"] = folder.class_name("tokenizer");
-    std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(folder);
+  attempt(component, problems, [&] {
+    entry["class"] = folder.class_name(component);
+    std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(folder, component);
     entry["kind"] = tokenizer->kind();
     entry["max_length"] = tokenizer->max_length();
+    entry["vocab_size"] = tokenizer->vocab_size();
   });
   return entry;
 }
 
 // Text encoder, UNet, VAE: config, module, weights (as Pipeline::load checks and loads them);
 // here the text encoder's.
-Json inspect_text_encoder(const ModelSource& source, std::vector<std::string>& problems) {
+Json inspect_text_encoder(const ModelSource& source, const std::string& component, std::vector<std::string>& problems) {
   const ModelFolder& folder = source.folder();
   Json entry = Json::object();
   std::shared_ptr<TextEncoderImpl> module;
   LoadOptions options;
-  attempt("text_encoder", problems, [&] {
-    entry["class"] = folder.class_name("text_encoder");
-    entry["config"] = config_summary(folder.config("text_encoder"), "text_encoder");
-    module = make_text_encoder(folder);
+  attempt(component, problems, [&] {
+    entry["class"] = folder.class_name(component);
+    const Config config = source.config(component);
+    entry["config"] = config_summary(config, component);
+    module = component == "text_encoder_2" ? make_text_encoder_2(folder, config) : make_text_encoder(folder);
     options.ignore_unexpected = module->ignored_checkpoint_keys();
   });
-  inspect_weights(source, "text_encoder", module.get(), options, entry, problems);
+  inspect_weights(source, component, module.get(), options, entry, problems);
   return entry;
 }
 
@@ -280,8 +287,12 @@ Json inspect_model(const fs::path& root, const ModelSourceOptions& options) {
 
   // The components in the order data flows through them.
   Json components = Json::object();
-  components["tokenizer"] = inspect_tokenizer(source.folder(), problems);
-  components["text_encoder"] = inspect_text_encoder(source, problems);
+  const bool sdxl = source.folder().is_sdxl();
+  report["family"] = sdxl ? "SDXL" : "SD 1.x";
+  components["tokenizer"] = inspect_tokenizer(source.folder(), "tokenizer", problems);
+  if (sdxl) components["tokenizer_2"] = inspect_tokenizer(source.folder(), "tokenizer_2", problems);
+  components["text_encoder"] = inspect_text_encoder(source, "text_encoder", problems);
+  if (sdxl) components["text_encoder_2"] = inspect_text_encoder(source, "text_encoder_2", problems);
   components["unet"] = inspect_unet(source, problems);
   components["vae"] = inspect_vae(source, problems);
   components["scheduler"] = inspect_scheduler(source, problems);
@@ -333,7 +344,7 @@ std::string format_model_report(const Json& report) {
   if (report.contains("vae")) out << "vae:          " << report.value("vae", "") << "\n";
   if (!report.value("pipeline_class", "").empty())
     out << "pipeline:     " << report.value("pipeline_class", "") << " (diffusers "
-        << report.value("diffusers_version", "?") << ")\n";
+        << report.value("diffusers_version", "?") << "), " << report.value("family", "SD 1.x") << "\n";
   out << "usable:       "
       << (report.value("usable", false) ? "yes" : "NO (" + std::to_string(problems.size()) + " problem(s), below)")
       << "\n";
@@ -343,9 +354,10 @@ std::string format_model_report(const Json& report) {
     if (!components.contains(name)) continue;
     const Json& c = components.at(name);
     out << "\n" << name << ": " << c.value("class", "?");
-    if (name == "tokenizer" && c.contains("kind")) {
+    if ((name == "tokenizer" || name == "tokenizer_2") && c.contains("kind")) {
       if (c.at("kind") != c.value("class", "")) out << " (taiyi: " << c.at("kind").get<std::string>() << ")";
-      out << ", max length " << c.at("max_length").get<int64_t>();
+      out << ", max length " << c.at("max_length").get<int64_t>() << ", " << grouped(c.at("vocab_size").get<int64_t>())
+          << " tokens";
     }
     if (name == "scheduler" && c.contains("name")) out << " (taiyi: " << c.at("name").get<std::string>() << ")";
     out << "\n";
@@ -403,6 +415,10 @@ Json inspect_lora(const fs::path& root, const fs::path& lora_path) {
   auto text_encoder = make_text_encoder(source.folder());
   UNet2DConditionModel unet(source.config("unet"));
   std::vector<LoraTarget> targets = lora_targets("text_encoder", *text_encoder);
+  if (source.folder().is_sdxl()) {
+    auto text_encoder_2 = make_text_encoder_2(source.folder(), source.config("text_encoder_2"));
+    for (LoraTarget& t : lora_targets("text_encoder_2", *text_encoder_2)) targets.push_back(std::move(t));
+  }
   for (LoraTarget& t : lora_targets("unet", unet.module())) targets.push_back(std::move(t));
   LoraFile lora = read_lora(lora_path, targets, /*strict=*/false);
   Json report = {{"file", lora_path.string()}, {"model", root.string()}, {"layout", to_string(lora.plan.layout)},

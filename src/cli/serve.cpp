@@ -47,6 +47,8 @@ CLI::App* add_serve_command(CLI::App& app, ServeCommand& c) {
   serve->add_option("--eta", p.eta, "DDIM eta (0: deterministic)")->capture_default_str();
   add_numerics_options(serve, p.tf32, p.cudnn_benchmark);
   serve->add_flag("--channels-last", p.channels_last, "channels_last memory format on CUDA");
+  serve->add_flag("--offload", p.offload,
+                  "CUDA: keep the text encoders in host memory except while encoding (SDXL in fp16 on 8 GB cards)");
   p.lora_dir = cache_folder("loras");
   p.embeddings_dir = cache_folder("embeddings");
   serve->add_option("--lora-dir", p.lora_dir, "where a prompt's <lora:NAME:WEIGHT> finds NAME.safetensors")->capture_default_str();

@@ -39,6 +39,10 @@ fs::path Pipeline::find_lora(const std::string& name) const {
 
 std::vector<std::pair<torch::nn::Module*, std::string>> Pipeline::lora_copies(const std::string& component) {
   if (component == "unet") return {{&unet_->module(), ""}};
+  if (component == "text_encoder_2") {
+    if (!text_encoder_2_) throw Error("a LoRA for text_encoder_2 (lora_te2_) on a model without a second text encoder");
+    return {{text_encoder_2_.get(), ""}};
+  }
   std::vector<std::pair<torch::nn::Module*, std::string>> copies = {{text_encoder_.get(), ""}};
   if (text_encoder_fp32_ && text_encoder_fp32_ != text_encoder_) copies.push_back({text_encoder_fp32_.get(), "|fp32"});
   return copies;

@@ -256,6 +256,10 @@ class AutoencoderKLImpl : public torch::nn::Module {
     if (config.get_bool("use_post_quant_conv", true))
       post_quant_conv = register_module("post_quant_conv", nn::Conv2d(latent, latent, 1));
     scaling_factor = config.get_double("scaling_factor", 0.18215);
+    force_upcast = config.get_bool("force_upcast", true);  // AutoencoderKL's default
+    // latents_mean / latents_std (Playground v2.5's VAE) change the pipelines' scaling: not implemented.
+    for (const char* key : {"latents_mean", "latents_std", "shift_factor"})
+      if (config.has(key)) config.unsupported(key, "latent normalisation is not implemented (only scaling_factor)");
     // tile_sample_min_size: sample_size (an int, or a list whose first entry diffusers' tile_latent_min_size
     // uses); diffusers' default 32.
     const nlohmann::json& json = config.json();
@@ -269,6 +273,7 @@ class AutoencoderKLImpl : public torch::nn::Module {
   Decoder decoder{nullptr};
   nn::Conv2d quant_conv{nullptr}, post_quant_conv{nullptr};
   double scaling_factor = 0.18215;
+  bool force_upcast = true;
   int64_t sample_size = 32;
 };
 
@@ -325,6 +330,7 @@ std::pair<torch::Tensor, torch::Tensor> AutoencoderKL::encode_distribution(const
 
 torch::nn::Module& AutoencoderKL::module() { return *impl_; }
 double AutoencoderKL::scaling_factor() const { return impl_->scaling_factor; }
+bool AutoencoderKL::force_upcast() const { return impl_->force_upcast; }
 int64_t AutoencoderKL::scale_factor() const {
   return int64_t{1} << (impl_->shape.block_out_channels.size() - 1);
 }

@@ -111,10 +111,13 @@ struct ClipTextTransformerImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) {
     torch::Tensor x = embeddings(input_ids);  // [B, L, hidden]
     const torch::Tensor mask = causal_attention_mask(x.size(0), x.size(1), x.scalar_type(), x.device());
-    const int64_t layers = options.num_layers - skip;
-    for (int64_t i = 0; i < layers; ++i)
+    return final_layer_norm(run_layers(x, mask, 0, options.num_layers - skip));
+  }
+  // Layers [from, to) on x.
+  torch::Tensor run_layers(torch::Tensor x, const torch::Tensor& mask, int64_t from, int64_t to) {
+    for (int64_t i = from; i < to; ++i)
       x = encoder->layers[static_cast<size_t>(i)]->as<ClipEncoderLayer>()->forward(x, mask);
-    return final_layer_norm(x);
+    return x;
   }
   ClipTextEmbeddings embeddings{nullptr};
   ClipEncoder encoder{nullptr};
@@ -124,9 +127,39 @@ struct ClipTextTransformerImpl : torch::nn::Module {
 TORCH_MODULE(ClipTextTransformer);
 
 struct ClipTextModelImpl : TextEncoderImpl {
-  explicit ClipTextModelImpl(const Config& config) {
+  ClipTextModelImpl(const Config& config, bool with_projection) {
     reject_attention_mask(config);
     text_model = register_module("text_model", ClipTextTransformer(config));
+    eos_token_id = config.get_int("eos_token_id", 2);  // CLIPTextConfig's default
+    if (with_projection) {
+      const int64_t projection_dim = config.get_int("projection_dim", 512);
+      if (projection_dim <= 0) config.unsupported("projection_dim", "expected a positive number");
+      text_projection = register_module("text_projection",
+                                        Linear(text_model->options.hidden, projection_dim, /*bias=*/false));
+    }
+  }
+  // transformers' hidden_states[-index_from_end] and, with a projection, text_embeds: CLIPTextTransformer's
+  // pooled_output is last_hidden_state at the highest id when eos_token_id is 2 (configs before transformers
+  // 4.31; for Taiyi-XL's added Chinese tokens that is a character, not the end token, and IDEA's code pools the
+  // same way), else at the first eos_token_id.
+  HiddenAndPooled hidden_state(const torch::Tensor& input_ids, int64_t index_from_end) override {
+    const EncoderOptions& o = text_model->options;
+    check_input_ids(input_ids, token_embedding().weight().size(0), o.max_positions, "CLIPTextModel");
+    if (index_from_end < 1 || index_from_end > o.num_layers + 1)
+      throw Error("CLIPTextModel: hidden_states[-" + std::to_string(index_from_end) + "] is out of range: this text " +
+                  "encoder has " + std::to_string(o.num_layers) + " layers");
+    torch::Tensor x = text_model->embeddings(input_ids);
+    const torch::Tensor mask = causal_attention_mask(x.size(0), x.size(1), x.scalar_type(), x.device());
+    const int64_t taken = o.num_layers + 1 - index_from_end;
+    HiddenAndPooled out;
+    out.hidden = x = text_model->run_layers(x, mask, 0, taken);
+    if (!text_projection) return out;
+    torch::Tensor last = text_model->final_layer_norm(text_model->run_layers(x, mask, taken, o.num_layers));
+    torch::Tensor positions = eos_token_id == 2 ? input_ids.to(torch::kInt).argmax(-1)
+                                                : input_ids.to(torch::kInt).eq(eos_token_id).to(torch::kInt).argmax(-1);
+    torch::Tensor pooled = last.index({torch::arange(last.size(0), positions.device()), positions});
+    out.pooled = text_projection(pooled);
+    return out;
   }
   torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) override {
     const EncoderOptions& o = text_model->options;
@@ -144,12 +177,18 @@ struct ClipTextModelImpl : TextEncoderImpl {
     return {"text_model.embeddings.position_ids"};  // persistent in transformers < 4.31
   }
   ClipTextTransformer text_model{nullptr};
+  Linear text_projection{nullptr};
+  int64_t eos_token_id = 2;
 };
 
 }  // namespace
 
 std::shared_ptr<TextEncoderImpl> make_clip_text_model(const Config& config) {
-  return std::make_shared<ClipTextModelImpl>(config);
+  return std::make_shared<ClipTextModelImpl>(config, /*with_projection=*/false);
+}
+
+std::shared_ptr<TextEncoderImpl> make_clip_text_model_with_projection(const Config& config) {
+  return std::make_shared<ClipTextModelImpl>(config, /*with_projection=*/true);
 }
 
 }  // namespace taiyi

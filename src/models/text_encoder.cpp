@@ -95,6 +95,18 @@ void check_input_ids(const torch::Tensor& input_ids, int64_t vocab_size, int64_t
 
 }  // namespace text_encoders
 
+TextEncoderImpl::HiddenAndPooled TextEncoderImpl::hidden_state(const torch::Tensor&, int64_t) {
+  throw Error("this text encoder has no SDXL hidden-state output (CLIPTextModel and CLIPTextModelWithProjection do)");
+}
+
+std::shared_ptr<TextEncoderImpl> make_text_encoder_2(const ModelFolder& folder, const Config& config) {
+  const std::string cls = folder.class_name("text_encoder_2");
+  if (cls != "CLIPTextModelWithProjection")
+    throw Error(folder.index_path().string() + ": text_encoder_2 class " + quoted_excerpt(cls, 60) +
+                " is not supported (expected CLIPTextModelWithProjection)");
+  return make_clip_text_model_with_projection(config);
+}
+
 std::shared_ptr<TextEncoderImpl> make_text_encoder(const ModelFolder& folder) {
   // text_encoder_kind() is the Error naming model_index.json and any other class.
   switch (folder.text_encoder_kind()) {

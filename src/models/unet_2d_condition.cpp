@@ -1,4 +1,4 @@
-// UNet2DConditionModel for the SD v1 family, a port of diffusers 0.37.1 models/unets/
+// UNet2DConditionModel for the SD v1 and SDXL families, a port of diffusers 0.37.1 models/unets/
 // unet_2d_condition.py with the parameter names of its state dict: unet/config.json read and checked
 // into a UNetShape, then conv_in, time_embedding (embeddings.h), down_blocks, mid_block, up_blocks
 // (unet_2d_blocks.h), conv_norm_out and conv_out. Every size comes from unet/config.json; an option
@@ -123,10 +123,25 @@ void read_options(const Config& config, UNetShape& s) {
   s.activation = nn::activation_from_config(config, "act_fn", "silu");
 }
 
-// Options of other UNets (SD 2.x, SDXL, ...) that taiyi does not implement: an Error unless they hold
-// their SD v1 default.
+// SDXL's addition embedding (unet_2d_condition.py _set_add_embedding, "text_time"): add_time_proj
+// (Timesteps(addition_time_embed_dim)) and add_embedding (TimestepEmbedding(projection_class_embeddings_input_dim)).
+void read_addition_embedding(const Config& config, UNetShape& s) {
+  if (!config.has("addition_embed_type")) return;
+  if (config.get_string("addition_embed_type") != "text_time")
+    config.unsupported("addition_embed_type", "taiyi implements \"text_time\" (SDXL) only");
+  s.addition_time_embed_dim = config.get_int("addition_time_embed_dim");
+  s.projection_class_embeddings_input_dim = config.get_int("projection_class_embeddings_input_dim");
+  if (s.addition_time_embed_dim <= 0 || s.addition_time_embed_dim % 2 != 0)
+    config.unsupported("addition_time_embed_dim", "expected a positive even number");
+  if (s.projection_class_embeddings_input_dim <= 6 * s.addition_time_embed_dim)
+    config.unsupported("projection_class_embeddings_input_dim",
+                       "expected 6 x addition_time_embed_dim plus the pooled text embedding's width");
+}
+
+// Options of other UNets (SD 2.x upscalers, Kandinsky, ...) that taiyi does not implement: an Error unless
+// they hold their default.
 void reject_unsupported(const Config& config) {
-  const std::string sd1 = "taiyi implements the SD v1 UNet only";
+  const std::string sd1 = "taiyi implements the SD v1 and SDXL UNets";
   require_default(config, "time_embedding_type", "positional", "only \"positional\" is supported");
   require_default(config, "resnet_time_scale_shift", "default", "only \"default\" is supported");
   require_default(config, "mid_block_type", "UNetMidBlock2DCrossAttn", "only UNetMidBlock2DCrossAttn is supported");
@@ -136,7 +151,6 @@ void reject_unsupported(const Config& config) {
   require_default(config, "attention_type", "default", sd1);
   require_default(config, "class_embed_type", nullptr, sd1);
   require_default(config, "num_class_embeds", nullptr, sd1);
-  require_default(config, "addition_embed_type", nullptr, sd1);
   require_default(config, "encoder_hid_dim", nullptr, sd1);
   require_default(config, "encoder_hid_dim_type", nullptr, sd1);
   require_default(config, "time_cond_proj_dim", nullptr, sd1);
@@ -151,6 +165,7 @@ UNetShape read_shape(const Config& config) {
   read_blocks(config, s);
   read_per_block(config, s);
   read_options(config, s);
+  read_addition_embedding(config, s);
   reject_unsupported(config);
   return s;
 }
@@ -166,6 +181,9 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
         "conv_in", nn::Conv2d(s.in_channels, s.block_out_channels[0], s.conv_in_kernel, 1, (s.conv_in_kernel - 1) / 2));
     time_embedding = register_module("time_embedding",
                                      nn::TimestepEmbedding(s.block_out_channels[0], s.time_embed_dim, s.activation));
+    if (s.addition_time_embed_dim > 0)  // TimestepEmbedding's default act_fn, "silu"
+      add_embedding = register_module("add_embedding", nn::TimestepEmbedding(s.projection_class_embeddings_input_dim,
+                                                                             s.time_embed_dim, nn::Activation::SiLU));
 
     auto down_list = register_module("down_blocks", torch::nn::ModuleList());
     int64_t output_channel = s.block_out_channels[0];
@@ -196,9 +214,10 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
   // unet_2d_condition.py UNet2DConditionModel.forward without the optional extras.
   torch::Tensor forward(torch::Tensor sample, const torch::Tensor& timestep, const torch::Tensor& context,
-                        nn::CrossAttentionCache* cache) {
+                        nn::CrossAttentionCache* cache, const AddedConditions& added) {
     const UNetShape& s = shape_;
     check_inputs(sample, timestep, context);
+    check_added(added, sample.size(0));
     const int64_t batch = sample.size(0);
 
     // Sizes not divisible by the overall up factor make every upsampler follow its skip's size.
@@ -212,6 +231,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
     torch::Tensor t_emb = nn::timestep_embedding(timesteps, s.block_out_channels[0], s.flip_sin_to_cos, s.freq_shift)
                               .to(sample.scalar_type());
     torch::Tensor emb = time_embedding(t_emb);
+    if (add_embedding) emb = emb + add_embedding(added_embedding(added, emb.scalar_type()));
 
     torch::Tensor h = conv_in(sample);
     std::vector<torch::Tensor> skips{h};
@@ -233,6 +253,34 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   const UNetShape& shape() const { return shape_; }
 
  private:
+  // get_aug_embed's "text_time": the time ids' sinusoidal embeddings (float32, as Timesteps computes them)
+  // flattened per sample after text_embeds, in the embedding's dtype.
+  torch::Tensor added_embedding(const AddedConditions& added, torch::ScalarType dtype) const {
+    const UNetShape& s = shape_;
+    torch::Tensor time_embeds = nn::timestep_embedding(added.time_ids.flatten(), s.addition_time_embed_dim,
+                                                       s.flip_sin_to_cos, s.freq_shift);
+    time_embeds = time_embeds.reshape({added.text_embeds.size(0), -1});
+    return torch::cat({added.text_embeds.to(torch::kFloat), time_embeds}, -1).to(dtype);
+  }
+
+  void check_added(const AddedConditions& added, int64_t batch) const {
+    const UNetShape& s = shape_;
+    if (!add_embedding) {
+      if (added.defined()) throw Error("UNet2DConditionModel: text_embeds / time_ids given to a UNet without addition_embed_type");
+      return;
+    }
+    const int64_t pooled = s.projection_class_embeddings_input_dim - 6 * s.addition_time_embed_dim;
+    if (!added.text_embeds.defined() || added.text_embeds.dim() != 2 || added.text_embeds.size(0) != batch ||
+        added.text_embeds.size(1) != pooled)
+      throw Error("UNet2DConditionModel: addition_embed_type text_time needs text_embeds [" + std::to_string(batch) +
+                  ", " + std::to_string(pooled) + "], got " +
+                  (added.text_embeds.defined() ? c10::str(added.text_embeds.sizes()) : std::string("none")));
+    if (!added.time_ids.defined() || added.time_ids.dim() != 2 || added.time_ids.size(0) != batch ||
+        added.time_ids.size(1) != 6)
+      throw Error("UNet2DConditionModel: addition_embed_type text_time needs time_ids [" + std::to_string(batch) +
+                  ", 6], got " + (added.time_ids.defined() ? c10::str(added.time_ids.sizes()) : std::string("none")));
+  }
+
   void check_inputs(const torch::Tensor& sample, const torch::Tensor& timestep, const torch::Tensor& context) const {
     const UNetShape& s = shape_;
     if (sample.dim() != 4 || sample.size(1) != s.in_channels)
@@ -251,7 +299,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   Config config_;
   UNetShape shape_;
   nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
-  nn::TimestepEmbedding time_embedding{nullptr};
+  nn::TimestepEmbedding time_embedding{nullptr}, add_embedding{nullptr};
   std::vector<DownBlock> down_blocks;
   MidBlock mid_block{nullptr};
   std::vector<UpBlock> up_blocks;
@@ -263,12 +311,16 @@ UNet2DConditionModel::UNet2DConditionModel(const Config& config)
 
 torch::Tensor UNet2DConditionModel::forward(const torch::Tensor& sample, const torch::Tensor& timestep,
                                             const torch::Tensor& encoder_hidden_states,
-                                            nn::CrossAttentionCache* cache) {
-  return impl_->forward(sample, timestep, encoder_hidden_states, cache);
+                                            nn::CrossAttentionCache* cache, const AddedConditions& added) {
+  return impl_->forward(sample, timestep, encoder_hidden_states, cache, added);
 }
 
 torch::nn::Module& UNet2DConditionModel::module() { return *impl_; }
 int64_t UNet2DConditionModel::in_channels() const { return impl_->shape().in_channels; }
+int64_t UNet2DConditionModel::addition_time_embed_dim() const { return impl_->shape().addition_time_embed_dim; }
+int64_t UNet2DConditionModel::projection_class_embeddings_input_dim() const {
+  return impl_->shape().projection_class_embeddings_input_dim;
+}
 int64_t UNet2DConditionModel::sample_size() const { return impl_->config().get_int("sample_size"); }
 
 }  // namespace taiyi

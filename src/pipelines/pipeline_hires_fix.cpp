@@ -151,7 +151,7 @@ torch::Tensor Pipeline::hires_upscale(const std::vector<GenerationRequest>& batc
 }
 
 torch::Tensor Pipeline::hires_pass(const std::vector<GenerationRequest>& batch, const torch::Tensor& latents,
-                                   const torch::Tensor& embeddings, const ProgressCallback& progress) {
+                                   const Conditioning& conditioning, const ProgressCallback& progress) {
   const GenerationRequest& first = batch.front();
   const HiresTarget t = hires_target(first);
   GenerationRequest second = first;
@@ -170,7 +170,9 @@ torch::Tensor Pipeline::hires_pass(const std::vector<GenerationRequest>& batch, 
     for (int64_t i = 0; i < r.count; ++i) generators.push_back(at::make_generator<at::CPUGeneratorImpl>(r.seed + static_cast<uint64_t>(i)));
   const torch::Tensor upscaled = hires_upscale(batch, latents, t, generators);
   const torch::Tensor noised = scheduler.add_noise(upscaled, unit_noise(upscaled.sizes(), generators), first_index);
-  return denoise(scheduler, noised, embeddings, second, generators, progress, first_index);
+  // SDXL's time_ids follow the second pass's size, as the web UI conditions its hires pass on hr_upscale_to_x/y.
+  return denoise(scheduler, noised, resized_conditioning(conditioning, second.width, second.height), second, generators,
+                 progress, first_index);
 }
 
 }  // namespace taiyi

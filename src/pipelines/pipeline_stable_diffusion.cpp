@@ -150,13 +150,23 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
   p.scheduler_file_config_ = p.source_.config("scheduler");
   p.scheduler_for(p.sampler_setting(GenerationRequest{}));  // a bad sampler or config fails before any weight loads
   p.text_encoder_ = make_text_encoder(folder);
+  if (folder.is_sdxl()) {
+    p.tokenizer_2_ = load_tokenizer(folder, "tokenizer_2");
+    p.text_encoder_2_ = make_text_encoder_2(folder, p.source_.config("text_encoder_2"));
+    p.force_zeros_for_empty_prompt_ = folder.force_zeros_for_empty_prompt();
+  }
   p.unet_ = std::make_shared<UNet2DConditionModel>(p.source_.config("unet"));
   p.vae_ = std::make_shared<AutoencoderKL>(p.source_.config("vae"));
+  p.check_sdxl_components();
   p.vae_tiling_ = vae_tiling_of(options, *p.vae_);
   p.unet_first_channels_ = p.source_.config("unet").get_int_list("block_out_channels").at(0);
-  const bool vae_forced_fp32 = options.vae_precision == "fp32" && p.dtype_ != torch::kFloat;
+  // StableDiffusionXLPipeline decodes in fp32 when the VAE is fp16 and its config says force_upcast.
+  const bool vae_forced_fp32 = (options.vae_precision == "fp32" && p.dtype_ != torch::kFloat) ||
+                               (p.is_sdxl() && p.dtype_ == torch::kHalf && p.vae_->force_upcast());
 
   p.load_component(*p.text_encoder_, "text_encoder", p.dtype_, p.text_encoder_->ignored_checkpoint_keys());
+  if (p.text_encoder_2_)
+    p.load_component(*p.text_encoder_2_, "text_encoder_2", p.dtype_, p.text_encoder_2_->ignored_checkpoint_keys());
   p.load_component(p.unet_->module(), "unet", p.dtype_);
   p.load_component(p.vae_->module(), "vae", vae_forced_fp32 ? torch::kFloat : p.dtype_);
   if (vae_forced_fp32) p.vae_fp32_ = p.vae_;
@@ -167,7 +177,11 @@ Pipeline Pipeline::load(const fs::path& folder_path, const PipelineOptions& opti
       if (param.dim() == 4) param.set_data(param.contiguous(torch::MemoryFormat::ChannelsLast));
   }
   p.lora_targets_ = taiyi::lora_targets("text_encoder", *p.text_encoder_);
+  if (p.text_encoder_2_)
+    for (LoraTarget& t : taiyi::lora_targets("text_encoder_2", *p.text_encoder_2_)) p.lora_targets_.push_back(std::move(t));
   for (LoraTarget& t : taiyi::lora_targets("unet", p.unet_->module())) p.lora_targets_.push_back(std::move(t));
+  p.place_text_encoders(false);
+  if (options.offload && !p.device_.is_cuda()) p.say("--offload applies to CUDA devices; ignored on the CPU");
   for (const std::string& file : options.embedding_files) p.add_embedding(read_embedding(file));
   for (const fs::path& file : embedding_files(options.embeddings_dir))
     p.embedding_folder_.emplace(file.stem().string(), file);
@@ -282,7 +296,7 @@ void Pipeline::say(const std::string& notice) const {
 void Pipeline::load_component(torch::nn::Module& module, const std::string& component, torch::Dtype dtype,
                               const std::vector<std::string>& ignored_keys) {
   if (random_weights_) {
-    const std::map<std::string, uint64_t> seeds = {{"text_encoder", 1}, {"unet", 2}, {"vae", 3}};
+    const std::map<std::string, uint64_t> seeds = {{"text_encoder", 1}, {"unet", 2}, {"vae", 3}, {"text_encoder_2", 4}};
     fill_random(module, dtype, device_, seeds.at(component));
   } else {
     LoadOptions options(dtype, device_, ignored_keys);
@@ -328,22 +342,23 @@ torch::Tensor Pipeline::encode_ids(const std::vector<int64_t>& chunk_ids, int64_
 // a chunk with weights is multiplied token by token and rescaled to its unweighted mean (in fp32, as
 // the web UI's float32 multipliers promote it); the chunks concatenated along the sequence.
 torch::Tensor Pipeline::encode_prompt(const std::string& prompt, int64_t clip_skip) {
+  if (is_sdxl()) return encode_prompt_xl(prompt, clip_skip).context;
   const TokenizedPrompt tokenized = tokenize_prompt(*tokenizer_, prompt);
   std::vector<torch::Tensor> chunks;
-  for (const PromptChunk& chunk : tokenized.chunks) {
-    torch::Tensor z = encode_ids(chunk.ids, clip_skip - 1);
-    if (std::any_of(chunk.weights.begin(), chunk.weights.end(), [](double w) { return w != 1.0; })) {
-      std::vector<float> weights(chunk.weights.begin(), chunk.weights.end());
-      torch::Tensor multipliers = torch::tensor(weights).to(device_).reshape({1, -1, 1});
-      torch::Tensor z32 = z.to(torch::kFloat);
-      torch::Tensor original_mean = z32.mean();
-      z32 = z32 * multipliers;
-      torch::Tensor new_mean = z32.mean();
-      z = (z32 * (original_mean / new_mean)).to(dtype_);
-    }
-    chunks.push_back(z);
-  }
+  for (const PromptChunk& chunk : tokenized.chunks) chunks.push_back(apply_emphasis(encode_ids(chunk.ids, clip_skip - 1), chunk.weights));
   return chunks.size() == 1 ? chunks.front() : torch::cat(chunks, 1);
+}
+
+torch::Tensor Pipeline::apply_emphasis(torch::Tensor z, const std::vector<double>& chunk_weights) const {
+  if (std::all_of(chunk_weights.begin(), chunk_weights.end(), [](double w) { return w == 1.0; })) return z;
+  const torch::Dtype dtype = z.scalar_type();
+  std::vector<float> weights(chunk_weights.begin(), chunk_weights.end());
+  torch::Tensor multipliers = torch::tensor(weights).to(device_).reshape({1, -1, 1});
+  torch::Tensor z32 = z.to(torch::kFloat);
+  torch::Tensor original_mean = z32.mean();
+  z32 = z32 * multipliers;
+  torch::Tensor new_mean = z32.mean();
+  return (z32 * (original_mean / new_mean)).to(dtype);
 }
 
 torch::Tensor Pipeline::initial_latents(const GenerationRequest& r, std::vector<torch::Generator>* generators) const {
@@ -361,7 +376,7 @@ torch::Tensor Pipeline::initial_latents(const GenerationRequest& r, std::vector<
   return torch::cat(per_image).to(device_);
 }
 
-torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, const torch::Tensor& embeddings,
+torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, const Conditioning& conditioning,
                                 const GenerationRequest& r, std::vector<torch::Generator>& generators,
                                 const ProgressCallback& progress, int64_t first_index, const StepHook& after_step,
                                 const std::vector<torch::Tensor>& extra_inputs) {
@@ -386,8 +401,8 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
       model_input = torch::cat(parts, 1);
     }
     if (options_.channels_last && device_.is_cuda()) model_input = model_input.contiguous(torch::MemoryFormat::ChannelsLast);
-    torch::Tensor noise =
-        unet_->forward(model_input, timestep_tensors[static_cast<size_t>(i - first_index)], embeddings, &cross_attention);
+    torch::Tensor noise = unet_->forward(model_input, timestep_tensors[static_cast<size_t>(i - first_index)],
+                                         conditioning.context, &cross_attention, conditioning.added);
     if (guidance) {
       auto halves = noise.chunk(2);
       noise = halves[0] + r.cfg_scale * (halves[1] - halves[0]);
@@ -502,7 +517,8 @@ std::vector<GenerationRequest> Pipeline::complete_batch(const std::vector<Genera
 
 // The batch's text embeddings, [images (x2 with guidance), chunks * max_length, D]: the unconditional
 // half first, as diffusers concatenates them.
-torch::Tensor Pipeline::encode_batch_prompts(const std::vector<GenerationRequest>& batch, bool guidance) {
+Conditioning Pipeline::encode_batch_prompts(const std::vector<GenerationRequest>& batch, bool guidance) {
+  if (is_sdxl()) return encode_batch_prompts_xl(batch, guidance);  // pipeline_stable_diffusion_xl.cpp
   std::map<std::pair<std::string, int64_t>, torch::Tensor> encoded;  // the same (negative) prompt is encoded once
   auto encode = [&](const std::string& text, int64_t clip_skip) {
     auto key = std::make_pair(text, clip_skip);
@@ -577,11 +593,14 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   const bool guidance = first.cfg_scale > 1.0;
 
   auto start = std::chrono::steady_clock::now();
-  const torch::Tensor embeddings = encode_batch_prompts(batch, guidance);
+  place_text_encoders(true);
+  const Conditioning conditioning = encode_batch_prompts(batch, guidance);
+  place_text_encoders(false);  // --offload: the encoders' device memory goes to the UNet
   synchronize(device_);
   times_.encode += seconds_since(start);
-  // Peak memory (a bf16 run from a bf16 folder): the text encoder's file pages are not needed in the loop.
+  // Peak memory (a bf16 run from a bf16 folder): the text encoders' file pages are not needed in the loop.
   release_mapped_weights("text_encoder");
+  release_mapped_weights("text_encoder_2");
 
   start = std::chrono::steady_clock::now();
   // As StableDiffusionPipeline: set_timesteps first, then the latents.
@@ -589,9 +608,9 @@ std::vector<Image> Pipeline::generate_batch(const std::vector<GenerationRequest>
   scheduler.set_timesteps(first.steps);
   std::vector<torch::Generator> generators;
   PreparedLatents prepared = prepare_latents(scheduler, batch, generators, guidance);
-  torch::Tensor latents = denoise(scheduler, prepared.latents, embeddings, first, generators, progress,
+  torch::Tensor latents = denoise(scheduler, prepared.latents, conditioning, first, generators, progress,
                                   prepared.first_index, prepared.after_step, prepared.extra_inputs);
-  if (first.hires()) latents = hires_pass(batch, latents, embeddings, progress);  // pipeline_hires_fix.cpp
+  if (first.hires()) latents = hires_pass(batch, latents, conditioning, progress);  // pipeline_hires_fix.cpp
   synchronize(device_);
   times_.denoise += seconds_since(start);
   release_mapped_weights("unet");  // nor the UNet's during the decode, the other peak

@@ -29,16 +29,16 @@ bool is_word(char32_t c) {
 }
 }  // namespace unicode
 
-std::unique_ptr<Tokenizer> load_tokenizer(const ModelFolder& folder) {
+std::unique_ptr<Tokenizer> load_tokenizer(const ModelFolder& folder, const std::string& component) {
   // A single file's tokenizer is built in (CLIP ViT-L/14's BPE, bert-base-chinese's WordPiece).
-  if (folder.builtin_configs()) return builtin_tokenizer(folder.text_encoder_kind());
-  std::string class_name = folder.class_name("tokenizer");
-  if (class_name == "CLIPTokenizer") return load_clip_tokenizer(folder.component_dir("tokenizer"));
-  if (class_name == "BertTokenizer") return load_bert_tokenizer(folder.component_dir("tokenizer"));
+  if (folder.builtin_configs() && component == "tokenizer") return builtin_tokenizer(folder.text_encoder_kind());
+  std::string class_name = folder.class_name(component);
+  if (class_name == "CLIPTokenizer") return load_clip_tokenizer(folder.component_dir(component));
+  if (class_name == "BertTokenizer") return load_bert_tokenizer(folder.component_dir(component));
   std::string why = "taiyi implements the slow CLIPTokenizer and BertTokenizer";
   if (class_name == "CLIPTokenizerFast" || class_name == "BertTokenizerFast")
     why += " (the fast tokenizers normalise text differently, e.g. they do not split Chinese characters)";
-  throw Error(folder.index_path().string() + ": tokenizer class '" + class_name +
+  throw Error(folder.index_path().string() + ": " + component + " class '" + class_name +
               "' is not supported: " + why);
 }
 

@@ -9,6 +9,10 @@ layout, and the module-level references of diffusers' StableDiffusionXLPipeline 
                      tokenizers with 8067 added tokens (added_tokens.json: CJK punctuation and common
                      characters, ids from 49408) and model_max_length 512, as IDEA ships them.
 
+    full-taiyi-xl/   (--full) Taiyi-XL's real configs (SDXL base UNet and VAE, both encoders 57475 / 512) with
+                     random weights stored in fp16 (7 GB; the single file IDEA ships is fp16 too), for the full-size
+                     checks and the benchmarks. ref/sdxl_full.safetensors: its UNet in fp32 on one 64x64 input.
+
 ref/sdxl.safetensors: per prompt case, encode_prompt's four outputs (with clip skip where asked); the UNet's
 output on one input with text_embeds and time_ids; the tokenizers' ids. ref/sdxl_cases.json: the cases.
 """
@@ -124,6 +128,8 @@ def build_sdxl(out: Path, name: str, size: str, taiyi: bool, vocab_data: Path):
         m.eval()
         if tiny:
             jitter(m, gen)
+        else:
+            m.half()
     tmp = out / (name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if taiyi:
@@ -174,6 +180,24 @@ ENCODE_CASES = [
 ]
 
 
+def make_full(out: Path, vocab_data: Path):
+    """full-taiyi-xl and its UNet's output in fp32 (the fp16 weights upcast, as from_pretrained(torch_dtype=
+    float32) loads them) on a 64x64 input: batch 2, the 2048-wide context of 512 tokens, text_embeds, time_ids."""
+    from diffusers import UNet2DConditionModel
+
+    build_sdxl(out, "full-taiyi-xl", "full", True, vocab_data)
+    unet = UNet2DConditionModel.from_pretrained(out / "full-taiyi-xl" / "unet", torch_dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(9)
+    inputs = dict(sample=torch.randn(2, 4, 8, 8, generator=g), context=torch.randn(2, 512, 2048, generator=g),
+                  text_embeds=torch.randn(2, 1280, generator=g),
+                  time_ids=torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * 2), timestep=torch.tensor(751.0))
+    with torch.no_grad():
+        inputs["out"] = unet(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["context"],
+                             added_cond_kwargs={"text_embeds": inputs["text_embeds"],
+                                                "time_ids": inputs["time_ids"]}).sample
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(out / "ref" / "sdxl_full.safetensors"))
+
+
 def make(out: Path, full: bool):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     from make_fixtures import VOCAB_DATA
@@ -212,3 +236,5 @@ def make(out: Path, full: bool):
                 tensors[f"unet.{key}"] = value.contiguous()
     save_file(tensors, str(out / "ref" / "sdxl.safetensors"))
     (out / "ref" / "sdxl_cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    if full:
+        make_full(out, VOCAB_DATA)

@@ -48,6 +48,11 @@ struct BenchOptions {
   // generation (the VAE's time and the process's peak RSS alone; one configuration a process for a
   // peak of its own). Results: precision, batch_size, width, height, vae_tiling, decode_s, run_s, peak_rss_mb.
   bool decode_only = false;
+  // --unet-only: each configuration times single UNet calls (the CFG-doubled batch, the tokenizer's context
+  // length, SDXL's added conditions) with and without the cross-attention cache. Results: precision, batch_size,
+  // width, height, unet_batch, context_tokens, unet_call_s / unet_call_cpu_s (cached, as in the denoising loop),
+  // unet_call_uncached_s / unet_call_uncached_cpu_s (medians), run_s, peak_rss_mb.
+  bool unet_only = false;
 };
 
 // Runs the grid (precision x batch size x resolution x prompt); returns {"device": ..., "results": [

@@ -48,6 +48,8 @@ class AutoencoderKL {
   int64_t tile_latent_size(const VaeTiling& tiling) const;
   torch::nn::Module& module();
   double scaling_factor() const;  // config scaling_factor, 0.18215 when absent
+  // config force_upcast (default true): the SDXL pipelines decode and encode in fp32 when the VAE is fp16.
+  bool force_upcast() const;
   int64_t scale_factor() const;   // 2^(len(block_out_channels)-1): pixels per latent
   int64_t latent_channels() const;
   // The decoder's widest activation in values per output pixel (for the memory estimate of

@@ -26,6 +26,15 @@ struct TextEncoderImpl : torch::nn::Module {
   // `skip` layers before the last, through the final layer norm. 0: last_hidden_state. Error for BERT
   // (it has no final layer norm; diffusers fails there too) and for skip >= num_layers() + 1.
   virtual torch::Tensor forward(const torch::Tensor& input_ids, int64_t skip) = 0;
+  // SDXL's use (StableDiffusionXLPipeline.encode_prompt with output_hidden_states): transformers'
+  // hidden_states[-index_from_end], where 1 is the last layer's output (before final_layer_norm) and
+  // num_layers() + 1 the embeddings; and for CLIPTextModelWithProjection its text_embeds (the pooled token of
+  // last_hidden_state through text_projection), undefined for the other encoders. Error for BERT and for an
+  // index out of range.
+  struct HiddenAndPooled {
+    torch::Tensor hidden, pooled;
+  };
+  virtual HiddenAndPooled hidden_state(const torch::Tensor& input_ids, int64_t index_from_end);
   virtual int64_t num_layers() const = 0;
   virtual bool supports_clip_skip() const = 0;
   // Keys present in transformers' checkpoints that this module does not hold (e.g. position_ids
@@ -37,6 +46,9 @@ struct TextEncoderImpl : torch::nn::Module {
 
 // The text encoder named in model_index.json, built from its config (weights not loaded).
 std::shared_ptr<TextEncoderImpl> make_text_encoder(const ModelFolder& folder);
+// SDXL's second text encoder, text_encoder_2: CLIPTextModelWithProjection (Error naming model_index.json for
+// another class), built from `config`.
+std::shared_ptr<TextEncoderImpl> make_text_encoder_2(const ModelFolder& folder, const Config& config);
 
 // What modeling_clip.cpp and modeling_bert.cpp share.
 namespace text_encoders {

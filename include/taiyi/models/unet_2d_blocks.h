@@ -36,6 +36,8 @@ struct UNetShape {
   int64_t downsample_padding = 1;
   int64_t conv_in_kernel = 3, conv_out_kernel = 3;
   int64_t time_embed_dim = 0;
+  // addition_embed_type "text_time" (SDXL): 0 when absent.
+  int64_t addition_time_embed_dim = 0, projection_class_embeddings_input_dim = 0;
   nn::Activation activation = nn::Activation::SiLU;
 };
 

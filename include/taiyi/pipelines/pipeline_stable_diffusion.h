@@ -1,5 +1,7 @@
 // The text-to-image pipeline, usable from C++ without the CLI: a port of diffusers'
-// StableDiffusionPipeline (inference, classifier-free guidance, every sampler of include/taiyi/schedulers/scheduler.h).
+// StableDiffusionPipeline (inference, classifier-free guidance, every sampler of include/taiyi/schedulers/scheduler.h),
+// and for an SDXL-family folder of StableDiffusionXLPipeline (two text encoders, pooled text embeddings and
+// micro-conditioning: src/pipelines/pipeline_stable_diffusion_xl.cpp).
 //
 //   taiyi::PipelineOptions opt;                       // device, precision, scheduler
 //   auto pipe = taiyi::Pipeline::load("models/taiyi", opt);
@@ -70,6 +72,10 @@ struct PipelineOptions {
   // VAE config's sample_size; else a multiple of 4x the VAE's scale factor (32 for SD), so that tiles meet.
   std::string vae_tiling = "auto";
   int64_t vae_tile_size = 0;
+  // --offload (CUDA): the text encoders go to host memory after each batch's encoding and come back for the
+  // next one (diffusers' enable_model_cpu_offload idea, for the encoders only), so that SDXL in fp16 fits an
+  // 8 GB card: the UNet and the VAE stay on the device. Ignored on the CPU.
+  bool offload = false;
   // Receives one-off notices (an fp32 fallback); the CLI prints them.
   std::function<void(const std::string&)> notice;
 };
@@ -130,6 +136,21 @@ struct SamplerSetting {
   std::string schedule_type;   // the web UI's "Schedule type" ("" where it has none: PLMS, DDIM, DDPM, LCM)
   nlohmann::json overrides = nlohmann::json::object();  // config keys set as from_config(..., key=value)
   std::string key() const;     // identifies the scheduler instance
+};
+
+// What the UNet is conditioned on besides the latents, for a whole batch (unconditional half first with
+// guidance): the text context [N, L, D], and for SDXL the added conditions (pooled text_embeds, time_ids).
+struct Conditioning {
+  Conditioning() = default;
+  Conditioning(torch::Tensor text_context) : context(std::move(text_context)) {}  // NOLINT: SD v1: the context alone
+  torch::Tensor context;
+  AddedConditions added;
+};
+
+// SDXL: one text's encoding, the two encoders' hidden states concatenated [1, L, D1 + D2], and the second
+// encoder's pooled projection [1, P] (of the first chunk, as the web UI takes it).
+struct PromptEmbeddings {
+  torch::Tensor context, pooled;
 };
 
 // Called after each step with (latents, step position): may return replaced latents (inpainting's
@@ -203,7 +224,15 @@ class Pipeline {
   // The prompt as the web UI encodes it (include/taiyi/pipelines/prompt_parser.h): emphasis, chunks of
   // max_length - 2 tokens, BREAK; [1, chunks * max_length, D]. Without syntax and within one chunk,
   // diffusers' encode_prompt exactly.
+  // SDXL: the context part of encode_prompt_xl.
   torch::Tensor encode_prompt(const std::string& prompt, int64_t clip_skip = 1);
+  // SDXL (StableDiffusionXLPipeline.encode_prompt for one prompt, with the web UI's syntax as above): each
+  // encoder's hidden_states[-(clip_skip + 1)] (no final layer norm; clip_skip in the web UI's numbering, so 1
+  // is diffusers' default hidden_states[-2]), concatenated, and text_embeds. Error for an SD v1 model.
+  PromptEmbeddings encode_prompt_xl(const std::string& prompt, int64_t clip_skip = 1);
+  // SDXL's time_ids for an image of width x height (_get_add_time_ids: original size = target size =
+  // (height, width), crop (0, 0)), [1, 6] in the model dtype on the device.
+  torch::Tensor add_time_ids(int64_t width, int64_t height) const;
   int64_t prompt_chunks(const std::string& prompt) const;  // chunks of a prompt (tokenizes only)
   // A request's context length in chunks: its prompt's, or with guidance the longer of prompt and
   // negative prompt (the shorter is padded). Requests batched together must agree on it.
@@ -221,7 +250,7 @@ class Pipeline {
   // whose set_timesteps ran (img2img and inpainting start later; `after_step` blends latents).
   // `extra_inputs` (an inpainting UNet's mask and masked-image latents, already doubled for CFG) are
   // concatenated to the UNet input after scale_model_input.
-  torch::Tensor denoise(Scheduler& scheduler, torch::Tensor latents, const torch::Tensor& embeddings,
+  torch::Tensor denoise(Scheduler& scheduler, torch::Tensor latents, const Conditioning& conditioning,
                         const GenerationRequest& request, std::vector<torch::Generator>& generators,
                         const ProgressCallback& progress = {}, int64_t first_index = 0, const StepHook& after_step = {},
                         const std::vector<torch::Tensor>& extra_inputs = {});
@@ -239,11 +268,15 @@ class Pipeline {
   // request, and the pass itself on the first pass's latents (UNet space), returning the final latents.
   HiresTarget hires_target(const GenerationRequest& request) const;
   torch::Tensor hires_pass(const std::vector<GenerationRequest>& batch, const torch::Tensor& latents,
-                           const torch::Tensor& embeddings, const ProgressCallback& progress);
+                           const Conditioning& conditioning, const ProgressCallback& progress);
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   UNet2DConditionModel& unet() { return *unet_; }
   TextEncoderImpl& text_encoder() { return *text_encoder_; }
+  // SDXL: the second tokenizer and text encoder (CLIPTextModelWithProjection); is_sdxl() says whether there are.
+  bool is_sdxl() const { return text_encoder_2_ != nullptr; }
+  const Tokenizer& tokenizer_2() const { return *tokenizer_2_; }
+  TextEncoderImpl& text_encoder_2() { return *text_encoder_2_; }
   // The scheduler of the pipeline's default sampler (PipelineOptions).
   Scheduler& scheduler() { return scheduler_for(sampler_setting(GenerationRequest{})); }
   const ModelFolder& folder() const { return source_.folder(); }
@@ -263,6 +296,9 @@ class Pipeline {
   Pipeline() = default;
   static Pipeline load(const std::filesystem::path& folder, const PipelineOptions& options, bool random_weights);
   void say(const std::string& notice) const;
+  // SDXL: the UNet's addition embedding matches text_encoder_2's projection (diffusers' _get_add_time_ids
+  // check), and an SDXL UNet is not loaded without the second encoder; Error naming the configs otherwise.
+  void check_sdxl_components() const;
   torch::Tensor encode_ids(const std::vector<int64_t>& chunk_ids, int64_t skip);  // [1, L, D], with the fp32 fallback
   void load_component(torch::nn::Module& module, const std::string& component, torch::Dtype dtype,
                       const std::vector<std::string>& ignored_keys = {});
@@ -284,7 +320,18 @@ class Pipeline {
     std::vector<torch::Tensor> extra_inputs;  // a 9-channel UNet's mask and masked-image latents
   };
   std::vector<GenerationRequest> complete_batch(const std::vector<GenerationRequest>& requests) const;
-  torch::Tensor encode_batch_prompts(const std::vector<GenerationRequest>& batch, bool guidance);
+  Conditioning encode_batch_prompts(const std::vector<GenerationRequest>& batch, bool guidance);
+  // SDXL (pipeline_stable_diffusion_xl.cpp): the batch's context, text_embeds and time_ids; an empty negative
+  // prompt is zeros when model_index.json's force_zeros_for_empty_prompt says so (diffusers' negative_prompt=None).
+  Conditioning encode_batch_prompts_xl(const std::vector<GenerationRequest>& batch, bool guidance);
+  // SDXL: one text through both encoders at hidden_states[-index_from_end], chunk by chunk, with the web UI's
+  // emphasis per encoder.
+  PromptEmbeddings encode_text_xl(const std::string& text, int64_t index_from_end);
+  // The conditioning for another image size (the hires fix's second pass): SDXL's time_ids remade.
+  Conditioning resized_conditioning(const Conditioning& conditioning, int64_t width, int64_t height) const;
+  // The web UI's emphasis on one chunk's hidden states (sd_hijack_clip.py): multiplied token by token and
+  // rescaled to the unweighted mean, in fp32; unchanged when every weight is 1.
+  torch::Tensor apply_emphasis(torch::Tensor z, const std::vector<double>& weights) const;
   PreparedLatents prepare_latents(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
                                   std::vector<torch::Generator>& generators, bool guidance);
   torch::Tensor prepare_img2img_latents(Scheduler& scheduler, const std::vector<GenerationRequest>& batch,
@@ -303,6 +350,8 @@ class Pipeline {
   torch::Tensor unit_noise(at::IntArrayRef shape, const std::vector<torch::Generator>& generators) const;
   // _encode_vae_image: latent_dist.sample of [N, 3, H, W] images, image i from generators[i], scaled.
   torch::Tensor encode_image_latents(const torch::Tensor& images, std::vector<torch::Generator>& generators);
+  // --offload: the text encoders to the device (before encoding) or to host memory (after).
+  void place_text_encoders(bool on_device);
   // Loads the embeddings folder's files whose stems appear in `text`.
   void activate_embeddings(const std::string& text) const;
   // A LoRA update of one weight: its patch and scale multiplier * alpha / rank.
@@ -323,6 +372,9 @@ class Pipeline {
   torch::Dtype dtype_ = torch::kFloat;
   std::shared_ptr<Tokenizer> tokenizer_;
   std::shared_ptr<TextEncoderImpl> text_encoder_;
+  std::shared_ptr<Tokenizer> tokenizer_2_;            // SDXL
+  std::shared_ptr<TextEncoderImpl> text_encoder_2_;   // SDXL
+  bool force_zeros_for_empty_prompt_ = false;         // SDXL (model_index.json)
   std::shared_ptr<UNet2DConditionModel> unet_;
   std::shared_ptr<AutoencoderKL> vae_;
   std::shared_ptr<AutoencoderKL> vae_fp32_;                 // set when the VAE runs in fp32

@@ -82,8 +82,8 @@ std::unique_ptr<Tokenizer> load_bert_tokenizer(const TokenizerFiles& files);
 // bpe_simple_vocab_16e6.txt as its vocab.json / merges.txt were: the 256 byte symbols, the same with
 // "</w>", the first 48894 merges joined, then <|startoftext|> and <|endoftext|> (49408 tokens).
 void derive_clip_vocab(std::string_view bpe_simple_vocab, TokenizerFiles& files);
-// The tokenizer named in model_index.json.
-std::unique_ptr<Tokenizer> load_tokenizer(const ModelFolder& folder);
+// The tokenizer named in model_index.json for `component` ("tokenizer", or SDXL's "tokenizer_2").
+std::unique_ptr<Tokenizer> load_tokenizer(const ModelFolder& folder, const std::string& component = "tokenizer");
 
 // Characters as Python sees them (the tables of tools/gen_unicode_tables.py), for the prompt parser.
 namespace unicode {
