@@ -84,7 +84,8 @@ def kohya_ldm_file(pipe):
         down, up = random_pair(module.weight, rank, gen)
         name = names[module_name] if component == "unet" else module_name.replace(".", "_")
         base = KOHYA_PREFIX[component] + name
-        state.update({f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up, f"{base}.alpha": torch.tensor(alpha)})
+        state.update({f"{base}.lora_down.weight": down, f"{base}.lora_up.weight": up,
+                      f"{base}.alpha": torch.tensor(alpha)})
         updates.append((component, module_name, down, up, alpha))
     return state, updates
 
