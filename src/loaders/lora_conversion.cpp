@@ -65,9 +65,27 @@ std::optional<KeyParts> kohya_parts(const std::string& key) {
   return std::nullopt;
 }
 
+// diffusers' attention-processor names of 2023 (LoRAAttnProcessor: <attention>.processor.to_q_lora.down.weight;
+// the text encoders' <self_attn>.to_q_lora.down.weight) renamed as its loaders rename them
+// (state_dict_utils.py: ".processor." dropped, then UNET_TO_DIFFUSERS / DIFFUSERS_OLD_TO_DIFFUSERS): to_q, to_k,
+// to_v, to_out.0 in the UNet, q_proj, k_proj, v_proj, out_proj in a text encoder, each "<module>.lora.down...".
+std::string without_processor_names(std::string rest, bool unet) {
+  static const char* const kNames[][3] = {{".to_q_lora.", ".to_q.lora.", ".q_proj.lora."},
+                                          {".to_k_lora.", ".to_k.lora.", ".k_proj.lora."},
+                                          {".to_v_lora.", ".to_v.lora.", ".v_proj.lora."},
+                                          {".to_out_lora.", ".to_out.0.lora.", ".out_proj.lora."}};
+  for (size_t at; (at = rest.find(".processor.")) != std::string::npos;) rest.replace(at, 11, ".");
+  for (const auto& names : kNames) {
+    const size_t at = rest.rfind(names[0]);
+    if (at != std::string::npos) return rest.replace(at, std::string(names[0]).size(), names[unet ? 1 : 2]);
+  }
+  return rest;
+}
+
 // PEFT / diffusers: <component>.<module>.{lora_A.weight, lora_B.weight}, or diffusers' older names that
 // its loaders still convert (state_dict_utils.py: UNET_TO_DIFFUSERS' .lora.down / .lora.up, the text
-// encoders' .lora_linear_layer.down / .up), and network alphas <component>.<module>.alpha.
+// encoders' .lora_linear_layer.down / .up, the attention processors' above), and network alphas
+// <component>.<module>.alpha.
 std::optional<KeyParts> peft_parts(const std::string& key) {
   static const char* kComponents[] = {"unet", "text_encoder", "text_encoder_2"};
   static const std::pair<const char*, Part> kSuffixes[] = {{".lora_A.weight", Part::Down},
@@ -80,9 +98,10 @@ std::optional<KeyParts> peft_parts(const std::string& key) {
   for (const char* component : kComponents) {
     const std::string prefix = std::string(component) + ".";
     if (!starts_with(key, prefix)) continue;
+    const std::string rest = without_processor_names(key.substr(prefix.size()), prefix == "unet.");
     for (const auto& [suffix, part] : kSuffixes) {
-      if (!ends_with(key, suffix)) continue;
-      std::string module = key.substr(prefix.size(), key.size() - prefix.size() - std::string(suffix).size());
+      if (!ends_with(rest, suffix)) continue;
+      std::string module = rest.substr(0, rest.size() - std::string(suffix).size());
       if (module.empty()) return std::nullopt;
       return KeyParts{component, module, part};
     }

@@ -1,6 +1,7 @@
 // SDXL LoRAs against diffusers' StableDiffusionXLPipeline.load_lora_weights + fuse_lora
 // (tests/reference/sdxl_lora.py): on tiny-sdxl's targets, read off its folder's weight files, every file
-// (kohya with LDM and with diffusers block names, PEFT, diffusers' older names) places on exactly the
+// (kohya with LDM and with diffusers block names, PEFT, diffusers' older and attention-processor names)
+// places on exactly the
 // weights diffusers changed, and W + scale * alpha / rank * up @ down (lora_delta, peft's formula) gives
 // diffusers' fused values; the LDM names of the SDXL UNet are the reference's; key forms by rule.
 #include <fstream>
@@ -94,7 +95,7 @@ TEST(LoraSdxl, LdmNamesAreSgmNumbering) {
 TEST(LoraSdxl, PlacesExactlyTheWeightsDiffusersChanged) {
   const auto targets = folder_targets();
   const Json files = reference_record()["files"];
-  ASSERT_EQ(files.size(), 4u);
+  ASSERT_EQ(files.size(), 5u);
   for (const auto& [name, record] : files.items()) {
     const taiyi::LoraFile lora = taiyi::read_lora(fixture("loras/" + name + ".safetensors"), targets);
     std::set<std::string> placed, changed;
@@ -143,6 +144,8 @@ TEST(LoraSdxl, MergedWeightsAreDiffusersFused) {
 
 std::vector<taiyi::LoraTarget> toy_sdxl_targets() {
   return {{"unet", "down_blocks.1.attentions.0.proj_in", {48, 48}},
+          {"unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0", {48, 48}},
+          {"text_encoder_2", "text_model.encoder.layers.0.self_attn.k_proj", {48, 48}},
           {"unet", "add_embedding.linear_1", {80, 88}},
           {"text_encoder", "text_model.encoder.layers.0.self_attn.q_proj", {32, 32}},
           {"text_encoder_2", "text_model.encoder.layers.0.self_attn.q_proj", {48, 48}},
@@ -182,23 +185,32 @@ TEST(LoraSdxl, PeftTextEncoder2AndOlderNames) {
       {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight", {2, 32}},
       {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.up.weight", {32, 2}},
       {"unet.down_blocks.1.attentions.0.proj_in.lora.down.weight", {3, 48}},
-      {"unet.down_blocks.1.attentions.0.proj_in.lora.up.weight", {48, 3}}};
+      {"unet.down_blocks.1.attentions.0.proj_in.lora.up.weight", {48, 3}},
+      // LoRAAttnProcessor's names: the attention's processor, to_q_lora for to_q (a text encoder's q_proj).
+      {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.down.weight", {2, 48}},
+      {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.up.weight", {48, 2}},
+      {"text_encoder_2.text_model.encoder.layers.0.self_attn.to_k_lora.down.weight", {2, 48}},
+      {"text_encoder_2.text_model.encoder.layers.0.self_attn.to_k_lora.up.weight", {48, 2}}};
   const std::string metadata =
       R"({"text_encoder_2.lora_alpha": 8, "text_encoder.lora_alpha": 1, "unet.lora_alpha": 6})";
   taiyi::LoraPlan plan = taiyi::plan_lora(tensors, {}, {{"lora_adapter_metadata", metadata}}, toy_sdxl_targets());
   ASSERT_TRUE(plan.ok()) << plan.message("peft");
-  ASSERT_EQ(plan.patches.size(), 3u);
+  ASSERT_EQ(plan.patches.size(), 5u);
   EXPECT_EQ(plan.patches[0].component, "text_encoder_2");
   EXPECT_EQ(plan.patches[0].alpha, 8.0);  // its own component's lora_alpha
   EXPECT_EQ(plan.patches[1].component, "text_encoder");
   EXPECT_EQ(plan.patches[1].alpha, 1.0);
   EXPECT_EQ(plan.patches[2].rank, 3);
   EXPECT_EQ(plan.patches[2].alpha, 6.0);
+  EXPECT_EQ(plan.patches[3].module, "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0");
+  EXPECT_EQ(plan.patches[4].module, "text_model.encoder.layers.0.self_attn.k_proj");
+  EXPECT_EQ(plan.patches[4].component, "text_encoder_2");
   // A second text encoder's keys on a model without one name no module.
-  std::vector<taiyi::LoraTarget> sd1 = toy_sdxl_targets();
-  sd1.erase(sd1.begin() + 3, sd1.end());
+  std::vector<taiyi::LoraTarget> sd1;
+  for (const auto& t : toy_sdxl_targets())
+    if (t.component != "text_encoder_2") sd1.push_back(t);
   plan = taiyi::plan_lora(tensors, {}, {}, sd1);
-  EXPECT_EQ(plan.unplaced.size(), 2u);
+  EXPECT_EQ(plan.unplaced.size(), 4u);
   EXPECT_NE(plan.message("x").find("another architecture"), std::string::npos) << plan.message("x");
 }
 

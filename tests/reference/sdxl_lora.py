@@ -15,6 +15,9 @@ StableDiffusionXLPipeline.load_lora_weights and fused with fuse_lora(lora_scale=
                             r 4, an alpha_pattern and a rank_pattern).
     sdxl_diffusers_old      diffusers' older names (LoRACompatibleLinear's unet.<module>.lora.down.weight, the
                             text encoders' <module>.lora_linear_layer.down.weight), no alphas.
+    sdxl_attn_procs         diffusers' 2023 LoRAAttnProcessor files: unet.<attention>.processor.to_q_lora.down.weight
+                            (attention projections only), text_encoder(_2).<self_attn>.to_q_lora.down.weight and
+                            <mlp>.fc1.lora_linear_layer.down.weight, no alphas.
 
 Both kohya files keep one alpha for every Linear (the most common one): diffusers 0.37.1 loses the alpha of
 attention modules (_get_alpha_name keeps "to_q_lora.down.weight" in its name) and gives them the file's most
@@ -46,7 +49,8 @@ from lora_ldm import ldm_names, random_pair  # noqa: E402
 SAMPLE = 256
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
-SCALES = {"sdxl_kohya_ldm": 0.8, "sdxl_kohya_diffusers": 1.0, "sdxl_peft": 0.6, "sdxl_diffusers_old": 0.7}
+SCALES = {"sdxl_kohya_ldm": 0.8, "sdxl_kohya_diffusers": 1.0, "sdxl_peft": 0.6, "sdxl_diffusers_old": 0.7,
+          "sdxl_attn_procs": 0.9}
 # peft target names for the diffusers-made files: attention, feed-forward, projections, resnets, samplers.
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                 "conv2", "time_emb_proj", "conv_shortcut", "conv"]
@@ -90,14 +94,14 @@ def kohya_ldm_file(pipe):
     return state, updates
 
 
-def peft_states(pipe, seed, rank_pattern=None, alpha_pattern=None):
+def peft_states(pipe, seed, rank_pattern=None, alpha_pattern=None, unet_targets=UNET_TARGETS):
     """peft's state dicts of random LoRAs (r 4, lora_alpha 8) on the three components:
     {component: (state, LoraConfig)}."""
     from peft import LoraConfig
 
     out = {}
     for i, component in enumerate(COMPONENTS):
-        targets = UNET_TARGETS if component == "unet" else CLIP_TARGETS
+        targets = unet_targets if component == "unet" else CLIP_TARGETS
         config = LoraConfig(r=4, lora_alpha=8.0, target_modules=targets, init_lora_weights=False,
                             rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {})
         state, _ = random_peft_state_dict(getattr(pipe, component), targets, 4, 8.0, seed + i, config)
@@ -156,16 +160,32 @@ def peft_file(out: Path, pipe):
     return path, peft_updates(pipe, states, lambda c, m, r: pattern_value(alpha_pattern, m, 8.0))
 
 
-def diffusers_old_file(pipe):
-    """The peft draw renamed to diffusers' older layout; no alphas, so every module's alpha is its rank."""
-    states = peft_states(pipe, 111)
+# The attention projections' names in diffusers' LoRAAttnProcessor files (DIFFUSERS_OLD in state_dict_utils.py).
+PROCESSOR_NAMES = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora",
+                   "q_proj": "to_q_lora", "k_proj": "to_k_lora", "v_proj": "to_v_lora", "out_proj": "to_out_lora"}
+
+
+def old_key(component, key, processors):
+    """A peft key in diffusers' older layouts: LoRACompatibleLinear's <module>.lora.down.weight (UNet) and
+    <module>.lora_linear_layer.down.weight (text encoders); with `processors`, the attention projections as
+    LoRAAttnProcessor saved them (<attention>.processor.to_q_lora.down.weight; <self_attn>.to_q_lora...)."""
+    module, _, part = key.rpartition(".lora_")
+    half = "down" if part.startswith("A") else "up"
+    leaf = "to_out.0" if module.endswith(".to_out.0") else module.rpartition(".")[2]
+    parent = module[:-len(leaf) - 1]
+    if processors and leaf in PROCESSOR_NAMES:
+        return f"{parent}{'.processor' if component == 'unet' else ''}.{PROCESSOR_NAMES[leaf]}.{half}.weight"
+    return f"{module}.{'lora' if component == 'unet' else 'lora_linear_layer'}.{half}.weight"
+
+
+def diffusers_old_file(pipe, processors):
+    """A peft draw renamed to diffusers' older layouts; no alphas, so every module's alpha is its rank.
+    LoRAAttnProcessor files patch the UNet's attention projections only."""
+    unet_targets = ["to_q", "to_k", "to_v", "to_out.0"] if processors else UNET_TARGETS
+    states = peft_states(pipe, 121 if processors else 111, unet_targets=unet_targets)
     state = {}
     for component, (s, _) in states.items():
-        down, up = (".lora.down.weight", ".lora.up.weight") if component == "unet" else \
-            (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight")
-        for key, value in s.items():
-            key = key.replace(".lora_A.weight", down).replace(".lora_B.weight", up)
-            state[f"{component}.{key}"] = value
+        state.update({f"{component}.{old_key(component, k, processors)}": v for k, v in s.items()})
     return state, peft_updates(pipe, states, lambda c, m, r: float(r))
 
 
@@ -241,7 +261,8 @@ def make(out: Path, full: bool):
     files["sdxl_kohya_ldm"] = (state, updates)
     files["sdxl_kohya_diffusers"] = kohya_diffusers_file(base)
     peft_path, peft_upd = peft_file(out, base)
-    files["sdxl_diffusers_old"] = diffusers_old_file(base)
+    files["sdxl_diffusers_old"] = diffusers_old_file(base, processors=False)
+    files["sdxl_attn_procs"] = diffusers_old_file(base, processors=True)
     meta = {"ss_network_module": "networks.lora", "ss_base_model_version": "sdxl_base_v1-0"}
     paths = {"sdxl_peft": peft_path}
     for name, (state, _) in files.items():

@@ -3,7 +3,8 @@
 // the text encoder, lora_te2_ for SDXL's second; UNet modules also by their original LDM names,
 // lora_unet_input_blocks_4_1_proj_in, as the web UI places them, SD 1.x's and SDXL's) and diffusers' PEFT
 // layout (unet.<module>.lora_A.weight / lora_B, text_encoder.<module>..., text_encoder_2.<module>...; also
-// diffusers' older .lora.down / .lora.up and .lora_linear_layer.down / .up names).
+// diffusers' older .lora.down / .lora.up, .lora_linear_layer.down / .up and attention-processor
+// <attention>.processor.to_q_lora.down names, as its loaders convert them).
 // The mapping is derived from the module tree (every Linear and Conv2d weight is a target, its kohya
 // name its path with '.' replaced by '_'), the way diffusers' lora_conversion_utils.py and the web UI's
 // networks.py resolve names. Also the web UI's <lora:NAME:MULTIPLIER> prompt tags.
