@@ -42,10 +42,14 @@ struct KeyParts {
   Part part;
 };
 
-// kohya: <prefix><underscored module>.{lora_down.weight, lora_up.weight, alpha}.
+// kohya: <prefix><underscored module>.{lora_down.weight, lora_up.weight, alpha}. SD 1.x files name the
+// text encoder lora_te_, SDXL's lora_te1_ and lora_te2_ (its second, CLIPTextModelWithProjection), as
+// diffusers' _convert_non_diffusers_lora_to_diffusers sorts them.
 std::optional<KeyParts> kohya_parts(const std::string& key) {
-  static const std::pair<const char*, const char*> kPrefixes[] = {
-      {"lora_unet_", "unet"}, {"lora_te_", "text_encoder"}, {"lora_te1_", "text_encoder"}};
+  static const std::pair<const char*, const char*> kPrefixes[] = {{"lora_unet_", "unet"},
+                                                                  {"lora_te_", "text_encoder"},
+                                                                  {"lora_te1_", "text_encoder"},
+                                                                  {"lora_te2_", "text_encoder_2"}};
   static const std::pair<const char*, Part> kSuffixes[] = {
       {".lora_down.weight", Part::Down}, {".lora_up.weight", Part::Up}, {".alpha", Part::Alpha}};
   for (const auto& [prefix, component] : kPrefixes) {
@@ -61,19 +65,43 @@ std::optional<KeyParts> kohya_parts(const std::string& key) {
   return std::nullopt;
 }
 
-// PEFT / diffusers: <component>.<module>.{lora_A.weight, lora_B.weight} (or diffusers' older
-// .lora.down.weight / .lora.up.weight, and network alphas <component>.<module>.alpha).
+// diffusers' attention-processor names of 2023 (LoRAAttnProcessor: <attention>.processor.to_q_lora.down.weight;
+// the text encoders' <self_attn>.to_q_lora.down.weight) renamed as its loaders rename them
+// (state_dict_utils.py: ".processor." dropped, then UNET_TO_DIFFUSERS / DIFFUSERS_OLD_TO_DIFFUSERS): to_q, to_k,
+// to_v, to_out.0 in the UNet, q_proj, k_proj, v_proj, out_proj in a text encoder, each "<module>.lora.down...".
+std::string without_processor_names(std::string rest, bool unet) {
+  static const char* const kNames[][3] = {{".to_q_lora.", ".to_q.lora.", ".q_proj.lora."},
+                                          {".to_k_lora.", ".to_k.lora.", ".k_proj.lora."},
+                                          {".to_v_lora.", ".to_v.lora.", ".v_proj.lora."},
+                                          {".to_out_lora.", ".to_out.0.lora.", ".out_proj.lora."}};
+  for (size_t at; (at = rest.find(".processor.")) != std::string::npos;) rest.replace(at, 11, ".");
+  for (const auto& names : kNames) {
+    const size_t at = rest.rfind(names[0]);
+    if (at != std::string::npos) return rest.replace(at, std::string(names[0]).size(), names[unet ? 1 : 2]);
+  }
+  return rest;
+}
+
+// PEFT / diffusers: <component>.<module>.{lora_A.weight, lora_B.weight}, or diffusers' older names that
+// its loaders still convert (state_dict_utils.py: UNET_TO_DIFFUSERS' .lora.down / .lora.up, the text
+// encoders' .lora_linear_layer.down / .up, the attention processors' above), and network alphas
+// <component>.<module>.alpha.
 std::optional<KeyParts> peft_parts(const std::string& key) {
-  static const char* kComponents[] = {"unet", "text_encoder"};
-  static const std::pair<const char*, Part> kSuffixes[] = {
-      {".lora_A.weight", Part::Down}, {".lora_B.weight", Part::Up}, {".lora.down.weight", Part::Down},
-      {".lora.up.weight", Part::Up},  {".alpha", Part::Alpha}};
+  static const char* kComponents[] = {"unet", "text_encoder", "text_encoder_2"};
+  static const std::pair<const char*, Part> kSuffixes[] = {{".lora_A.weight", Part::Down},
+                                                           {".lora_B.weight", Part::Up},
+                                                           {".lora.down.weight", Part::Down},
+                                                           {".lora.up.weight", Part::Up},
+                                                           {".lora_linear_layer.down.weight", Part::Down},
+                                                           {".lora_linear_layer.up.weight", Part::Up},
+                                                           {".alpha", Part::Alpha}};
   for (const char* component : kComponents) {
     const std::string prefix = std::string(component) + ".";
     if (!starts_with(key, prefix)) continue;
+    const std::string rest = without_processor_names(key.substr(prefix.size()), prefix == "unet.");
     for (const auto& [suffix, part] : kSuffixes) {
-      if (!ends_with(key, suffix)) continue;
-      std::string module = key.substr(prefix.size(), key.size() - prefix.size() - std::string(suffix).size());
+      if (!ends_with(rest, suffix)) continue;
+      std::string module = rest.substr(0, rest.size() - std::string(suffix).size());
       if (module.empty()) return std::nullopt;
       return KeyParts{component, module, part};
     }
@@ -109,7 +137,10 @@ LoraLayout detect_layout(const std::vector<LoraTensor>& tensors) {
 // pairs and a Downsample; middle_block [ResBlock, SpatialTransformer, ResBlock]; per up block its
 // [ResBlock, SpatialTransformer?, Upsample?] entries, the Upsample right after the ResBlock where the block
 // has no attention. The counts come from the module tree itself (it is built from the config's
-// layers_per_block and block types), so no config travels with the targets.
+// layers_per_block and block types), so no config travels with the targets. SDXL's UNet (SGM's
+// openaimodel.py numbers it the same way) fits: its first down block has resnets and a Downsample but no
+// SpatialTransformer, so input_blocks 1-2 are ResBlocks alone and 3 its op; the transformer depth of a
+// block (transformer_layers_per_block) only lengthens the names inside a SpatialTransformer.
 struct UnetBlocks {
   std::map<int, int> down_resnets, up_resnets;  // block -> resnet count
   std::map<int, bool> down_sampler, up_attention;
@@ -176,7 +207,9 @@ std::string ldm_resnet_part(const std::string& part) {
 std::string ldm_unet_name(const std::string& module, const UnetBlocks& u) {
   static const std::pair<const char*, const char*> kTop[] = {
       {"conv_in", "input_blocks_0_0"}, {"conv_out", "out_2"},
-      {"time_embedding.linear_1", "time_embed_0"}, {"time_embedding.linear_2", "time_embed_2"}};
+      {"time_embedding.linear_1", "time_embed_0"}, {"time_embedding.linear_2", "time_embed_2"},
+      // SDXL's text_time embedding: SGM's label_emb = Sequential(Sequential(linear, SiLU, linear)).
+      {"add_embedding.linear_1", "label_emb_0_0"}, {"add_embedding.linear_2", "label_emb_0_2"}};
   for (const auto& [diffusers, ldm] : kTop)
     if (module == diffusers) return ldm;
   auto b = block_path(module);
@@ -366,7 +399,7 @@ std::string LoraPlan::message(const std::string& file) const {
              starts_with(k, "lora_unet_middle_block_") || starts_with(k, "lora_unet_output_blocks_");
     });
     if (other_architecture)
-      text += " (keys of another architecture: SDXL's second text encoder or its block layout, a DiT)";
+      text += " (keys of another architecture: SD 1.x and SDXL differ in text encoders and UNet blocks; or a DiT)";
   }
   if (!mis_shaped.empty()) text += "; " + std::to_string(mis_shaped.size()) + " mis-shaped: " + listed(mis_shaped);
   return text;

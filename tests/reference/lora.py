@@ -72,14 +72,15 @@ EMBEDDING_CASES = [
 ]
 
 
-def random_peft_state_dict(model, targets, rank, alpha, seed):
+def random_peft_state_dict(model, targets, rank, alpha, seed, config=None):
     """peft's LoRA layers on a copy of `model` (add_adapter), their weights drawn from a fixed seed at a
-    scale that changes the image without swamping it; get_peft_model_state_dict's keys."""
+    scale that changes the image without swamping it; get_peft_model_state_dict's keys. `config`, when
+    given, is the LoraConfig instead of one made of targets, rank and alpha."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     model = copy.deepcopy(model)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False)
+    config = config or LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False)
     model.add_adapter(config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -1,7 +1,10 @@
 // LoRA files as users download them, placed on taiyi's modules by name: the kohya / web UI layout
-// (lora_unet_<module path with '_'>.lora_down.weight, .lora_up.weight, .alpha; lora_te_ for the text
-// encoder; UNet modules also by their original LDM names, lora_unet_input_blocks_4_1_proj_in, as the web
-// UI places them) and diffusers' PEFT layout (unet.<module>.lora_A.weight / lora_B, text_encoder.<module>...).
+// (lora_unet_<module path with '_'>.lora_down.weight, .lora_up.weight, .alpha; lora_te_ / lora_te1_ for
+// the text encoder, lora_te2_ for SDXL's second; UNet modules also by their original LDM names,
+// lora_unet_input_blocks_4_1_proj_in, as the web UI places them, SD 1.x's and SDXL's) and diffusers' PEFT
+// layout (unet.<module>.lora_A.weight / lora_B, text_encoder.<module>..., text_encoder_2.<module>...; also
+// diffusers' older .lora.down / .lora.up, .lora_linear_layer.down / .up and attention-processor
+// <attention>.processor.to_q_lora.down names, as its loaders convert them).
 // The mapping is derived from the module tree (every Linear and Conv2d weight is a target, its kohya
 // name its path with '.' replaced by '_'), the way diffusers' lora_conversion_utils.py and the web UI's
 // networks.py resolve names. Also the web UI's <lora:NAME:MULTIPLIER> prompt tags.
@@ -20,7 +23,7 @@ namespace taiyi {
 
 // A weight a LoRA may patch: a Linear ([out, in]) or Conv2d ([out, in, kh, kw]) weight.
 struct LoraTarget {
-  std::string component;  // "unet" | "text_encoder"
+  std::string component;  // "unet" | "text_encoder" | "text_encoder_2" (SDXL's CLIPTextModelWithProjection)
   std::string module;     // diffusers / transformers module path, "down_blocks.0.attentions.0.proj_in"
   std::vector<int64_t> weight_shape;
 };
@@ -65,8 +68,10 @@ LoraPlan plan_lora(const std::vector<LoraTensor>& tensors, const std::map<std::s
 // {"down_blocks.1.attentions.0.proj_in", "input_blocks_4_1_proj_in"}, resnet conv1 / conv2 / time_emb_proj /
 // conv_shortcut as in_layers_2 / out_layers_3 / emb_layers_1 / skip_connection, a downsampler as
 // input_blocks_N_0_op, an upsampler as output_blocks_N_1_conv (_2_conv in a block with attentions),
-// conv_in / conv_out / time_embedding as input_blocks_0_0 / out_2 / time_embed_0, _2. The block arithmetic
-// (layers_per_block, which blocks have attentions or samplers) is read off the targets themselves.
+// conv_in / conv_out / time_embedding / SDXL's add_embedding as input_blocks_0_0 / out_2 / time_embed_0, _2 /
+// label_emb_0_0, _0_2. The block arithmetic (layers_per_block, which blocks have attentions or samplers)
+// is read off the targets themselves, so SDXL's UNet (no attentions in its first block, several
+// transformer blocks per attention) is numbered as SGM numbers it.
 std::vector<std::pair<std::string, std::string>> ldm_lora_names(const std::vector<LoraTarget>& targets);
 
 // A <lora:NAME:TE:UNET> (or <lyco:...>) tag of a prompt, as the web UI's extra networks parse it:
