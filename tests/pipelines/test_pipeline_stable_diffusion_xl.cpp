@@ -3,9 +3,13 @@
 // encode_prompt's four outputs (with clip skip and force_zeros_for_empty_prompt), the UNet with text_embeds
 // and time_ids, and whole text-to-image, img2img and inpainting runs with three samplers (100 % of pixels
 // identical); the SDXL configuration errors.
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
+#include "taiyi/loaders/state_dict.h"
 #include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/json.h"
@@ -142,6 +146,87 @@ TEST(Sdxl, ConfigErrorsNameTheProblem) {
   });
   expect_error_naming([&] { load_fp32(other_type.string()); }, {"addition_embed_type", "text_image"});
   for (const fs::path& dir : {no_encoder_2, wrong_width, other_type}) fs::remove_all(dir);
+}
+
+}  // namespace
+
+namespace {
+
+// The web UI's prompt syntax on SDXL (sd_hijack_clip.py, one embedder per encoder): chunks of
+// model_max_length - 2 tokens concatenated along the sequence, the pooled embedding of the first chunk,
+// BREAK starting a chunk, and emphasis rescaled to each encoder's own unweighted mean.
+TEST(SdxlPromptSyntax, ChunksBreakEmphasisAndPooledAsTheWebUi) {
+  taiyi::Pipeline pipe = load_fp32("tiny-taiyi-xl");
+  c10::InferenceMode inference;
+  // 600 Chinese characters, one added token each: two chunks of 512 positions; the first holds 510 of them.
+  std::string line, first_chunk;
+  for (int i = 0; i < 100; ++i) line += "小桥流水人家";
+  for (int i = 0; i < 85; ++i) first_chunk += "小桥流水人家";  // 510 characters
+  const taiyi::PromptEmbeddings long_prompt = pipe.encode_prompt_xl(line);
+  const taiyi::PromptEmbeddings head = pipe.encode_prompt_xl(first_chunk);
+  ASSERT_EQ(long_prompt.context.sizes(), (std::vector<int64_t>{1, 1024, 80}));
+  EXPECT_TRUE(torch::equal(long_prompt.context.narrow(1, 0, 512), head.context));
+  EXPECT_TRUE(torch::equal(long_prompt.pooled, head.pooled));
+
+  const taiyi::PromptEmbeddings broken = pipe.encode_prompt_xl("江南水乡 BREAK 一只猫");
+  const taiyi::PromptEmbeddings a = pipe.encode_prompt_xl("江南水乡"), b = pipe.encode_prompt_xl("一只猫");
+  EXPECT_TRUE(torch::equal(broken.context, torch::cat({a.context, b.context}, 1)));
+  EXPECT_TRUE(torch::equal(broken.pooled, a.pooled));
+
+  const taiyi::PromptEmbeddings plain = pipe.encode_prompt_xl("a cat on a red chair");
+  const taiyi::PromptEmbeddings weighted = pipe.encode_prompt_xl("a (cat:1.6) on a [red] chair");
+  EXPECT_FALSE(torch::allclose(weighted.context, plain.context));
+  EXPECT_TRUE(torch::equal(weighted.pooled, plain.pooled));  // the web UI pools before emphasis
+  for (auto [offset, width] : {std::pair<int64_t, int64_t>{0, 32}, {32, 48}}) {  // each encoder's own mean
+    const double before = plain.context.narrow(2, offset, width).mean().item<double>();
+    const double after = weighted.context.narrow(2, offset, width).mean().item<double>();
+    EXPECT_NEAR(after, before, 1e-6 * std::max(1.0, std::abs(before)));
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// The real Taiyi-XL configs with random fp16 weights (tests/reference/sdxl.py, --full): the 2.6 B-parameter
+// UNet loads by name and matches diffusers' fp32 output on one 64x64 input (batch 2, 512 context tokens),
+// within the relative error two fp32 implementations of this depth reach.
+constexpr double kFullSdxlRelativeL2 = 1e-4;
+
+TEST(FullSizeSdxl, UNetMatchesDiffusers) {
+  const fs::path golden = fixture("ref/sdxl_full.safetensors");
+  const fs::path dir = fixture("full-taiyi-xl/unet");
+  c10::InferenceMode inference;
+  taiyi::UNet2DConditionModel unet(taiyi::Config::load(dir / "config.json"));
+  taiyi::load_weights(unet.module(), {dir / "diffusion_pytorch_model.safetensors"}, taiyi::LoadOptions(torch::kFloat));
+  auto ref = [&](const std::string& key) { return reference_tensor(golden, key); };
+  const auto start = std::chrono::steady_clock::now();
+  const torch::Tensor out = unet.forward(ref("sample"), ref("timestep"), ref("context"), nullptr,
+                                         taiyi::AddedConditions{ref("text_embeds"), ref("time_ids")});
+  const double forward_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double error = taiyi::test::relative_l2(out, ref("out"));
+  std::printf("full-size SDXL UNet [2,4,8,8], 512 tokens: relative L2 %.3g (tol %.3g), max abs diff %.3g, forward %.2f s\n",
+              error, kFullSdxlRelativeL2, taiyi::test::max_abs_diff(out, ref("out")), forward_s);
+  EXPECT_LE(error, kFullSdxlRelativeL2);
+}
+
+// The whole Taiyi-XL-shaped pipeline loads (both 57475-token encoders, 512 positions) and encodes a Chinese
+// prompt one token per character.
+TEST(FullSizeSdxl, PipelineLoadsInBf16AndTokenizesChineseAsTaiyiXl) {
+  taiyi::PipelineOptions options;
+  options.device = "cpu";
+  options.precision = "bf16";
+  taiyi::Pipeline pipe = taiyi::Pipeline::load(fixture("full-taiyi-xl"), options);
+  EXPECT_TRUE(pipe.is_sdxl());
+  EXPECT_EQ(pipe.tokenizer().max_length(), 512u);
+  EXPECT_EQ(pipe.tokenizer_2().vocab_size(), 57475u);
+  const taiyi::Encoding e = pipe.tokenizer().encode("小桥流水人家");
+  EXPECT_EQ(e.content_tokens, 6u);
+  c10::InferenceMode inference;
+  const taiyi::PromptEmbeddings embeddings = pipe.encode_prompt_xl("小桥流水人家，Van Gogh style");
+  EXPECT_EQ(embeddings.context.sizes(), (std::vector<int64_t>{1, 512, 2048}));
+  EXPECT_EQ(embeddings.pooled.sizes(), (std::vector<int64_t>{1, 1280}));
+  EXPECT_TRUE(torch::isfinite(embeddings.context).all().item<bool>());
 }
 
 }  // namespace
