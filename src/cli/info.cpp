@@ -41,6 +41,9 @@ const std::map<std::string, std::vector<std::string>> kSummaryKeys = {
     {"text_encoder",
      {"model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
       "max_position_embeddings", "hidden_act"}},
+    {"text_encoder_2",
+     {"model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+      "max_position_embeddings", "hidden_act", "projection_dim"}},
     {"unet",
      {"sample_size", "in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
       "up_block_types", "cross_attention_dim", "attention_head_dim", "norm_num_groups"}},
@@ -52,7 +55,8 @@ const std::map<std::string, std::vector<std::string>> kSummaryKeys = {
 };
 
 // The components taiyi uses, in the order data flows through them.
-const std::vector<std::string> kComponents = {"tokenizer", "text_encoder", "unet", "vae", "scheduler"};
+const std::vector<std::string> kComponents = {"tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2",
+                                              "unet", "vae", "scheduler"};
 
 std::string message_of(const std::exception& e) {
   if (auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
@@ -162,7 +166,9 @@ void inspect_index(const ModelFolder& folder, Json& report, std::vector<std::str
                    std::vector<std::string>& notes) {
   Json index;
   attempt("model_index.json", problems, [&] {
-    index = folder.builtin_configs() ? builtin_model_index(folder.text_encoder_kind()) : read_json_file(folder.index_path());
+    index = !folder.builtin_configs() ? read_json_file(folder.index_path())
+            : folder.is_sdxl()        ? builtin_sdxl_model_index()
+                                      : builtin_model_index(folder.text_encoder_kind());
   });
   report["pipeline_class"] = index.value("_class_name", "");
   report["diffusers_version"] = index.value("_diffusers_version", "");
@@ -192,6 +198,26 @@ Json inspect_tokenizer(const ModelFolder& folder, std::vector<std::string>& prob
     entry["max_length"] = tokenizer->max_length();
   });
   return entry;
+}
+
+// SDXL's second tokenizer and text encoder: class, length, config and weights (no module built here).
+void inspect_sdxl_second_encoder(const ModelSource& source, Json& components, std::vector<std::string>& problems) {
+  const ModelFolder& folder = source.folder();
+  Json tokenizer = Json::object(), encoder = Json::object();
+  attempt("tokenizer_2", problems, [&] {
+    tokenizer["class"] = folder.class_name("tokenizer_2");
+    auto loaded = folder.builtin_configs() ? builtin_sdxl_tokenizer("tokenizer_2")
+                                           : load_clip_tokenizer(folder.component_dir("tokenizer_2"));
+    tokenizer["kind"] = loaded->kind();
+    tokenizer["max_length"] = loaded->max_length();
+  });
+  attempt("text_encoder_2", problems, [&] {
+    encoder["class"] = folder.class_name("text_encoder_2");
+    encoder["config"] = config_summary(source.config("text_encoder_2"), "text_encoder_2");
+  });
+  inspect_weights(source, "text_encoder_2", nullptr, {}, encoder, problems);
+  components["tokenizer_2"] = tokenizer;
+  components["text_encoder_2"] = encoder;
 }
 
 // Text encoder, UNet, VAE: config, module, weights (as Pipeline::load checks and loads them);
@@ -282,6 +308,7 @@ Json inspect_model(const fs::path& root, const ModelSourceOptions& options) {
   Json components = Json::object();
   components["tokenizer"] = inspect_tokenizer(source.folder(), problems);
   components["text_encoder"] = inspect_text_encoder(source, problems);
+  if (source.folder().is_sdxl()) inspect_sdxl_second_encoder(source, components, problems);
   components["unet"] = inspect_unet(source, problems);
   components["vae"] = inspect_vae(source, problems);
   components["scheduler"] = inspect_scheduler(source, problems);
@@ -343,7 +370,7 @@ std::string format_model_report(const Json& report) {
     if (!components.contains(name)) continue;
     const Json& c = components.at(name);
     out << "\n" << name << ": " << c.value("class", "?");
-    if (name == "tokenizer" && c.contains("kind")) {
+    if ((name == "tokenizer" || name == "tokenizer_2") && c.contains("kind")) {
       if (c.at("kind") != c.value("class", "")) out << " (taiyi: " << c.at("kind").get<std::string>() << ")";
       out << ", max length " << c.at("max_length").get<int64_t>();
     }
