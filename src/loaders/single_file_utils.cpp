@@ -436,17 +436,12 @@ ConvertedKeys convert_ldm_unet_checkpoint(const std::vector<CheckpointKey>& keys
 ConvertedKeys convert_ldm_unet_checkpoint(const std::vector<CheckpointKey>& keys, const std::string& file,
                                           const Config& unet_config, bool extract_ema) {
   // `"class_embed_type" in config and config["class_embed_type"] in [...]`: a null or other value is no.
-  auto is = [&](const char* key, std::initializer_list<const char*> values) {
-    if (!unet_config.has(key) || !unet_config.json().at(key).is_string()) return false;
-    for (const char* value : values)
-      if (unet_config.json().at(key) == value) return true;
-    return false;
-  };
-  UnetConversion config;
-  config.layers_per_block = unet_config.get_int("layers_per_block");
-  config.class_embedding = is("class_embed_type", {"timestep", "projection"});
-  config.addition_embedding = is("addition_embed_type", {"text_time"});
-  config.num_class_embeds = unet_config.has("num_class_embeds");
+  const std::string class_type = unet_config.has("class_embed_type") && unet_config.json().at("class_embed_type").is_string()
+                                     ? unet_config.json().at("class_embed_type").get<std::string>() : "";
+  const nlohmann::json& json = unet_config.json();
+  const UnetConversion config{unet_config.get_int("layers_per_block"), class_type == "timestep" || class_type == "projection",
+                              json.contains("addition_embed_type") && json.at("addition_embed_type") == "text_time",
+                              unet_config.has("num_class_embeds")};
   return convert_unet(keys, file, config, extract_ema);
 }
 
@@ -588,8 +583,7 @@ bool sd2_key_to_ignore(const std::string& name) {
   static const std::unordered_set<std::string> parts = {
       "attn.in_proj_bias", "attn.in_proj_weight", "attn.out_proj.bias", "attn.out_proj.weight", "ln_1.bias", "ln_1.weight",
       "ln_2.bias",         "ln_2.weight",         "mlp.c_fc.bias",      "mlp.c_fc.weight",      "mlp.c_proj.bias", "mlp.c_proj.weight"};
-  if (name == "cond_stage_model.model.text_projection") return true;
-  return starts_with(name, layer) && parts.count(name.substr(layer.size()));
+  return name == "cond_stage_model.model.text_projection" || (starts_with(name, layer) && parts.count(name.substr(layer.size())));
 }
 
 // An OpenCLIP in_proj_weight / in_proj_bias as diffusers slices it: rows [:d], [d:2d] and [2d:] (clamped as

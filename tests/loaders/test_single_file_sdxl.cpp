@@ -159,6 +159,26 @@ TEST(SdxlSingleFile, RefinerTaiyiXlWithoutTokenizersAndMangledFilesAreErrors) {
                       {"cut.safetensors"});
 }
 
+// diffusers' xl_inpaint: the 9-channel UNet (latents, mask, masked image) of an SDXL file; in_channels comes
+// from the file as for SD 1.x inpainting files (the built-in UNet config is SDXL base's 4-channel one).
+TEST(SdxlSingleFile, InpaintingUNetTakesNineChannels) {
+  const std::string conv_in = "model.diffusion_model.input_blocks.0.0.weight";
+  torch::Tensor nine;
+  const fs::path file = mangled_file("inpaint.safetensors", [&](auto& t) {
+    nine = torch::randn({t[conv_in].size(0), 9, 3, 3});
+    t[conv_in] = nine;
+  });
+  for (const std::string config_dir : {"tiny-sdxl", ""}) {
+    taiyi::ModelSourceOptions options;
+    if (!config_dir.empty()) options.config_dir = fixture(config_dir);
+    const taiyi::ModelSource source = taiyi::ModelSource::open(file, options);
+    EXPECT_NE(source.description().find("SDXL inpainting"), std::string::npos) << source.description();
+    EXPECT_TRUE(source.folder().is_sdxl());
+    EXPECT_EQ(source.config("unet").get_int("in_channels"), 9) << config_dir;
+    EXPECT_TRUE(torch::equal(*source.state_dict("unet").find("conv_in.weight"), nine)) << config_dir;
+  }
+}
+
 // The built-in SDXL files are SDXL base's: what diffusers and transformers derive from them is sdxl.py's
 // full-size configs (tests/reference/sdxl_single_file.py), and they hold the tiny fixture's values where the
 // fixture is not shrunk.
