@@ -594,8 +594,8 @@ void put_fused_projection(MappingBuilder& out, const CheckpointKey& key, const s
   if (key.shape.size() < dims)
     throw Error(file + ": tensor " + quoted_name(key.name) + " of " + str(static_cast<int64_t>(key.shape.size())) +
                 " dimensions: expected at least " + str(static_cast<int64_t>(dims)));
-  const int64_t rows = key.shape[0];
-  const int64_t bounds[] = {0, std::min(d, rows), std::min(2 * d, rows), rows};
+  const int64_t rows = std::max<int64_t>(key.shape[0], 0), q_end = std::min(d, rows);
+  const int64_t bounds[] = {0, q_end, q_end + std::min(d, rows - q_end), rows};  // no 2 * d: it could overflow
   static const char* parts[] = {"q_proj", "k_proj", "v_proj"};
   for (int i = 0; i < 3; ++i) {
     KeyMapping m{key.name, to + "." + parts[i] + "." + leaf, key.shape};
