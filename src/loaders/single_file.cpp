@@ -264,6 +264,8 @@ ConvertedKeys ModelSource::converted_keys(const std::string& component) const {
     return folder_.text_encoder_kind() == TextEncoderKind::Clip ? convert_ldm_clip_checkpoint(keys)
                                                                 : convert_ldm_bert_checkpoint(keys);
   }
+  // diffusers tries the CLIP-L table first, by width: where text_encoder_2 were as wide as CLIP-L it would
+  // read CLIP-L's weights (and lack text_projection); SDXL's widths differ (768, 1280), taiyi reads OpenCLIP's.
   if (component == "text_encoder_2" && folder_.is_sdxl()) {
     const Config text = config(component);
     check_position_width(keys, file, kSdxlTextTables[1].position_embedding, text);
