@@ -160,9 +160,9 @@ def main():
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
             pass
     write(out, "torch_pickle", "hand-protocol4", b"\x80\x04\x95\x1a\0\0\0\0\0\0\0}\x94(\x8c\x01a\x94K\x01\x8c\x01b\x94]\x94(G?\xf0\0\0\0\0\0\0\x88eu.")
-    # ldm_keys: the key lists of the single-file fixtures (tests/reference/single_file.py), as
+    # ldm_keys: the key lists of the single-file fixtures (tests/reference/single_file.py, sdxl_single_file.py), as
     # "<name> <d0>,<d1>..." lines after an options byte (extract_ema, layers_per_block 2, 4 VAE blocks).
-    for path in sorted(fixtures.glob("single_file/*.json")):
+    for path in sorted(fixtures.glob("single_file/*.json")) + sorted(fixtures.glob("sdxl_single_file/*.json")):
         record = json.loads(path.read_text())
         for ema in (0, 1):
             lines = "\n".join(f"{name} {','.join(map(str, shape))}" for name, shape in record["keys"])

@@ -167,7 +167,9 @@ void inspect_index(const ModelFolder& folder, Json& report, std::vector<std::str
                    std::vector<std::string>& notes) {
   Json index;
   attempt("model_index.json", problems, [&] {
-    index = folder.builtin_configs() ? builtin_model_index(folder.text_encoder_kind()) : read_json_file(folder.index_path());
+    index = !folder.builtin_configs() ? read_json_file(folder.index_path())
+            : folder.is_sdxl()        ? builtin_sdxl_model_index()
+                                      : builtin_model_index(folder.text_encoder_kind());
   });
   report["pipeline_class"] = index.value("_class_name", "");
   report["diffusers_version"] = index.value("_diffusers_version", "");
@@ -297,7 +299,8 @@ Json inspect_model(const fs::path& root, const ModelSourceOptions& options) {
   components["vae"] = inspect_vae(source, problems);
   components["scheduler"] = inspect_scheduler(source, problems);
   report["components"] = components;
-  if (source.single_file()) report["ignored_keys"] = source.unused_keys();
+  // A component whose keys do not convert (named above as its problem) leaves the list out.
+  if (source.single_file()) attempt("checkpoint", problems, [&] { report["ignored_keys"] = source.unused_keys(); });
   return finish();
 }
 

@@ -145,8 +145,11 @@ ModelFolder ModelFolder::from_index(const fs::path& root, Json index) {
   return folder;
 }
 
-ModelFolder ModelFolder::for_single_file(const fs::path& file, TextEncoderKind kind, const fs::path& config_dir) {
-  ModelFolder folder = config_dir.empty() ? from_index(file, builtin_model_index(kind)) : open(config_dir);
+ModelFolder ModelFolder::for_single_file(const fs::path& file, TextEncoderKind kind, const fs::path& config_dir,
+                                         bool sdxl) {
+  ModelFolder folder = !config_dir.empty() ? open(config_dir)
+                       : sdxl              ? from_index(file, builtin_sdxl_model_index())
+                                           : from_index(file, builtin_model_index(kind));
   folder.root_ = file;
   folder.single_file_ = true;
   folder.kind_ = kind;
@@ -155,6 +158,10 @@ ModelFolder ModelFolder::for_single_file(const fs::path& file, TextEncoderKind k
     throw Error(file.string() + ": holds a " + (kind == TextEncoderKind::Clip ? "CLIP" : "BERT") +
                 " text encoder but --config-dir " + config_dir.string() + " is for a " +
                 folder.class_name("text_encoder") + " model: use the config folder of the same model");
+  if (folder.is_sdxl() != sdxl)
+    throw Error(file.string() + ": " + (sdxl ? "an SDXL" : "an SD 1.x") + " checkpoint, but --config-dir " +
+                config_dir.string() + " is " + (sdxl ? "not an SDXL folder (no text_encoder_2 in model_index.json)" : "an SDXL folder") +
+                ": use the config folder of the same model");
   return folder;
 }
 
@@ -182,6 +189,8 @@ fs::path ModelFolder::component_dir(const std::string& component) const {
 }
 
 Config ModelFolder::config(const std::string& component) const {
+  if (builtin_configs() && is_sdxl())
+    return Config(builtin_sdxl_config(component), root_.string() + " (" + builtin_sdxl_source(component) + ")");
   if (builtin_configs())
     return Config(builtin_config(component, kind_), root_.string() + " (" + builtin_source(kind_, component) + ")");
   fs::path dir = component_dir(component);

@@ -9,6 +9,7 @@
 // Renames use replace_all, which is str.replace.
 #include "taiyi/loaders/single_file_utils.h"
 
+#include <algorithm>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
@@ -62,6 +63,9 @@ class MappingBuilder {
   void put(const CheckpointKey& from, std::string to, bool conv_to_linear = false) {
     KeyMapping m{from.name, std::move(to), from.shape, conv_to_linear};
     if (conv_to_linear) m.shape = {m.shape.at(0), m.shape.at(1)};
+    put(std::move(m));
+  }
+  void put(KeyMapping m) {
     const auto [it, inserted] = position_.emplace(m.to, mapped_.size());
     if (inserted) mapped_.push_back(std::move(m));
     else mapped_[it->second] = std::move(m);
@@ -126,12 +130,18 @@ ModelType infer_model_type(const std::vector<CheckpointKey>& keys) {
   auto has = [&](const char* name) { return index.find(name) != nullptr; };
   const CheckpointKey* conv_in = index.find("model.diffusion_model.input_blocks.0.0.weight");
   const bool v2 = dim(index.find("model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"), -1) == 1024;
-  const bool xl_base = has("conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias");
+  // diffusers' xl_base key needs a 10th OpenCLIP layer; taiyi also takes diffusers' open_clip_sdxl key (the
+  // second encoder's position table), so that an SDXL of fewer layers (the tiny test pipelines) is SDXL too,
+  // where diffusers would fall through to "v1". Real SDXL files (32 layers) get diffusers' answer.
+  const bool xl_base = has("conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias") ||
+                       has("conditioner.embedders.1.model.positional_embedding");
   if (dim(conv_in, 1) == 9) return v2 ? ModelType::V2Inpainting : xl_base ? ModelType::XLInpaint : ModelType::V1Inpainting;
   if (v2) return ModelType::V2;
   if (has("edm_mean")) return ModelType::Playground;
   if (xl_base) return ModelType::XLBase;
-  if (has("conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias")) return ModelType::XLRefiner;
+  if (has("conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias") ||
+      has("conditioner.embedders.0.model.text_projection"))  // the same for the refiner: open_clip_sdxl_refiner
+    return ModelType::XLRefiner;
   if (has("model.diffusion_model.input_blocks.10.0.skip_connection.bias")) return ModelType::Upscale;
   if (has("control_model.time_embed.0.weight") || has("controlnet_cond_embedding.conv_in.weight"))
     return ModelType::ControlNet;
@@ -163,19 +173,22 @@ std::string model_type_name(ModelType type) {
   return "not a Stable Diffusion";
 }
 
+bool is_sdxl_model_type(ModelType type) { return type == ModelType::XLBase || type == ModelType::XLInpaint; }
+
 void check_model_type(ModelType type, const std::string& file) {
-  if (type == ModelType::V1 || type == ModelType::V1Inpainting) return;
+  if (type == ModelType::V1 || type == ModelType::V1Inpainting || is_sdxl_model_type(type)) return;
   std::string what = "a " + model_type_name(type) + " checkpoint";
   if (type == ModelType::Vae) what = "a VAE file without a UNet (use it with --vae)";
   if (type == ModelType::NotStableDiffusion)
     what = "not a Stable Diffusion checkpoint (no model.diffusion_model.input_blocks.0.0.weight)";
-  throw Error(file + ": " + what + "; taiyi runs SD 1.x checkpoints (and their inpainting models)");
+  throw Error(file + ": " + what + "; taiyi runs SD 1.x and SDXL checkpoints (and their inpainting models)");
 }
 
 std::optional<TextEncoderKind> infer_text_encoder_kind(const std::vector<CheckpointKey>& keys) {
   const KeyIndex index(keys);
   for (const char* clip : {"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
-                           "cond_stage_model.transformer.embeddings.token_embedding.weight"})
+                           "cond_stage_model.transformer.embeddings.token_embedding.weight",
+                           "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"})
     if (index.find(clip)) return TextEncoderKind::Clip;
   for (const char* bert : {"cond_stage_model.transformer.embeddings.word_embeddings.weight",
                            "cond_stage_model.transformer.bert.embeddings.word_embeddings.weight"})
@@ -348,10 +361,33 @@ std::vector<UnetKey> unet_keys(const KeyIndex& index, const std::string& file, b
   return keys;
 }
 
-}  // namespace
+// What convert_ldm_unet_checkpoint reads of the UNet config.
+struct UnetConversion {
+  int64_t layers_per_block = 0;
+  bool class_embedding = false;     // class_embed_type "timestep" | "projection"
+  bool addition_embedding = false;  // addition_embed_type "text_time" (SDXL)
+  bool num_class_embeds = false;    // num_class_embeds set (the x4 upscaler's label_emb.weight)
+};
 
-ConvertedKeys convert_ldm_unet_checkpoint(const std::vector<CheckpointKey>& keys, const std::string& file,
-                                          int64_t layers_per_block, bool extract_ema) {
+// DIFFUSERS_TO_LDM_MAPPING["unet"]["class_embed_type"] / ["addition_embed_type"]: the `label_emb.0` MLP.
+void put_label_embedding(MappingBuilder& out, const std::unordered_map<std::string, const UnetKey*>& by_name,
+                         const std::string& diffusers, const std::string& file) {
+  static const std::pair<const char*, const char*> parts[] = {{"linear_1.weight", "label_emb.0.0.weight"},
+                                                              {"linear_1.bias", "label_emb.0.0.bias"},
+                                                              {"linear_2.weight", "label_emb.0.2.weight"},
+                                                              {"linear_2.bias", "label_emb.0.2.bias"}};
+  for (const auto& [name, ldm] : parts) {
+    const auto it = by_name.find(ldm);
+    if (it == by_name.end())  // diffusers: KeyError
+      throw Error(file + ": the UNet config asks for " + diffusers + ", but the file has no " +
+                  quoted_name(std::string(kUnetPrefix) + ldm));
+    out.put(*it->second->source, diffusers + "." + name);
+  }
+}
+
+ConvertedKeys convert_unet(const std::vector<CheckpointKey>& keys, const std::string& file, const UnetConversion& config,
+                           bool extract_ema) {
+  const int64_t layers_per_block = config.layers_per_block;
   check_count(layers_per_block, "layers_per_block", file);
   const KeyIndex index(keys);
   std::vector<UnetKey> unet = unet_keys(index, file, extract_ema && has_ema_weights(keys));
@@ -365,7 +401,7 @@ ConvertedKeys convert_ldm_unet_checkpoint(const std::vector<CheckpointKey>& keys
     if (key.group == UnetKey::Output) output[key.block].push_back(&key);
   }
   MappingBuilder out;
-  // DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]; SD 1.x has no class or addition embedding (label_emb.*).
+  // DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"].
   static const std::pair<const char*, const char*> layers[] = {
       {"time_embedding.linear_1.weight", "time_embed.0.weight"}, {"time_embedding.linear_1.bias", "time_embed.0.bias"},
       {"time_embedding.linear_2.weight", "time_embed.2.weight"}, {"time_embedding.linear_2.bias", "time_embed.2.bias"},
@@ -376,12 +412,37 @@ ConvertedKeys convert_ldm_unet_checkpoint(const std::vector<CheckpointKey>& keys
     const auto it = by_name.find(ldm);
     if (it != by_name.end()) out.put(*it->second->source, diffusers);
   }
+  if (config.class_embedding) put_label_embedding(out, by_name, "class_embedding", file);
+  if (config.addition_embedding) put_label_embedding(out, by_name, "add_embedding", file);
+  if (config.num_class_embeds && by_name.count("label_emb.weight"))
+    out.put(*by_name.at("label_emb.weight")->source, "class_embedding.weight");
   convert_down_blocks(out, input, by_name, layers_per_block);
   convert_mid_block(out, middle);
   convert_up_blocks(out, output, by_name, layers_per_block);
   return out.finish(keys, [](const std::string& name) {
     return starts_with(name, kUnetPrefix) || starts_with(name, "model_ema");
   });
+}
+
+}  // namespace
+
+ConvertedKeys convert_ldm_unet_checkpoint(const std::vector<CheckpointKey>& keys, const std::string& file,
+                                          int64_t layers_per_block, bool extract_ema) {
+  UnetConversion config;
+  config.layers_per_block = layers_per_block;
+  return convert_unet(keys, file, config, extract_ema);
+}
+
+ConvertedKeys convert_ldm_unet_checkpoint(const std::vector<CheckpointKey>& keys, const std::string& file,
+                                          const Config& unet_config, bool extract_ema) {
+  // `"class_embed_type" in config and config["class_embed_type"] in [...]`: a null or other value is no.
+  const std::string class_type = unet_config.has("class_embed_type") && unet_config.json().at("class_embed_type").is_string()
+                                     ? unet_config.json().at("class_embed_type").get<std::string>() : "";
+  const nlohmann::json& json = unet_config.json();
+  const UnetConversion config{unet_config.get_int("layers_per_block"), class_type == "timestep" || class_type == "projection",
+                              json.contains("addition_embed_type") && json.at("addition_embed_type") == "text_time",
+                              unet_config.has("num_class_embeds")};
+  return convert_unet(keys, file, config, extract_ema);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -512,6 +573,86 @@ ConvertedKeys convert_ldm_clip_checkpoint(const std::vector<CheckpointKey>& keys
   return out.finish(keys, [](const std::string& name) {
     return starts_with(name, "cond_stage_model.") || starts_with(name, prefixes[1]);
   });
+}
+
+namespace {
+
+// SD_2_TEXT_ENCODER_KEYS_TO_IGNORE: SD 2.x's last OpenCLIP layer (and projection), which diffusers never reads.
+bool sd2_key_to_ignore(const std::string& name) {
+  static const std::string layer = "cond_stage_model.model.transformer.resblocks.23.";
+  static const std::unordered_set<std::string> parts = {
+      "attn.in_proj_bias", "attn.in_proj_weight", "attn.out_proj.bias", "attn.out_proj.weight", "ln_1.bias", "ln_1.weight",
+      "ln_2.bias",         "ln_2.weight",         "mlp.c_fc.bias",      "mlp.c_fc.weight",      "mlp.c_proj.bias", "mlp.c_proj.weight"};
+  return name == "cond_stage_model.model.text_projection" || (starts_with(name, layer) && parts.count(name.substr(layer.size())));
+}
+
+// An OpenCLIP in_proj_weight / in_proj_bias as diffusers slices it: rows [:d], [d:2d] and [2d:] (clamped as
+// Python's slices are) become q_proj, k_proj and v_proj.
+void put_fused_projection(MappingBuilder& out, const CheckpointKey& key, const std::string& to, int64_t d,
+                          const std::string& leaf, const std::string& file) {
+  const size_t dims = leaf == "weight" ? 2 : 1;  // w[:d, :] needs two dimensions, b[:d] one
+  if (key.shape.size() < dims)
+    throw Error(file + ": tensor " + quoted_name(key.name) + " of " + str(static_cast<int64_t>(key.shape.size())) +
+                " dimensions: expected at least " + str(static_cast<int64_t>(dims)));
+  const int64_t rows = std::max<int64_t>(key.shape[0], 0), q_end = std::min(d, rows);
+  const int64_t bounds[] = {0, q_end, q_end + std::min(d, rows - q_end), rows};  // no 2 * d: it could overflow
+  static const char* parts[] = {"q_proj", "k_proj", "v_proj"};
+  for (int i = 0; i < 3; ++i) {
+    KeyMapping m{key.name, to + "." + parts[i] + "." + leaf, key.shape};
+    m.shape[0] = bounds[i + 1] - bounds[i];
+    m.row_begin = bounds[i];
+    out.put(std::move(m));
+  }
+}
+
+}  // namespace
+
+ConvertedKeys convert_open_clip_checkpoint(const std::vector<CheckpointKey>& keys, const std::string& file,
+                                           const std::string& prefix, int64_t hidden_size) {
+  const KeyIndex index(keys);
+  const CheckpointKey* projection = index.find(prefix + "text_projection");
+  if (projection && projection->shape.size() != 2)
+    throw Error(file + ": tensor " + quoted_name(projection->name) + " of " +
+                str(static_cast<int64_t>(projection->shape.size())) + " dimensions: expected [hidden, projection]");
+  const int64_t d = projection ? projection->shape[0] : hidden_size;  // the q/k/v split
+  if (d < 1) throw Error(file + ": OpenCLIP width " + str(d) + " (text_projection's first dimension): expected at least 1");
+  // DIFFUSERS_TO_LDM_MAPPING["openclip"]["layers"], in its order.
+  static const std::pair<const char*, const char*> layers[] = {
+      {"text_model.embeddings.position_embedding.weight", "positional_embedding"},
+      {"text_model.embeddings.token_embedding.weight", "token_embedding.weight"},
+      {"text_model.final_layer_norm.weight", "ln_final.weight"},
+      {"text_model.final_layer_norm.bias", "ln_final.bias"},
+      {"text_projection.weight", "text_projection"}};
+  MappingBuilder out;
+  for (const auto& [diffusers, ldm] : layers) {
+    const CheckpointKey* key = index.find(prefix + ldm);
+    if (!key || sd2_key_to_ignore(key->name)) continue;
+    if (key != projection) {
+      out.put(*key, diffusers);
+      continue;
+    }
+    KeyMapping m{key->name, diffusers, {key->shape[1], key->shape[0]}};
+    m.transpose = true;  // `.T.contiguous()`: the values, as a Linear weight [projection, hidden]
+    out.put(std::move(m));
+  }
+  // DIFFUSERS_TO_LDM_MAPPING["openclip"]["transformer"] (new name <- old), applied in order with str.replace.
+  static const std::pair<const char*, const char*> tower_names[] = {
+      {"text_model.encoder.layers.", "resblocks."}, {"layer_norm1", "ln_1"}, {"layer_norm2", "ln_2"},
+      {".fc1.", ".c_fc."}, {".fc2.", ".c_proj."}, {".self_attn", ".attn"},
+      {"transformer.text_model.final_layer_norm.", "ln_final."},
+      {"transformer.text_model.embeddings.token_embedding.weight", "token_embedding.weight"},
+      {"transformer.text_model.embeddings.position_embedding.weight", "positional_embedding"}};
+  const std::string tower = prefix + "transformer.";
+  for (const CheckpointKey& key : keys) {
+    if (sd2_key_to_ignore(key.name) || !starts_with(key.name, tower)) continue;
+    std::string name = replace_all(key.name, tower, "");
+    for (const auto& [replacement, old] : tower_names)
+      name = replace_all(replace_all(replace_all(std::move(name), old, replacement), ".in_proj_weight", ""), ".in_proj_bias", "");
+    if (ends_with(key.name, ".in_proj_weight")) put_fused_projection(out, key, name, d, "weight", file);
+    else if (ends_with(key.name, ".in_proj_bias")) put_fused_projection(out, key, name, d, "bias", file);
+    else out.put(key, std::move(name));
+  }
+  return out.finish(keys, [&](const std::string& name) { return starts_with(name, prefix); });
 }
 
 ConvertedKeys convert_ldm_bert_checkpoint(const std::vector<CheckpointKey>& keys) {

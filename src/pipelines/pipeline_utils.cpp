@@ -29,7 +29,17 @@ const std::vector<std::pair<std::string, std::string>> kWeights = {
     {"text_encoder", "model.safetensors"},
     {"unet", "diffusion_pytorch_model.safetensors"},
     {"vae", "diffusion_pytorch_model.safetensors"}};
-const std::vector<std::string> kComponents = {"text_encoder", "tokenizer", "unet", "vae", "scheduler"};
+const std::vector<std::string> kComponents = {"text_encoder", "tokenizer",  "unet",          "vae",
+                                              "scheduler",    "tokenizer_2", "text_encoder_2"};
+
+bool is_text_encoder(const std::string& component) { return component == "text_encoder" || component == "text_encoder_2"; }
+
+// kWeights, plus SDXL's second text encoder.
+std::vector<std::pair<std::string, std::string>> weights_of(const ModelSource& source) {
+  std::vector<std::pair<std::string, std::string>> weights = kWeights;
+  if (source.folder().is_sdxl()) weights.emplace_back("text_encoder_2", "model.safetensors");
+  return weights;
+}
 
 std::string gigabytes(uint64_t bytes) {
   std::ostringstream s;
@@ -93,7 +103,7 @@ void verify_weights(const fs::path& file, const StateDict& weights, const SaveOp
 // save_pretrained writes the model's (config.dtype, "torch_dtype" before 4.56).
 Json component_config(const ModelSource& source, const std::string& component, const SaveOptions& options) {
   Json config = source.config(component).json();
-  if (component != "text_encoder" || !options.dtype) return config;
+  if (!is_text_encoder(component) || !options.dtype) return config;
   const std::string name = *options.dtype == torch::kHalf ? "float16" : *options.dtype == torch::kBFloat16 ? "bfloat16" : "float32";
   if (!config.contains("dtype") && !config.contains("torch_dtype")) config["torch_dtype"] = name;
   for (const char* key : {"dtype", "torch_dtype"})
@@ -127,14 +137,17 @@ SavedWeights save_weights(const ModelSource& source, const std::string& componen
   return saved;
 }
 
-void save_tokenizer(const ModelSource& source, const fs::path& folder) {
-  const fs::path dir = folder / "tokenizer";
+void save_tokenizer(const ModelSource& source, const fs::path& folder, const std::string& component) {
+  const fs::path dir = folder / component;
   fs::create_directories(dir);
-  if (source.folder().builtin_configs()) {
-    for (const auto& [name, bytes] : builtin_tokenizer_files(source.folder().text_encoder_kind())) write_text(dir / name, bytes);
+  const ModelFolder& model = source.folder();
+  if (model.builtin_configs()) {
+    for (const auto& [name, bytes] : model.is_sdxl() ? builtin_sdxl_tokenizer_files(component)
+                                                     : builtin_tokenizer_files(model.text_encoder_kind()))
+      write_text(dir / name, bytes);
     return;
   }
-  for (const fs::directory_entry& entry : fs::directory_iterator(source.folder().component_dir("tokenizer")))
+  for (const fs::directory_entry& entry : fs::directory_iterator(model.component_dir(component)))
     if (entry.is_regular_file()) fs::copy_file(entry.path(), dir / entry.path().filename());
 }
 
@@ -142,8 +155,9 @@ void save_tokenizer(const ModelSource& source, const fs::path& folder) {
 // to [null, null] as diffusers saves a pipeline built without them.
 Json model_index(const ModelSource& source) {
   const ModelFolder& folder = source.folder();
-  Json index = folder.builtin_configs() ? builtin_model_index(folder.text_encoder_kind())
-                                        : read_json_file(folder.index_path());
+  Json index = !folder.builtin_configs() ? read_json_file(folder.index_path())
+               : folder.is_sdxl()        ? builtin_sdxl_model_index()
+                                         : builtin_model_index(folder.text_encoder_kind());
   for (auto& [key, value] : index.items()) {
     const bool used = std::find(kComponents.begin(), kComponents.end(), key) != kComponents.end();
     if (!used && key.rfind('_', 0) != 0 && value.is_array()) value = Json::array({nullptr, nullptr});
@@ -164,7 +178,7 @@ void check_destination(const fs::path& out) {
 
 void check_free_space(const ModelSource& source, const fs::path& out, const SaveOptions& options) {
   uint64_t needed = 64u << 20;  // configs, tokenizer and headers, with room to spare
-  for (const auto& [component, file] : kWeights) needed += output_bytes(weights_to_save(source, component), options);
+  for (const auto& [component, file] : weights_of(source)) needed += output_bytes(weights_to_save(source, component), options);
   std::error_code ec;
   const fs::space_info space = fs::space(fs::absolute(out).parent_path(), ec);
   if (!ec && space.available < needed)
@@ -188,8 +202,9 @@ void write_folder(const ModelSource& source, const fs::path& tmp, const SaveOpti
   write_json(tmp / "model_index.json", model_index(source));
   fs::create_directories(tmp / "scheduler");
   write_json(tmp / "scheduler" / "scheduler_config.json", source.config("scheduler").json());
-  save_tokenizer(source, tmp);
-  for (const auto& [component, file] : kWeights) saved.push_back(save_weights(source, component, file, tmp, options));
+  save_tokenizer(source, tmp, "tokenizer");
+  if (source.folder().is_sdxl()) save_tokenizer(source, tmp, "tokenizer_2");
+  for (const auto& [component, file] : weights_of(source)) saved.push_back(save_weights(source, component, file, tmp, options));
 }
 
 }  // namespace
@@ -204,7 +219,7 @@ std::optional<torch::Dtype> parse_save_dtype(const std::string& name) {
 
 StateDict weights_to_save(const ModelSource& source, const std::string& component) {
   StateDict all = source.state_dict(component);
-  if (component != "text_encoder") return all;
+  if (!is_text_encoder(component)) return all;
   StateDict kept = StateDict::named(all.source());
   for (const std::string& name : all.names()) {
     const auto ends_with = [&](const std::string& suffix) {

@@ -30,8 +30,9 @@ bool is_word(char32_t c) {
 }  // namespace unicode
 
 std::unique_ptr<Tokenizer> load_tokenizer(const ModelFolder& folder, const std::string& component) {
-  // A single file's tokenizer is built in (CLIP ViT-L/14's BPE, bert-base-chinese's WordPiece).
-  if (folder.builtin_configs() && component == "tokenizer") return builtin_tokenizer(folder.text_encoder_kind());
+  // A single file's tokenizers are built in (CLIP ViT-L/14's BPE, bert-base-chinese's WordPiece; SDXL's two).
+  if (folder.builtin_configs() && folder.is_sdxl()) return builtin_sdxl_tokenizer(component);
+  if (folder.builtin_configs()) return builtin_tokenizer(folder.text_encoder_kind());
   std::string class_name = folder.class_name(component);
   if (class_name == "CLIPTokenizer") return load_clip_tokenizer(folder.component_dir(component));
   if (class_name == "BertTokenizer") return load_bert_tokenizer(folder.component_dir(component));

@@ -166,6 +166,33 @@ TEST(Info, TinyBertIsUsableAndCountsMatchHeaders) {
   expect_counts_match_headers("tiny-bert", "BertTokenizer", 512, {"pooler."});
 }
 
+// An SDXL single file (tests/reference/sdxl_single_file.py): the family, and both text encoders with the
+// weights the folder's headers hold (whether the modules run is the pipeline's business, not checked here).
+TEST(Info, SdxlSingleFileShowsBothTextEncoders) {
+  taiyi::ModelSourceOptions options;
+  options.config_dir = taiyi::test::fixture("tiny-sdxl");
+  const Json report = taiyi::inspect_model(taiyi::test::fixture("sdxl_single_file/sdxl.safetensors"), options);
+  EXPECT_TRUE(contains(report.at("layout").get<std::string>(), "SDXL, CLIP and OpenCLIP text encoders")) << report.at("layout");
+  EXPECT_EQ(report.at("pipeline_class"), "StableDiffusionXLPipeline");
+  const Json& components = report.at("components");
+  for (const char* encoder : {"text_encoder", "text_encoder_2"}) {
+    const HeaderCounts expected = read_header(taiyi::test::fixture(std::string("tiny-sdxl/") + encoder + "/model.safetensors"));
+    EXPECT_EQ(components.at(encoder).at("tensors").get<int64_t>(), expected.tensors) << encoder;
+    EXPECT_EQ(components.at(encoder).at("parameters").get<int64_t>(), expected.parameters) << encoder;
+  }
+  EXPECT_EQ(components.at("text_encoder_2").at("class"), "CLIPTextModelWithProjection");
+  EXPECT_EQ(components.at("text_encoder_2").at("config").at("projection_dim"), 40);
+  EXPECT_EQ(components.at("tokenizer_2").at("max_length").get<size_t>(), 77u);
+  for (const Json& note : report.at("notes")) EXPECT_FALSE(contains(note.get<std::string>(), "_2")) << note;
+  const std::string text = taiyi::format_model_report(report);
+  EXPECT_TRUE(contains(text, "text_encoder_2: CLIPTextModelWithProjection")) << text;
+  EXPECT_TRUE(contains(text, "tokenizer_2: CLIPTokenizer, max length 77")) << text;
+  // Without --config-dir: SDXL base's configs.
+  const Json builtin = taiyi::inspect_model(taiyi::test::fixture("sdxl_single_file/sdxl.safetensors"));
+  EXPECT_EQ(builtin.at("components").at("text_encoder_2").at("config").at("hidden_size"), 1280);
+  EXPECT_EQ(builtin.at("pipeline_class"), "StableDiffusionXLPipeline");
+}
+
 TEST(Info, RemovedExtraAndMisShapedTensorsAreNamed) {
   fs::path dir = copy_pipeline("tiny-clip", "tensors");
   fs::path unet = dir / "unet" / "diffusion_pytorch_model.safetensors";

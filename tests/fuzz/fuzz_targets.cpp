@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <set>
 #include <stdexcept>
@@ -321,9 +322,13 @@ std::vector<CheckpointKey> checkpoint_keys(std::string_view text) {
 
 void check_converted(const ConvertedKeys& converted, const std::vector<CheckpointKey>& keys) {
   std::set<std::string> names, targets, read;
-  for (const CheckpointKey& key : keys) names.insert(key.name);
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const CheckpointKey& key : keys) names.insert(key.name), shapes.emplace(key.name, key.shape);
   for (const KeyMapping& m : converted.mapped) {
     check(names.count(m.from) == 1, "a mapping reads a key of the file");
+    check(m.row_begin < 0 || (!m.shape.empty() && !shapes[m.from].empty() && m.row_begin + m.shape[0] <= shapes[m.from][0]),
+          "a row slice lies within its tensor");
+    check(!m.transpose || m.shape.size() == 2, "a transposed weight is 2-D");
     check(targets.insert(m.to).second, "one mapping per name");
     check(!m.conv_to_linear || m.shape.size() == 2, "conv_to_linear gives a Linear weight");
     read.insert(m.from);
@@ -343,6 +348,7 @@ void ldm_keys(const uint8_t* data, size_t size) {
   try { check_converted(convert_ldm_unet_checkpoint(keys, "fuzz.ckpt", layers_per_block, extract_ema), keys); } catch (const Error&) {}
   try { check_converted(convert_ldm_vae_checkpoint(keys, "fuzz.ckpt", vae_blocks, vae_blocks), keys); } catch (const Error&) {}
   check_converted(convert_ldm_clip_checkpoint(keys), keys);
+  try { check_converted(convert_open_clip_checkpoint(keys, "fuzz.ckpt", "conditioner.embedders.1.model.", 8), keys); } catch (const Error&) {}
   check_converted(convert_ldm_bert_checkpoint(keys), keys);
   check_converted(convert_deprecated_vae_attention_names(keys), keys);
 }

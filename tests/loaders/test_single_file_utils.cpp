@@ -162,6 +162,12 @@ TEST(SingleFileUtils, OtherFamiliesAreNamed) {
       {{{unet + "input_blocks.0.0.weight", {320, 9, 3, 3}}, {"conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias", {1280}}},
        ModelType::XLInpaint},
       {{{"conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias", {1280}}}, ModelType::XLRefiner},
+      // Fewer than 10 OpenCLIP layers (diffusers: "v1"): SDXL by the encoders' tables (single_file_utils.cpp).
+      {{{unet + "input_blocks.0.0.weight", {32, 4, 3, 3}}, {"conditioner.embedders.1.model.positional_embedding", {77, 48}}},
+       ModelType::XLBase},
+      {{{unet + "input_blocks.0.0.weight", {32, 9, 3, 3}}, {"conditioner.embedders.1.model.positional_embedding", {77, 48}}},
+       ModelType::XLInpaint},
+      {{{"conditioner.embedders.0.model.text_projection", {48, 48}}}, ModelType::XLRefiner},
       {{{"edm_mean", {1, 4, 1, 1}}, {"conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias", {1280}}}, ModelType::Playground},
       {{{unet + "input_blocks.0.0.weight", {128, 7, 3, 3}}, {unet + "input_blocks.10.0.skip_connection.bias", {512}}}, ModelType::Upscale},
       {{{"control_model.time_embed.0.weight", {1280, 320}}}, ModelType::ControlNet},
@@ -174,10 +180,12 @@ TEST(SingleFileUtils, OtherFamiliesAreNamed) {
   for (const auto& [keys, type] : cases) {
     const ModelType t = type;
     EXPECT_EQ(taiyi::infer_model_type(keys), t) << taiyi::model_type_name(t);
-    if (t != ModelType::V1)
+    EXPECT_EQ(taiyi::is_sdxl_model_type(t), t == ModelType::XLBase || t == ModelType::XLInpaint);
+    if (t == ModelType::V1 || taiyi::is_sdxl_model_type(t)) EXPECT_NO_THROW(taiyi::check_model_type(t, "x.safetensors"));
+    else
       expect_error_naming([&] { taiyi::check_model_type(t, "x.safetensors"); },
                           {"x.safetensors", t == ModelType::NotStableDiffusion ? "not a Stable Diffusion" : taiyi::model_type_name(t),
-                           "taiyi runs SD 1.x"});
+                           "taiyi runs SD 1.x and SDXL"});
   }
   EXPECT_EQ(taiyi::model_type_name(ModelType::V2), "SD 2.x");
   EXPECT_EQ(taiyi::model_type_name(ModelType::XLBase), "SDXL");

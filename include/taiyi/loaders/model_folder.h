@@ -66,9 +66,11 @@ class ModelFolder {
  public:
   // `variant`: diffusers' variant="fp16" (diffusion_pytorch_model.fp16.safetensors, model.fp16.safetensors).
   static ModelFolder open(const std::filesystem::path& root, const std::string& variant = "");
-  // `config_dir` empty: the built-in configs of `kind`'s model.
+  // `config_dir` empty: the built-in configs of `kind`'s model, or with `sdxl` those of SDXL base
+  // (single_file_configs.h: builtin_sdxl_*; is_sdxl() is then true). A `config_dir` must be of the same
+  // family (an SDXL folder for an SDXL file), else Error.
   static ModelFolder for_single_file(const std::filesystem::path& file, TextEncoderKind kind,
-                                     const std::filesystem::path& config_dir);
+                                     const std::filesystem::path& config_dir, bool sdxl = false);
   bool is_single_file() const { return single_file_; }
   // A single file without --config-dir: configs and tokenizer are the built-in ones.
   bool builtin_configs() const { return single_file_ && config_dir_.empty(); }

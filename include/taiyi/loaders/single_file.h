@@ -29,18 +29,24 @@ struct ModelSourceOptions {
 class ModelSource {
  public:
   // A diffusers folder or a single file (.safetensors, .ckpt, .pt, .pth, .bin). Error naming the file for a
-  // model family taiyi does not run (SD 2.x, SDXL, ControlNet, instruct-pix2pix, ...) or a file that is no model.
+  // model family taiyi does not run (SD 2.x, the SDXL refiner, ControlNet, instruct-pix2pix, ...) or a file
+  // that is no model. An SDXL single file (xl_base, xl_inpaint) opens with folder().is_sdxl() true and a
+  // "text_encoder_2" component; without --config-dir its text encoders must be SDXL base's (49408 tokens, 77
+  // positions), else Error asking for --config-dir (Taiyi-XL: the tokenizers' added tokens are not built in).
   static ModelSource open(const std::filesystem::path& model, const ModelSourceOptions& options);
 
   const ModelFolder& folder() const { return folder_; }
   // A component's config: the folder's (or the built-in one), with what the file says on top (a single
-  // file's UNet in_channels; --prediction-type or the .yaml for the scheduler); --vae DIR's for "vae".
+  // file's UNet in_channels; an SDXL file's vocab_size and max_position_embeddings of "text_encoder" and
+  // "text_encoder_2", from its token and position tables; --prediction-type or the .yaml for the
+  // scheduler); --vae DIR's for "vae".
   Config config(const std::string& component) const;
   bool single_file() const { return folder_.is_single_file(); }
   // "diffusers folder", "single file (LDM layout, .ckpt)", ..., and for a single file its model type and EMA.
   const std::string& description() const { return description_; }
   bool has_ema() const { return has_ema_; }
-  // A component's weights under diffusers / transformers names, lazy views of the files.
+  // A component's weights under diffusers / transformers names, lazy views of the files: "unet", "vae",
+  // "text_encoder", and for SDXL "text_encoder_2" (CLIPTextModelWithProjection names).
   StateDict state_dict(const std::string& component) const;
   // A single file's keys that no component uses (model_ema.* unless extracted, loss.*, training state...).
   std::vector<std::string> unused_keys() const;
@@ -57,6 +63,7 @@ class ModelSource {
   std::filesystem::path vae_;
   std::filesystem::path vae_folder_;  // --vae DIR: a diffusers vae folder
   nlohmann::json config_overrides_ = nlohmann::json::object();  // component -> keys
+  void open_checkpoint(const std::filesystem::path& model, const ModelSourceOptions& options);
   StateDict vae_state_dict() const;
   ConvertedKeys converted_keys(const std::string& component) const;
 };

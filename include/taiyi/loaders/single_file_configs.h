@@ -8,7 +8,9 @@
 //   auto tokenizer = taiyi::builtin_tokenizer(kind);  // no file read, no download
 //
 // The UNet config is SD 1.x's 4-channel one: a 9-channel (inpainting) file sets in_channels itself,
-// as diffusers' stable-diffusion-inpainting config differs only there. No torch here.
+// as diffusers' stable-diffusion-inpainting config differs only there. An SDXL file (xl_base, xl_inpaint)
+// takes stabilityai/stable-diffusion-xl-base-1.0's files instead (builtin_sdxl_*), which diffusers fetches
+// for it. No torch here.
 #pragma once
 
 #include <memory>
@@ -41,5 +43,20 @@ std::string builtin_source(TextEncoderKind kind, const std::string& component);
 // tokenizer_config.json and special_tokens_map.json (CLIP); vocab.txt, tokenizer_config.json and
 // special_tokens_map.json (BERT). What `taiyi convert` writes for a single file.
 std::vector<std::pair<std::string, std::string>> builtin_tokenizer_files(TextEncoderKind kind);
+
+// stabilityai/stable-diffusion-xl-base-1.0: model_index.json as diffusers 0.37.1 saves a
+// StableDiffusionXLPipeline built without a feature extractor or image encoder (force_zeros_for_empty_prompt
+// true); the configs of "unet" (text_time, transformer_layers_per_block [1, 2, 10]), "vae" (scaling_factor
+// 0.13025, force_upcast), "scheduler" (EulerDiscreteScheduler), "text_encoder" (CLIP ViT-L/14, as SD 1.x's)
+// and "text_encoder_2" (OpenCLIP bigG: 1280 wide, 32 layers, projection 1280); Error for any other component.
+nlohmann::json builtin_sdxl_model_index();
+nlohmann::json builtin_sdxl_config(const std::string& component);
+// "tokenizer" (CLIP ViT-L/14's, padding with <|endoftext|>) or "tokenizer_2" (the same vocabulary, padding
+// with "!"), both 77 tokens; Error for any other name.
+std::unique_ptr<Tokenizer> builtin_sdxl_tokenizer(const std::string& component);
+// "built-in stable-diffusion-xl-base-1.0 unet/config.json", ... (component "model_index": model_index.json).
+std::string builtin_sdxl_source(const std::string& component);
+// The tokenizer folder's files ("tokenizer" or "tokenizer_2"), as builtin_tokenizer_files.
+std::vector<std::pair<std::string, std::string>> builtin_sdxl_tokenizer_files(const std::string& component);
 
 }  // namespace taiyi
