@@ -20,7 +20,8 @@ ref/sdxl_embeddings/*.safetensors  SDXL textual-inversion files ({"clip_l": [n, 
                                    one ({"emb_params": [n, 32]}).
 ref/sdxl_embeddings.json  per SDXL file: n, and after diffusers' two load_textual_inversion calls on tiny-sdxl
                           (clip_l into text_encoder / tokenizer, clip_g into text_encoder_2 / tokenizer_2, token =
-                          the file's stem), each tokenizer's ids for a prompt using the token.
+                          the file's stem), each tokenizer's ids for a prompt using the token (as encode_prompt
+                          tokenizes it: maybe_convert_prompt, then padding to 77) and len(tokenizer).
 ref/sdxl_embeddings.safetensors  "<stem>.clip_l" / ".clip_g" (the file's values) and "<stem>.prompt_embeds" /
                                  ".pooled_prompt_embeds" (encode_prompt on that prompt, no guidance).
 """
@@ -157,8 +158,9 @@ def make_embedding_goldens(out: Path):
         pipe.load_textual_inversion(data["clip_g"], token=stem, text_encoder=pipe.text_encoder_2,
                                     tokenizer=pipe.tokenizer_2)
         prompt = EMBEDDING_PROMPT.format(stem)
-        ids = [tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
-               for tok in (pipe.tokenizer, pipe.tokenizer_2)]
+        # encode_prompt's maybe_convert_prompt first: a multi-vector token stands for NAME NAME_1 ...
+        ids = [tok(pipe.maybe_convert_prompt(prompt, tok), padding="max_length", max_length=tok.model_max_length,
+                   truncation=True).input_ids for tok in (pipe.tokenizer, pipe.tokenizer_2)]
         with torch.no_grad():
             embeds, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
