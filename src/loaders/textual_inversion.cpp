@@ -59,6 +59,7 @@ std::vector<fs::path> embedding_files(const fs::path& folder) {
 void Pipeline::add_embedding(const TextualInversion& embedding) const {
   for (const TextualInversion& loaded : embeddings_)
     if (loaded.name == embedding.name) return;
+  check_embedding_for_model(embedding, folder().is_sdxl(), folder().root().string());
   c10::InferenceMode normal_tensors(false);
   torch::NoGradGuard no_grad;
   nn::EmbeddingImpl& table = text_encoder_->token_embedding();

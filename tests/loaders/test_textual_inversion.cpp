@@ -7,6 +7,7 @@
 
 #include "taiyi/loaders/textual_inversion.h"
 #include "taiyi/loaders/textual_inversion_layout.h"
+#include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/tokenizers/tokenizer.h"
 #include "taiyi/utils/json.h"
 #include "test_util.h"
@@ -111,6 +112,16 @@ TEST(TextualInversionSdxl, EmbeddingForTheOtherModelFamilyIsAnError) {
         EXPECT_NE(message.find(needle), std::string::npos) << message << "\nlacks: " << needle;
     }
   }
+}
+
+// tiny-clip's token rows are 32 wide, as xl-style's clip_l is: without the family check it would load.
+TEST(TextualInversionSdxl, Sd1PipelineRefusesAnSdxlEmbedding) {
+  Pipeline pipe = Pipeline::load(test::fixture("tiny-clip"), {});
+  const size_t tokens = pipe.tokenizer().vocab_size();
+  expect_error_naming([&] { pipe.add_embedding(read_embedding(embedding_file("xl-style"))); },
+                      {"xl-style.safetensors", "is an SDXL embedding", "tiny-clip"});
+  EXPECT_TRUE(pipe.embedding_names().empty());
+  EXPECT_EQ(pipe.tokenizer().vocab_size(), tokens);
 }
 
 // What the pipeline does with an SDXL embedding's tokens, on each tokenizer: diffusers' two
