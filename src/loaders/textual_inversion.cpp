@@ -22,12 +22,26 @@ TextualInversion read_embedding(const fs::path& path, const std::string& name) {
   TextualInversion ti;
   ti.file = path.string();
   ti.name = layout.name;
-  const std::string& key = layout.key;
-  const TensorInfo& info = *file.find(key);
-  ti.vectors = file.tensor(key).to(torch::kFloat).reshape({-1, info.shape.back()}).clone();
-  if (!torch::isfinite(ti.vectors).all().item<bool>())
-    throw Error(path.string() + ": " + quoted_excerpt(key, 60) + " holds NaN or Inf");
+  // [dim] or [vectors, dim] -> [vectors, dim] float32, all finite.
+  auto read_vectors = [&](const std::string& key) {
+    const TensorInfo& info = *file.find(key);
+    torch::Tensor vectors = file.tensor(key).to(torch::kFloat).reshape({-1, info.shape.back()}).clone();
+    if (!torch::isfinite(vectors).all().item<bool>())
+      throw Error(path.string() + ": " + quoted_excerpt(key, 60) + " holds NaN or Inf");
+    return vectors;
+  };
+  ti.vectors = read_vectors(layout.key);
+  if (layout.sdxl()) ti.vectors_2 = read_vectors(layout.key_2);
   return ti;
+}
+
+void check_embedding_for_model(const TextualInversion& embedding, bool sdxl_model, const std::string& model) {
+  if (embedding.is_sdxl() == sdxl_model) return;
+  if (embedding.is_sdxl())
+    throw Error(embedding.file + ": embedding '" + embedding.name + "' is an SDXL embedding ('clip_l' and 'clip_g'); " +
+                model + " is an SD 1 / SD 2 model, with one text encoder (use an embedding trained for it)");
+  throw Error(embedding.file + ": embedding '" + embedding.name + "' is an SD 1 / SD 2 embedding (one vector set); " +
+              model + " is an SDXL model, whose two text encoders take 'clip_l' and 'clip_g' vectors (use an SDXL embedding)");
 }
 
 std::vector<fs::path> embedding_files(const fs::path& folder) {
@@ -45,6 +59,7 @@ std::vector<fs::path> embedding_files(const fs::path& folder) {
 void Pipeline::add_embedding(const TextualInversion& embedding) const {
   for (const TextualInversion& loaded : embeddings_)
     if (loaded.name == embedding.name) return;
+  check_embedding_for_model(embedding, folder().is_sdxl(), folder().root().string());
   c10::InferenceMode normal_tensors(false);
   torch::NoGradGuard no_grad;
   nn::EmbeddingImpl& table = text_encoder_->token_embedding();

@@ -588,8 +588,10 @@ TextTokens SlowTokenizer::tokenize(const std::string& utf8_text) const {
     if (piece.added_id) {
       auto expansion = expansions_.find(*piece.added_id);
       if (expansion == expansions_.end()) {
+        // A comma that is an added token of its own (Taiyi-XL's "，" and "、") is one for the chunking rule,
+        // as the same comma is when it comes out of the vocabulary (tokenization_clip.cpp, _bert.cpp).
         tokens.ids.push_back(*piece.added_id);
-        tokens.commas.push_back(false);
+        tokens.commas.push_back(piece.text == U"," || piece.text == U"\uFF0C" || piece.text == U"\u3001");
       } else {
         tokens.ids.insert(tokens.ids.end(), expansion->second.begin(), expansion->second.end());
         tokens.commas.insert(tokens.commas.end(), expansion->second.size(), false);
