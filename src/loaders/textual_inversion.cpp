@@ -56,25 +56,43 @@ std::vector<fs::path> embedding_files(const fs::path& folder) {
 
 // --- The pipeline's side: diffusers' TextualInversionLoaderMixin.load_textual_inversion ------------
 
+namespace {
+
+// An embedding's vectors fit a tokenizer and its text encoder's token table (checked before anything changes).
+void check_embedding_fits(const TextualInversion& embedding, const torch::Tensor& vectors, const Tokenizer& tokenizer,
+                          TextEncoderImpl& encoder, const std::string& component, const std::string& model) {
+  const torch::Tensor& table = encoder.token_embedding().weight();
+  const int64_t rows = table.size(0), dim = table.size(1);
+  if (vectors.size(1) != dim)
+    throw Error(embedding.file + ": embedding '" + embedding.name + "' has vectors of " + std::to_string(vectors.size(1)) +
+                " values; " + component + "'s tokens have " + std::to_string(dim) + " (an embedding for another model?)");
+  if (static_cast<int64_t>(tokenizer.vocab_size()) != rows)
+    throw Error(embedding.file + ": textual inversion needs the tokenizer's " + std::to_string(tokenizer.vocab_size()) +
+                " tokens to match " + component + "'s " + std::to_string(rows) + " token rows (" + model + ")");
+}
+
+}  // namespace
+
+// SDXL: diffusers loads an SDXL file with two load_textual_inversion calls, "clip_l" into tokenizer / text_encoder
+// and "clip_g" into tokenizer_2 / text_encoder_2, under the same token names.
 void Pipeline::add_embedding(const TextualInversion& embedding) const {
   for (const TextualInversion& loaded : embeddings_)
     if (loaded.name == embedding.name) return;
-  check_embedding_for_model(embedding, folder().is_sdxl(), folder().root().string());
+  const std::string model = folder().root().string();
+  check_embedding_for_model(embedding, folder().is_sdxl(), model);
+  check_embedding_fits(embedding, embedding.vectors, *tokenizer_, *text_encoder_, "the text encoder", model);
+  if (text_encoder_2_)
+    check_embedding_fits(embedding, embedding.vectors_2, *tokenizer_2_, *text_encoder_2_, "text_encoder_2", model);
   c10::InferenceMode normal_tensors(false);
   torch::NoGradGuard no_grad;
-  nn::EmbeddingImpl& table = text_encoder_->token_embedding();
-  const int64_t rows = table.weight().size(0), dim = table.weight().size(1);
-  if (embedding.vectors.size(1) != dim)
-    throw Error(embedding.file + ": embedding '" + embedding.name + "' has vectors of " +
-                std::to_string(embedding.vectors.size(1)) + " values; this text encoder's tokens have " +
-                std::to_string(dim) + " (an embedding for another model?)");
-  if (static_cast<int64_t>(tokenizer_->vocab_size()) != rows)
-    throw Error(embedding.file + ": textual inversion needs the tokenizer's " + std::to_string(tokenizer_->vocab_size()) +
-                " tokens to match the text encoder's " + std::to_string(rows) + " token rows (" +
-                folder().root().string() + ")");
-  std::vector<int64_t> ids = tokenizer_->add_embedding_tokens(embedding.name, static_cast<size_t>(embedding.vectors.size(0)));
-  table.append_rows(embedding.vectors);
+  const auto count = static_cast<size_t>(embedding.vectors.size(0));
+  tokenizer_->add_embedding_tokens(embedding.name, count);
+  text_encoder_->token_embedding().append_rows(embedding.vectors);
   if (text_encoder_fp32_ && text_encoder_fp32_ != text_encoder_) text_encoder_fp32_->token_embedding().append_rows(embedding.vectors);
+  if (text_encoder_2_) {
+    tokenizer_2_->add_embedding_tokens(embedding.name, static_cast<size_t>(embedding.vectors_2.size(0)));
+    text_encoder_2_->token_embedding().append_rows(embedding.vectors_2);
+  }
   embeddings_.push_back(embedding);
 }
 

@@ -10,6 +10,7 @@
 #include <functional>
 
 #include "taiyi/loaders/state_dict.h"
+#include "taiyi/loaders/textual_inversion.h"
 #include "taiyi/pipelines/pipeline_stable_diffusion.h"
 #include "taiyi/utils/error.h"
 #include "taiyi/utils/json.h"
@@ -94,13 +95,20 @@ taiyi::GenerationRequest request_of(const Json& c) {
     r.strength = c.at("strength");
   }
   if (c.at("kind") == "inpaint") r.mask = fixture(c.at("mask").get<std::string>()).string();
+  if (!c.at("lora").get<std::string>().empty()) {
+    taiyi::LoraSelection lora;
+    lora.file = fixture(c.at("lora").get<std::string>()).string();
+    lora.name = fs::path(lora.file).stem().string();
+    lora.te_multiplier = lora.unet_multiplier = c.at("lora_scale").get<double>();
+    r.loras.push_back(lora);
+  }
   return r;
 }
 
 TEST(SdxlParity, ImagesEqualDiffusersForTxt2ImgImg2ImgAndInpainting) {
   const fs::path golden = fixture("ref/sdxl_pipeline.safetensors");
   const Json cases = taiyi::read_json_file(fixture("ref/sdxl_pipeline_cases.json"));
-  ASSERT_EQ(cases.size(), 10u);
+  ASSERT_EQ(cases.size(), 11u);
   for (const Json& c : cases) {
     const std::string name = c.at("name");
     SCOPED_TRACE(name);
@@ -113,6 +121,32 @@ TEST(SdxlParity, ImagesEqualDiffusersForTxt2ImgImg2ImgAndInpainting) {
               << (images - expected).abs().max().item<double>() << "\n";
     EXPECT_EQ(equal, 1.0);
   }
+}
+
+// SDXL textual inversion ({"clip_l", "clip_g"}, tests/reference/sdxl_tokenizer.py): after diffusers' two
+// load_textual_inversion calls, both tokenizers' ids and encode_prompt's outputs for a prompt using the token.
+TEST(SdxlParity, TextualInversionIntoBothEncodersEqualsDiffusers) {
+  const Json cases = taiyi::read_json_file(fixture("ref/sdxl_embeddings.json"));
+  const fs::path golden = fixture("ref/sdxl_embeddings.safetensors");
+  ASSERT_FALSE(cases.empty());
+  for (const auto& [stem, c] : cases.items()) {
+    SCOPED_TRACE(stem);
+    taiyi::Pipeline pipe = load_fp32("tiny-sdxl");
+    pipe.add_embedding(taiyi::read_embedding(fixture("ref/sdxl_embeddings/" + stem + ".safetensors")));
+    const std::string prompt = c.at("prompt");
+    EXPECT_EQ(pipe.tokenizer().vocab_size(), c.at("vocab_size_1").get<size_t>());
+    EXPECT_EQ(pipe.tokenizer_2().vocab_size(), c.at("vocab_size_2").get<size_t>());
+    EXPECT_EQ(pipe.tokenizer().encode(prompt).ids, c.at("ids_1").get<std::vector<int64_t>>());
+    EXPECT_EQ(pipe.tokenizer_2().encode(prompt).ids, c.at("ids_2").get<std::vector<int64_t>>());
+    c10::InferenceMode inference;
+    const taiyi::PromptEmbeddings e = pipe.encode_prompt_xl(prompt);
+    expect_close(stem + " prompt_embeds", e.context.squeeze(0), reference_tensor(golden, stem + ".prompt_embeds"), 2e-5);
+    expect_close(stem + " pooled", e.pooled.squeeze(0), reference_tensor(golden, stem + ".pooled_prompt_embeds"), 2e-5);
+  }
+  // An SD 1 embedding on an SDXL model is refused, naming both.
+  taiyi::Pipeline pipe = load_fp32("tiny-sdxl");
+  expect_error_naming([&] { pipe.add_embedding(taiyi::read_embedding(fixture("ref/sdxl_embeddings/sd1-style.safetensors"))); },
+                      {"sd1-style", "SDXL"});
 }
 
 // A folder variant of tiny-sdxl: every component linked but the model_index.json / one config rewritten.

@@ -13,10 +13,11 @@ from safetensors.torch import save_file
 
 
 def case(name, model, kind, sampler, steps, count, prompt, negative_prompt, width=64, height=64, seed=11,
-         cfg_scale=5.0, strength=1.0, image="", mask="", clip_skip=1):
+         cfg_scale=5.0, strength=1.0, image="", mask="", clip_skip=1, lora="", lora_scale=1.0):
     return dict(name=name, model=model, kind=kind, sampler=sampler, schedule="", steps=steps, count=count,
                 prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, seed=seed,
-                cfg_scale=cfg_scale, strength=strength, image=image, mask=mask, clip_skip=clip_skip)
+                cfg_scale=cfg_scale, strength=strength, image=image, mask=mask, clip_skip=clip_skip, lora=lora,
+                lora_scale=lora_scale)
 
 
 CASES = [
@@ -37,6 +38,10 @@ CASES = [
          strength=0.75, image="images/rgb_100x70.png", width=0, height=0),
     case("sdxl_inpaint_euler", "tiny-sdxl", "inpaint", "", 8, 2, "a cat on a chair", "blurry", strength=1.0,
          image="images/rgb_64.png", mask="images/mask_64.png"),
+    # A kohya SDXL LoRA (LDM block names, lora_te1_ and lora_te2_; sdxl_lora.py) merged as load_lora_weights +
+    # fuse_lora(lora_scale) merge it.
+    case("sdxl_kohya_lora", "tiny-sdxl", "txt2img", "Euler a", 8, 1, "a lighthouse at dusk", "blurry",
+         lora="loras/sdxl_kohya_ldm.safetensors", lora_scale=0.8),
     case("taiyi_inpaint_euler_a", "tiny-taiyi-xl", "inpaint", "Euler a", 8, 1, "一只猫坐在椅子上", None, strength=0.8,
          image="images/rgb_100x70.png", mask="images/mask_rgb_100x70.png", width=96),
 ]
@@ -55,6 +60,9 @@ def run_case(out: Path, c: dict):
         class_name, overrides = SAMPLER_CLASSES[c["sampler"].lower()]
         overrides = dict(overrides, **SCHEDULE_KEYS[c["schedule"]])
         pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
+    if c["lora"]:
+        pipe.load_lora_weights(str(out / c["lora"]))
+        pipe.fuse_lora(lora_scale=c["lora_scale"])
     pipe.set_progress_bar_config(disable=True)
     generators = [torch.Generator("cpu").manual_seed(c["seed"] + i) for i in range(c["count"])]
     kwargs = dict(negative_prompt=c["negative_prompt"], num_inference_steps=c["steps"], guidance_scale=c["cfg_scale"],
