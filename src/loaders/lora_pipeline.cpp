@@ -126,6 +126,12 @@ void Pipeline::apply_loras(const std::vector<LoraSelection>& loras) {
           LoraUpdate{files[i], patch, multiplier * patch.alpha / static_cast<double>(patch.rank)});
     }
   }
+  // diffusers' load_lora_weights freezes every UNet weight (peft's _mark_only_adapters_as_trainable) when a file
+  // holds UNet keys, which changes how PyTorch computes some Linear layers (LinearImpl::set_frozen_like_peft).
+  auto freeze_unet = [&](bool frozen) {
+    for (const auto& module : unet_->module().modules())
+      if (auto* linear = dynamic_cast<nn::LinearImpl*>(module.get())) linear->set_frozen_like_peft(frozen);
+  };
   try {
     for (const auto& [key, list] : updates) {
       const size_t bar = key.find('|');
@@ -135,8 +141,13 @@ void Pipeline::apply_loras(const std::vector<LoraSelection>& loras) {
     }
   } catch (...) {
     restore_lora_weights();
+    freeze_unet(false);
     throw;
   }
+  bool unet_patched = false;
+  for (const auto& file : files)
+    for (const LoraPatch& patch : file->plan.patches) unet_patched = unet_patched || patch.component == "unet";
+  freeze_unet(unet_patched);
   active_loras_ = loras;
   synchronize(device_);
   times_.lora += seconds_since(start);

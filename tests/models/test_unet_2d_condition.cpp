@@ -251,8 +251,8 @@ TEST(UNet, UnsupportedBlockTypeIsAnErrorNamingKeyAndValue) {
 TEST(UNet, UnsupportedOptionIsAnErrorNamingKeyAndValue) {
   expect_error_naming([] { taiyi::UNet2DConditionModel(tiny_config_with({{"class_embed_type", "timestep"}})); },
                       {"config.json", "class_embed_type", "timestep"});
-  expect_error_naming([] { taiyi::UNet2DConditionModel(tiny_config_with({{"addition_embed_type", "text_time"}})); },
-                      {"addition_embed_type", "text_time"});
+  expect_error_naming([] { taiyi::UNet2DConditionModel(tiny_config_with({{"addition_embed_type", "text_image"}})); },
+                      {"addition_embed_type", "text_image"});
   expect_error_naming(
       [] { taiyi::UNet2DConditionModel(tiny_config_with({{"resnet_time_scale_shift", "scale_shift"}})); },
       {"resnet_time_scale_shift", "scale_shift"});

@@ -35,9 +35,14 @@ class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x);
+  // PyTorch's matmul folds a non-contiguous input of 3+ dims into one matrix when the weight requires grad (a
+  // module's own parameter) but not when the weight is frozen, as peft freezes every base weight of a model it
+  // adds LoRA layers to (diffusers' load_lora_weights): the two paths round differently. Default: not frozen.
+  void set_frozen_like_peft(bool frozen) { frozen_like_peft_ = frozen; }
 
  private:
   torch::Tensor weight_, bias_;
+  bool frozen_like_peft_ = false;
 };
 TORCH_MODULE(Linear);
 
