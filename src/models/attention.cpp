@@ -96,6 +96,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const TransformerOptions& o) : li
   norm = register_module("norm", nn::GroupNorm(o.groups, o.channels, kTransformerGroupNormEps));
   if (linear_) {
     proj_in_linear = register_module("proj_in", nn::Linear(o.channels, inner));
+    proj_in_linear->set_fold_like_module(true);  // its input is a permuted view (see LinearImpl)
   } else {
     proj_in_conv = register_module("proj_in", nn::Conv2d(o.channels, inner, 1));
   }

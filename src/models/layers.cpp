@@ -31,20 +31,12 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias) {
   if (bias) bias_ = register_parameter("bias", uninitialised({out_features}), /*requires_grad=*/false);
 }
 
-// torch.nn.Linear on a non-contiguous input of three or more dims (Transformer2DModel's use_linear_projection
-// takes a permuted view) goes through matmul. With a module's own weight, which requires grad, ATen's should_fold
-// folds the input into a matrix (a copy) and calls mm; with a frozen weight (and taiyi's, which never require
-// grad) it decides by the strides and takes its batched path here. Then the bias is added.
+// torch.nn.Linear on a non-contiguous input of three or more dims: see set_fold_like_module.
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  if (x.dim() >= 3 && !x.is_contiguous()) {
-    torch::Tensor out;
-    if (frozen_like_peft_) {
-      out = torch::matmul(x, weight_.t());
-    } else {
-      std::vector<int64_t> sizes = x.sizes().vec();
-      sizes.back() = weight_.size(0);
-      out = torch::mm(x.reshape({-1, x.size(-1)}), weight_.t()).view(sizes);
-    }
+  if (fold_like_module_ && !frozen_like_peft_ && x.dim() >= 3 && !x.is_contiguous()) {
+    std::vector<int64_t> sizes = x.sizes().vec();
+    sizes.back() = weight_.size(0);
+    torch::Tensor out = torch::mm(x.reshape({-1, x.size(-1)}), weight_.t()).view(sizes);
     return bias_.defined() ? out + bias_ : out;
   }
   return torch::linear(x, weight_, bias_);

@@ -35,13 +35,18 @@ class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x);
-  // PyTorch's matmul folds a non-contiguous input of 3+ dims into one matrix when the weight requires grad (a
-  // module's own parameter) but not when the weight is frozen, as peft freezes every base weight of a model it
-  // adds LoRA layers to (diffusers' load_lora_weights): the two paths round differently. Default: not frozen.
+  // PyTorch's linear on a non-contiguous input of 3+ dims goes through matmul, which folds the input into one
+  // matrix (mm on a copy) when the weight requires grad and decides by the strides when it does not; the two round
+  // differently. taiyi's weights never require grad, so by default it computes what a frozen weight gives (libtorch's
+  // own choice, which the VAE's attention matches). fold_like_module: what a module's own parameter gives
+  // (Transformer2DModel's proj_in under use_linear_projection, whose input is a permuted view), unless
+  // frozen_like_peft: peft freezes every base weight of a model it adds LoRA layers to (diffusers' load_lora_weights).
+  void set_fold_like_module(bool fold) { fold_like_module_ = fold; }
   void set_frozen_like_peft(bool frozen) { frozen_like_peft_ = frozen; }
 
  private:
   torch::Tensor weight_, bias_;
+  bool fold_like_module_ = false;
   bool frozen_like_peft_ = false;
 };
 TORCH_MODULE(Linear);
