@@ -152,6 +152,15 @@ def save_full_bert_sharing_image_side(out: Path, tokenizer_dir: Path):
     print(f"make_fixtures: full-bert: {time.time() - t0:.1f} s", file=sys.stderr)
 
 
+def peak_rss_gb():
+    """The harness's peak resident memory so far (and its children's): CI has 24 GB, and the full-size
+    fixtures come close, so each step says where it stands."""
+    import resource
+
+    kb = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return f"peak RSS {kb[0] / 2**20:.1f} GB (children {kb[1] / 2**20:.1f} GB)"
+
+
 def run_reference_modules(out: Path, full: bool):
     # TAIYI_REFERENCE_ONLY=unet,vae runs only those modules (development).
     only = [n for n in os.environ.get("TAIYI_REFERENCE_ONLY", "").split(",") if n]
@@ -174,7 +183,8 @@ def run_reference_modules(out: Path, full: bool):
         t0 = time.time()
         module.make(out, full)
         stamp.write_text(key)
-        print(f"make_fixtures: reference {path.stem}: {time.time() - t0:.1f} s", file=sys.stderr)
+        print(f"make_fixtures: reference {path.stem}: {time.time() - t0:.1f} s, {peak_rss_gb()}", file=sys.stderr,
+              flush=True)
 
 
 def main():
@@ -213,7 +223,7 @@ def main():
                 shutil.copyfile(VOCAB_DATA / "bert-base-chinese-vocab.txt", folder / "tokenizer" / "vocab.txt")
             sched.write_text(json.dumps(dict(json.loads(sched.read_text()), clip_sample=False), indent=2) + "\n")
             folder.rename(final)
-            print(f"make_fixtures: {final.name}: {time.time() - t0:.1f} s", file=sys.stderr)
+            print(f"make_fixtures: {final.name}: {time.time() - t0:.1f} s, {peak_rss_gb()}", file=sys.stderr, flush=True)
     if not args.pipelines_only:
         run_reference_modules(out, args.full)
     (out / "VERSION").write_text(f"{FIXTURE_VERSION}\n")

@@ -17,6 +17,9 @@ ref/sdxl.safetensors: per prompt case, encode_prompt's four outputs (with clip s
 output on one input with text_embeds and time_ids; the tokenizers' ids. ref/sdxl_cases.json: the cases.
 """
 import json
+import math
+import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,24 +108,49 @@ def jitter(module, generator):
                 p.add_(torch.randn(p.shape, generator=generator) * 0.1)
 
 
-def fill_random(module, generator):
-    """Materialises a meta-device module in fp16 with random values that keep activations in range: weights
-    N(0, 1/fan_in), norm scales 1 + N(0, 0.1), biases N(0, 0.02); buffers as the module computes them."""
-    module.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            values = torch.empty(p.shape, dtype=torch.float32)
-            if p.dim() >= 2:
-                values.normal_(0, (p.numel() / p.shape[0]) ** -0.5, generator=generator)
-            elif name.endswith("bias"):
-                values.normal_(0, 0.02, generator=generator)
-            else:
-                values.normal_(1, 0.1, generator=generator)
-            p.data = values.half()
-        for name, b in module.named_buffers():  # CLIP's position_ids
-            if name.endswith("position_ids"):
-                b.copy_(torch.arange(b.shape[-1]).expand(b.shape))
-    module.half()
+def random_fp16(name: str, shape, generator):
+    """Random values that keep activations in range: weights N(0, 1/fan_in), norm scales 1 + N(0, 0.1),
+    biases N(0, 0.02); fp16, as the hub's and IDEA's files store them."""
+    values = torch.empty(shape, dtype=torch.float32)
+    if len(shape) >= 2:
+        values.normal_(0, (values.numel() / shape[0]) ** -0.5, generator=generator)
+    elif name.endswith("bias"):
+        values.normal_(0, 0.02, generator=generator)
+    else:
+        values.normal_(1, 0.1, generator=generator)
+    return values.half()
+
+
+def save_random_weights(module, folder: Path, file_name: str, generator):
+    """Writes a meta-device module's state dict as a safetensors file of random fp16 values, one tensor at a
+    time, so that building the 3.5 B-parameter pipeline holds one tensor in memory, not the pipeline (and
+    not the copy safetensors' save_file makes): the fixture must be made within CI's 24 GB."""
+    shapes = {name: list(t.shape) for name, t in module.state_dict().items()}
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in shapes.items():
+        size = 2 * math.prod(shape)
+        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / file_name, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded)
+        for name, shape in shapes.items():
+            f.write(random_fp16(name, shape, generator).numpy().tobytes())
+
+
+def save_full_component(module, folder: Path, generator):
+    """A full-size component on the meta device saved as save_pretrained(torch_dtype=float16) would: config
+    and random fp16 weights."""
+    if hasattr(module, "save_config"):  # diffusers
+        module.save_config(folder)
+        save_random_weights(module, folder, "diffusion_pytorch_model.safetensors", generator)
+    else:  # transformers
+        module.config.architectures = [type(module).__name__]
+        module.config.dtype = torch.float16
+        module.config.save_pretrained(folder)
+        save_random_weights(module, folder, "model.safetensors", generator)
 
 
 def build_sdxl(out: Path, name: str, size: str, taiyi: bool, vocab_data: Path):
@@ -136,12 +164,13 @@ def build_sdxl(out: Path, name: str, size: str, taiyi: bool, vocab_data: Path):
     if (folder / "model_index.json").exists():
         return folder
     tiny = size == "tiny"
+    assert tiny or taiyi, "the full-size fixture is Taiyi-XL's"
     clip_vocab = out / "clip-vocab"
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(2)
     extra = TAIYI_XL_TEXT if taiyi else {}
-    # Full size: the modules made on the meta device and filled by fill_random (torch's default initialisers
-    # take most of an hour for 3.5 B parameters on 2 busy cores).
+    # Full size: the modules made on the meta device and written by save_full_component (torch's default
+    # initialisers take most of an hour for 3.5 B parameters on 2 busy cores).
     with torch.device("cpu" if tiny else "meta"):
         te1 = CLIPTextModel(CLIPTextConfig(**dict(CLIP_L_TINY if tiny else CLIP_L_FULL, **extra)))
         te2 = CLIPTextModelWithProjection(CLIPTextConfig(**dict(CLIP_G_TINY if tiny else CLIP_G_FULL, **extra)))
@@ -151,8 +180,6 @@ def build_sdxl(out: Path, name: str, size: str, taiyi: bool, vocab_data: Path):
         m.eval()
         if tiny:
             jitter(m, gen)
-        else:
-            fill_random(m, gen)
     tmp = out / (name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if taiyi:
@@ -171,9 +198,12 @@ def build_sdxl(out: Path, name: str, size: str, taiyi: bool, vocab_data: Path):
                                      unet=unet, scheduler=EulerDiscreteScheduler(**EULER))
     if taiyi:
         # save_pretrained would rewrite the tokenizers in the newer format: keep IDEA's files.
-        for component in ("vae", "text_encoder", "text_encoder_2", "unet", "scheduler"):
-            getattr(pipe, component).save_pretrained(tmp / component) if component != "scheduler" else \
-                pipe.scheduler.save_pretrained(tmp / "scheduler")
+        for component in ("vae", "text_encoder", "text_encoder_2", "unet"):
+            if tiny:
+                getattr(pipe, component).save_pretrained(tmp / component)
+            else:
+                save_full_component(getattr(pipe, component), tmp / component, gen)
+        pipe.scheduler.save_pretrained(tmp / "scheduler")
         pipe.save_config(tmp)
     else:
         pipe.save_pretrained(tmp)
@@ -260,4 +290,13 @@ def make(out: Path, full: bool):
     save_file(tensors, str(out / "ref" / "sdxl.safetensors"))
     (out / "ref" / "sdxl_cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=2) + "\n", "utf-8")
     if full:
-        make_full(out, VOCAB_DATA)
+        # A fresh process: the harness's heap still holds what the full SD pipelines left, and the fp32 UNet
+        # alone is 10.3 GB.
+        subprocess.run([sys.executable, __file__, str(out)], check=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    from make_fixtures import VOCAB_DATA
+
+    make_full(Path(sys.argv[1]), VOCAB_DATA)
