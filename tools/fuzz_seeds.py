@@ -90,6 +90,8 @@ def main():
         if path.parent.name == "loras":
             write(out, "embedding", name, seed)
             write(out, "safetensors_header", name, seed)
+        if path.parent.name == "sdxl_embeddings":  # clip_l / clip_g files
+            write(out, "embedding", name, seed)
     ok = safetensors_bytes({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": {"format": "pt"}},
                            struct.pack("<2f", 1, 2))
     write(out, "safetensors_header", "hand-ok", ok)

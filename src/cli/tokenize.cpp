@@ -2,6 +2,9 @@
 #include "taiyi/cli/tokenize.h"
 
 #include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -27,60 +30,92 @@ CLI::App* add_tokenize_command(CLI::App& app, TokenizeCommand& command) {
   return tokenize;
 }
 
-// The chunks the model sees (include/taiyi/pipelines/prompt_parser.h): per chunk why it ended, per token its
-// id, string and weight.
-int run_tokenize(const TokenizeCommand& command) {
-  const std::string& model = command.model;
-  const std::string& prompt = command.prompt;
-  const bool json = command.json;
-  const ModelSource source = ModelSource::open(model, command.source);
-  auto tokenizer = load_tokenizer(source.folder());
-  const TokenizedPrompt t = tokenize_prompt(*tokenizer, prompt);
-  const size_t chunk_length = tokenizer->max_length() - 2;
-  auto token_strings = [&](const PromptChunk& c) {
-    std::vector<std::string> tokens;
-    for (int64_t id : c.ids) tokens.push_back(tokenizer->token(id));
-    return tokens;
-  };
-  if (json) {
-    Json chunks = Json::array();
-    for (const PromptChunk& c : t.chunks)
-      chunks.push_back({{"content_tokens", c.content_tokens}, {"cut", chunk_cut_name(c.cut)},
-                        {"text", tokenizer->decode(c.content)}, {"ids", c.ids},
-                        {"tokens", token_strings(c)}, {"weights", c.weights}});
-    std::cout << Json{{"tokenizer", tokenizer->kind()}, {"max_length", tokenizer->max_length()},
-                      {"chunk_length", chunk_length}, {"content_tokens", t.content_tokens}, {"weighted", t.weighted},
-                      {"context_tokens", t.chunks.size() * tokenizer->max_length()}, {"chunks", chunks}}
-                     .dump()
-              << "\n";
-    return 0;
+namespace {
+
+std::vector<std::string> token_strings(const Tokenizer& tokenizer, const PromptChunk& chunk) {
+  std::vector<std::string> tokens;
+  for (int64_t id : chunk.ids) tokens.push_back(tokenizer.token(id));
+  return tokens;
+}
+
+Json tokenized_json(const Tokenizer& tokenizer, const TokenizedPrompt& t) {
+  Json chunks = Json::array();
+  for (const PromptChunk& c : t.chunks)
+    chunks.push_back({{"content_tokens", c.content_tokens}, {"cut", chunk_cut_name(c.cut)},
+                      {"text", tokenizer.decode(c.content)}, {"ids", c.ids},
+                      {"tokens", token_strings(tokenizer, c)}, {"weights", c.weights}});
+  return {{"tokenizer", tokenizer.kind()}, {"max_length", tokenizer.max_length()},
+          {"chunk_length", tokenizer.max_length() - 2}, {"content_tokens", t.content_tokens}, {"weighted", t.weighted},
+          {"context_tokens", t.chunks.size() * tokenizer.max_length()}, {"chunks", chunks}};
+}
+
+std::string cut_reason(ChunkCut cut) {
+  switch (cut) {
+    case ChunkCut::End: return "the prompt's end";
+    case ChunkCut::Break: return "BREAK";
+    case ChunkCut::Comma: return "full, cut after its last comma";
+    case ChunkCut::Full:
+      return "full (no comma in its last " + std::to_string(PromptChunkOptions{}.comma_backtrack) + " tokens)";
   }
-  std::cout << tokenizer->kind() << ": " << t.content_tokens << " token(s) in " << t.chunks.size() << " chunk(s) of "
-            << chunk_length << "\n";
-  auto cut_reason = [](ChunkCut cut) -> std::string {
-    switch (cut) {
-      case ChunkCut::End: return "the prompt's end";
-      case ChunkCut::Break: return "BREAK";
-      case ChunkCut::Comma: return "full, cut after its last comma";
-      case ChunkCut::Full:
-        return "full (no comma in its last " + std::to_string(PromptChunkOptions{}.comma_backtrack) + " tokens)";
-    }
-    return "";
-  };
+  return "";
+}
+
+void print_tokenized(const Tokenizer& tokenizer, const TokenizedPrompt& t) {
+  std::cout << tokenizer.kind() << ": " << t.content_tokens << " token(s) in " << t.chunks.size() << " chunk(s) of "
+            << tokenizer.max_length() - 2 << "\n";
   for (size_t k = 0; k < t.chunks.size(); ++k) {
     const PromptChunk& c = t.chunks[k];
-    const std::vector<std::string> tokens = token_strings(c);
+    const std::vector<std::string> tokens = token_strings(tokenizer, c);
     std::cout << "chunk " << k + 1 << ": " << c.content_tokens << " token(s), ended by " << cut_reason(c.cut) << ": \""
-              << tokenizer->decode(c.content) << "\"\n";
+              << tokenizer.decode(c.content) << "\"\n";
     const size_t shown = c.content_tokens + 2;  // specials and content; the padding once
     for (size_t i = 0; i < c.ids.size() && i <= shown; ++i) {
       if (i == shown) {
-        std::cout << "... padded to " << c.ids.size() << "\n";
+        std::cout << "... padded to " << c.ids.size() << " with " << c.ids[i] << " " << tokens[i] << "\n";
         break;
       }
       std::cout << i << "\t" << c.ids[i] << "\t" << tokens[i];
       if (c.weights[i] != 1.0) std::cout << "\t" << format_number(c.weights[i]);
       std::cout << "\n";
+    }
+  }
+}
+
+bool same_ids(const TokenizedPrompt& a, const TokenizedPrompt& b) {
+  if (a.chunks.size() != b.chunks.size()) return false;
+  for (size_t k = 0; k < a.chunks.size(); ++k)
+    if (a.chunks[k].ids != b.chunks[k].ids) return false;
+  return true;
+}
+
+}  // namespace
+
+// The chunks the model sees (include/taiyi/pipelines/prompt_parser.h): per chunk why it ended, per token its
+// id, string and weight. An SDXL model's tokenizer_2 too (SDXL base's pads with "!", so its ids differ in the
+// padding; Taiyi-XL's are the first's): in full when its ids differ, else one line saying they are the same.
+int run_tokenize(const TokenizeCommand& command) {
+  const ModelSource source = ModelSource::open(command.model, command.source);
+  const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(source.folder());
+  const TokenizedPrompt t = tokenize_prompt(*tokenizer, command.prompt);
+  std::unique_ptr<Tokenizer> tokenizer_2;
+  TokenizedPrompt t2;
+  if (source.folder().is_sdxl()) {
+    tokenizer_2 = load_tokenizer(source.folder(), "tokenizer_2");
+    t2 = tokenize_prompt(*tokenizer_2, command.prompt);
+  }
+  if (command.json) {
+    Json out = tokenized_json(*tokenizer, t);
+    if (tokenizer_2) out["tokenizer_2"] = tokenized_json(*tokenizer_2, t2);
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  print_tokenized(*tokenizer, t);
+  if (tokenizer_2) {
+    std::cout << "tokenizer_2: ";
+    if (same_ids(t, t2)) {
+      std::cout << tokenizer_2->kind() << ", the same ids\n";
+    } else {
+      print_tokenized(*tokenizer_2, t2);
     }
   }
   if (t.chunks.size() > 1)

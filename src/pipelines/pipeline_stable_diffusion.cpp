@@ -515,40 +515,64 @@ std::vector<GenerationRequest> Pipeline::complete_batch(const std::vector<Genera
   return batch;
 }
 
-// The batch's text embeddings, [images (x2 with guidance), chunks * max_length, D]: the unconditional
-// half first, as diffusers concatenates them.
+// The batch's conditioning: text embeddings [images (x2 with guidance), chunks * max_length, D], the
+// unconditional half first as diffusers concatenates them; for SDXL also text_embeds and time_ids
+// (StableDiffusionXLPipeline.encode_prompt and _get_add_time_ids; pipeline_stable_diffusion_xl.cpp).
 Conditioning Pipeline::encode_batch_prompts(const std::vector<GenerationRequest>& batch, bool guidance) {
-  if (is_sdxl()) return encode_batch_prompts_xl(batch, guidance);  // pipeline_stable_diffusion_xl.cpp
-  std::map<std::pair<std::string, int64_t>, torch::Tensor> encoded;  // the same (negative) prompt is encoded once
-  auto encode = [&](const std::string& text, int64_t clip_skip) {
-    auto key = std::make_pair(text, clip_skip);
+  const bool sdxl = is_sdxl();
+  // Each (text, layer) is encoded once. The layer: SD v1's clip skip, SDXL's hidden_states index from the end.
+  std::map<std::pair<std::string, int64_t>, PromptEmbeddings> encoded;
+  auto encode = [&](const std::string& text, int64_t layer) {
+    auto key = std::make_pair(text, layer);
     auto it = encoded.find(key);
-    if (it == encoded.end()) it = encoded.emplace(key, encode_prompt(text, clip_skip)).first;
+    if (it == encoded.end())
+      it = encoded.emplace(key, sdxl ? encode_text_xl(text, layer) : PromptEmbeddings{encode_prompt(text, layer), {}}).first;
     return it->second;
   };
   // The shorter of prompt and negative prompt is padded with empty chunks (the encoding of "") to
   // the longer's length, as the web UI pads them (pad_cond).
-  auto padded = [&](const torch::Tensor& embedding, int64_t length, int64_t clip_skip) {
-    if (embedding.size(1) == length) return embedding;
-    torch::Tensor empty = encode("", clip_skip);
-    const int64_t repeats = (length - embedding.size(1)) / empty.size(1);
-    return torch::cat({embedding, empty.repeat({1, repeats, 1})}, 1);
+  auto padded = [&](const torch::Tensor& context, int64_t length, int64_t layer) {
+    if (context.size(1) == length) return context;
+    const torch::Tensor empty = encode("", layer).context;
+    return torch::cat({context, empty.repeat({1, (length - context.size(1)) / empty.size(1), 1})}, 1);
   };
-  std::vector<torch::Tensor> conditional, unconditional;
+  std::vector<torch::Tensor> context, pooled, time_ids, negative_context, negative_pooled;
   for (const GenerationRequest& r : batch) {
-    torch::Tensor c = encode(r.prompt, r.clip_skip);
-    torch::Tensor u = guidance ? encode(r.negative_prompt, r.clip_skip) : c;
-    const int64_t length = std::max(c.size(1), u.size(1));
-    if (!conditional.empty() && conditional.front().size(1) != length)
+    // SDXL, as diffusers: the prompt at hidden_states[-(clip_skip + 1)], a negative prompt at [-2] whatever
+    // clip_skip says (encode_prompt passes clip_skip to the prompt only), and no negative prompt with
+    // force_zeros_for_empty_prompt is zeros (negative_prompt=None).
+    const int64_t layer = sdxl ? r.clip_skip + 1 : r.clip_skip;
+    const int64_t negative_layer = sdxl ? 2 : r.clip_skip;
+    const bool zero_negative = sdxl && r.negative_prompt.empty() && force_zeros_for_empty_prompt_;
+    PromptEmbeddings c = encode(r.prompt, layer);
+    PromptEmbeddings u = guidance && !zero_negative ? encode(r.negative_prompt, negative_layer) : PromptEmbeddings{};
+    const int64_t length = std::max(c.context.size(1), u.context.defined() ? u.context.size(1) : 0);
+    if (!context.empty() && context.front().size(1) != length)
       throw Error("generate_batch: requests in one batch must have prompts of the same chunk count");
-    c = padded(c, length, r.clip_skip);
-    conditional.push_back(c.expand({r.count, c.size(1), c.size(2)}));
-    if (guidance) {
-      u = padded(u, length, r.clip_skip);
-      unconditional.push_back(u.expand({r.count, u.size(1), u.size(2)}));
+    c.context = padded(c.context, length, layer);
+    context.push_back(c.context.expand({r.count, length, c.context.size(2)}));
+    if (sdxl) {
+      pooled.push_back(c.pooled.expand({r.count, c.pooled.size(1)}));
+      time_ids.push_back(add_time_ids(r.width, r.height).expand({r.count, 6}));
     }
+    if (!guidance) continue;
+    if (zero_negative) {
+      u = {torch::zeros_like(c.context), torch::zeros_like(c.pooled)};
+    } else {
+      u.context = padded(u.context, length, negative_layer);
+    }
+    negative_context.push_back(u.context.expand({r.count, length, u.context.size(2)}));
+    if (sdxl) negative_pooled.push_back(u.pooled.expand({r.count, u.pooled.size(1)}));
   }
-  return guidance ? torch::cat({torch::cat(unconditional), torch::cat(conditional)}) : torch::cat(conditional);
+  auto joined = [&](const std::vector<torch::Tensor>& negative, const std::vector<torch::Tensor>& positive) {
+    return guidance ? torch::cat({torch::cat(negative), torch::cat(positive)}) : torch::cat(positive);
+  };
+  Conditioning out(joined(negative_context, context));
+  if (sdxl) {
+    out.added.text_embeds = joined(negative_pooled, pooled);
+    out.added.time_ids = joined(time_ids, time_ids);
+  }
+  return out;
 }
 
 // The starting latents of text-to-image (unit noise times init_noise_sigma), img2img

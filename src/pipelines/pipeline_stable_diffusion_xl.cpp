@@ -1,13 +1,11 @@
 // StableDiffusionXLPipeline's part of Pipeline (diffusers 0.37.1 pipelines/stable_diffusion_xl/
 // pipeline_stable_diffusion_xl.py): encode_prompt through two text encoders (each one's hidden_states[-2],
-// concatenated; the second's pooled text_embeds), force_zeros_for_empty_prompt, and the micro-conditioning
-// time_ids of _get_add_time_ids. The denoising loop, img2img, inpainting, the hires fix and the decode are
-// the shared ones (pipeline_stable_diffusion*.cpp): for SDXL they pass the added conditions to the UNet, and
-// the VAE follows force_upcast (Pipeline::load).
-#include <algorithm>
-#include <map>
+// concatenated; the second's pooled text_embeds) and the micro-conditioning time_ids of _get_add_time_ids.
+// Pipeline::encode_batch_prompts puts them together for a batch (with force_zeros_for_empty_prompt); the
+// denoising loop, img2img, inpainting, the hires fix and the decode are the shared ones
+// (pipeline_stable_diffusion*.cpp): for SDXL they pass the added conditions to the UNet, and the VAE follows
+// force_upcast (Pipeline::load).
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "taiyi/pipelines/pipeline_stable_diffusion.h"
@@ -74,58 +72,6 @@ PromptEmbeddings Pipeline::encode_prompt_xl(const std::string& prompt, int64_t c
   if (clip_skip < 1) throw Error("clip skip " + std::to_string(clip_skip) + ": expected 1 or more");
   // diffusers: hidden_states[-(clip_skip + 2)] with its clip_skip = the web UI's - 1.
   return encode_text_xl(prompt, clip_skip + 1);
-}
-
-Conditioning Pipeline::encode_batch_prompts_xl(const std::vector<GenerationRequest>& batch, bool guidance) {
-  std::map<std::pair<std::string, int64_t>, PromptEmbeddings> encoded;  // each text once
-  auto encode = [&](const std::string& text, int64_t index_from_end) {
-    auto key = std::make_pair(text, index_from_end);
-    auto it = encoded.find(key);
-    if (it == encoded.end()) it = encoded.emplace(key, encode_text_xl(text, index_from_end)).first;
-    return it->second;
-  };
-  // As encode_batch_prompts: the shorter of prompt and negative prompt gets empty chunks (the encoding of "").
-  auto padded = [&](const torch::Tensor& context, int64_t length, int64_t index_from_end) {
-    if (context.size(1) == length) return context;
-    const torch::Tensor empty = encode("", index_from_end).context;
-    return torch::cat({context, empty.repeat({1, (length - context.size(1)) / empty.size(1), 1})}, 1);
-  };
-  std::vector<torch::Tensor> context, pooled, negative_context, negative_pooled, time_ids;
-  for (const GenerationRequest& r : batch) {
-    if (r.clip_skip < 1) throw Error("clip skip " + std::to_string(r.clip_skip) + ": expected 1 or more");
-    const int64_t index = r.clip_skip + 1;
-    PromptEmbeddings c = encode(r.prompt, index);
-    // diffusers: no negative prompt and force_zeros_for_empty_prompt -> zeros; a negative prompt is encoded
-    // at hidden_states[-2] whatever clip_skip says (encode_prompt passes clip_skip to the prompt only).
-    const bool zero_negative = r.negative_prompt.empty() && force_zeros_for_empty_prompt_;
-    PromptEmbeddings u = guidance && !zero_negative ? encode(r.negative_prompt, 2) : PromptEmbeddings{};
-    const int64_t length = std::max(c.context.size(1), u.context.defined() ? u.context.size(1) : 0);
-    if (!context.empty() && context.front().size(1) != length)
-      throw Error("generate_batch: requests in one batch must have prompts of the same chunk count");
-    c.context = padded(c.context, length, index);
-    context.push_back(c.context.expand({r.count, length, c.context.size(2)}));
-    pooled.push_back(c.pooled.expand({r.count, c.pooled.size(1)}));
-    time_ids.push_back(add_time_ids(r.width, r.height).expand({r.count, 6}));
-    if (!guidance) continue;
-    if (zero_negative) {
-      u = {torch::zeros_like(c.context), torch::zeros_like(c.pooled)};
-    } else {
-      u.context = padded(u.context, length, 2);
-    }
-    negative_context.push_back(u.context.expand({r.count, length, u.context.size(2)}));
-    negative_pooled.push_back(u.pooled.expand({r.count, u.pooled.size(1)}));
-  }
-  Conditioning out;
-  if (guidance) {
-    out.context = torch::cat({torch::cat(negative_context), torch::cat(context)});
-    out.added.text_embeds = torch::cat({torch::cat(negative_pooled), torch::cat(pooled)});
-    out.added.time_ids = torch::cat({torch::cat(time_ids), torch::cat(time_ids)});
-  } else {
-    out.context = torch::cat(context);
-    out.added.text_embeds = torch::cat(pooled);
-    out.added.time_ids = torch::cat(time_ids);
-  }
-  return out;
 }
 
 void Pipeline::place_text_encoders(bool on_device) {

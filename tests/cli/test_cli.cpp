@@ -174,6 +174,44 @@ TEST(Cli, TokenizeShowsChunksAndWeights) {
   expect_failure({"tokenize", "--model", model(), "(猫:1.2.3)"}, "not a number");
 }
 
+// SDXL: both tokenizers' ids, as transformers gives them (ref/sdxl.safetensors); SDXL base's tokenizer_2 pads
+// with "!", so its ids are shown in full, Taiyi-XL's are the first's and said to be the same.
+TEST(Cli, TokenizeShowsBothSdxlTokenizers) {
+  const fs::path ref = taiyi::test::fixture("ref/sdxl.safetensors");
+  auto ids = [](const nlohmann::json& chunk) { return chunk["ids"].get<std::vector<int64_t>>(); };
+  auto expected = [&](const std::string& name) {
+    const torch::Tensor t = taiyi::test::reference_tensor(ref, name);
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  };
+  auto r = run_taiyi({"tokenize", "--model", taiyi::test::fixture("tiny-sdxl").string(), "--json",
+                      "a lighthouse at dusk, watercolor"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["chunks"].size(), 1u);
+  ASSERT_TRUE(j.contains("tokenizer_2")) << r.out;
+  ASSERT_EQ(j["tokenizer_2"]["chunks"].size(), 1u);
+  EXPECT_EQ(ids(j["chunks"][0]), expected("sdxl_en.ids_1"));
+  EXPECT_EQ(ids(j["tokenizer_2"]["chunks"][0]), expected("sdxl_en.ids_2"));
+  EXPECT_NE(ids(j["chunks"][0]), ids(j["tokenizer_2"]["chunks"][0]));
+  auto text = run_taiyi({"tokenize", "--model", taiyi::test::fixture("tiny-sdxl").string(), "a lighthouse"});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("tokenizer_2: CLIP"), std::string::npos) << text.out;
+  EXPECT_EQ(text.out.find("the same ids"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("padded to 77 with 49407 <|endoftext|>"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("padded to 77 with 0 !"), std::string::npos) << text.out;  // tokenizer_2's pad_token
+  const std::string taiyi_prompt = "飞流直下三千尺，疑是银河落九天，瀑布，插画";
+  auto t = run_taiyi({"tokenize", "--model", taiyi::test::fixture("tiny-taiyi-xl").string(), "--json", taiyi_prompt});
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  auto tj = nlohmann::json::parse(t.out);
+  EXPECT_EQ(tj["max_length"], 512);
+  EXPECT_EQ(ids(tj["chunks"][0]), expected("taiyi_zh.ids_1"));
+  EXPECT_EQ(ids(tj["tokenizer_2"]["chunks"][0]), expected("taiyi_zh.ids_2"));
+  auto same = run_taiyi({"tokenize", "--model", taiyi::test::fixture("tiny-taiyi-xl").string(), taiyi_prompt});
+  ASSERT_EQ(same.exit_code, 0) << same.err;
+  EXPECT_NE(same.out.find("tokenizer_2: CLIP"), std::string::npos) << same.out;
+  EXPECT_NE(same.out.find("the same ids"), std::string::npos) << same.out;
+}
+
 // --clip-skip: recorded as the web UI records it; a prompt file with long and short prompts batches
 // them apart (their context lengths differ) and each image equals the one made alone.
 TEST(Cli, ClipSkipAndLongPromptsInBatches) {

@@ -211,7 +211,13 @@ const std::vector<LoraTarget>& lora_targets() {
         t.push_back({"text_encoder", l + p, {24, 24}});
       t.push_back({"text_encoder", l + "mlp.fc1", {96, 24}});
       t.push_back({"text_encoder", l + "mlp.fc2", {24, 96}});
+      // SDXL's second encoder as in tiny-sdxl (48 wide), so that lora_te2_ and text_encoder_2. names place.
+      for (const char* p : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"})
+        t.push_back({"text_encoder_2", l + p, {48, 48}});
+      t.push_back({"text_encoder_2", l + "mlp.fc1", {53, 48}});
+      t.push_back({"text_encoder_2", l + "mlp.fc2", {48, 53}});
     }
+    t.push_back({"unet", "add_embedding.linear_1", {32, 88}});  // SDXL's label_emb in LDM names
     return t;
   }();
   return targets;

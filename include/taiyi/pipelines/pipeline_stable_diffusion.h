@@ -320,10 +320,9 @@ class Pipeline {
     std::vector<torch::Tensor> extra_inputs;  // a 9-channel UNet's mask and masked-image latents
   };
   std::vector<GenerationRequest> complete_batch(const std::vector<GenerationRequest>& requests) const;
+  // The batch's context (and SDXL's text_embeds and time_ids: an empty negative prompt is zeros when
+  // model_index.json's force_zeros_for_empty_prompt says so, diffusers' negative_prompt=None).
   Conditioning encode_batch_prompts(const std::vector<GenerationRequest>& batch, bool guidance);
-  // SDXL (pipeline_stable_diffusion_xl.cpp): the batch's context, text_embeds and time_ids; an empty negative
-  // prompt is zeros when model_index.json's force_zeros_for_empty_prompt says so (diffusers' negative_prompt=None).
-  Conditioning encode_batch_prompts_xl(const std::vector<GenerationRequest>& batch, bool guidance);
   // SDXL: one text through both encoders at hidden_states[-index_from_end], chunk by chunk, with the web UI's
   // emphasis per encoder.
   PromptEmbeddings encode_text_xl(const std::string& text, int64_t index_from_end);
