@@ -31,7 +31,7 @@ class WebuiapiTest(su.ServerCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp(prefix="taiyi-webuiapi-"))
-        names = ["tiny-clip", "tiny-bert"]
+        names = ["tiny-clip", "tiny-bert", "tiny-sdxl", "tiny-taiyi-xl"]
         cls.has_inpaint9 = (su.fixtures() / "tiny-clip-inpaint" / "model_index.json").is_file()
         if cls.has_inpaint9:
             names.append("tiny-clip-inpaint")
@@ -190,6 +190,29 @@ class WebuiapiTest(su.ServerCase):
         try:
             self.assertEqual(self.api.util_get_current_model(), "tiny-clip-inpaint")
             self.inpaint("tiny-clip-inpaint", "inpainting, 9-channel model")
+        finally:
+            self.api.util_set_model("tiny-clip")
+
+    def test_07b_sdxl(self):
+        # SDXL models through the same API: Taiyi-XL's shape (a Chinese prompt, 512-token context) and SDXL
+        # base with no negative prompt (force_zeros_for_empty_prompt), txt2img with Euler a and img2img; the
+        # bytes and infotexts are the CLI's.
+        try:
+            for name, prompt, negative in (("tiny-taiyi-xl", "小桥流水人家，水彩", "模糊"), ("tiny-sdxl", PROMPT, "")):
+                self.api.util_set_model(name)
+                self.assertEqual(self.api.util_get_current_model(), name)
+                result = self.api.txt2img(prompt=prompt, negative_prompt=negative, seed=11, steps=3, cfg_scale=5,
+                                          width=64, height=64, batch_size=2, sampler_name="Euler a")
+                cli = self.cli(f"sdxl-{name}", prompt=prompt, negative=negative, model=self.models / name, steps=3,
+                               seed=11, cfg=5, num_images=2, sampler="Euler a")
+                info = self.check_images(result, cli, f"SDXL txt2img on {name}")
+                self.assertEqual(info["sd_model_name"], name)
+            init = self.images / "rgb_64.png"
+            result = self.api.img2img(images=[Image.open(init)], prompt=PROMPT, seed=SEED, steps=4, cfg_scale=7,
+                                      denoising_strength=0.6, width=64, height=64, sampler_name="Euler")
+            cli = self.cli("sdxl-i2i", prompt=PROMPT, model=self.models / "tiny-sdxl", steps=4, seed=SEED, init=init,
+                           strength=0.6)
+            self.check_images(result, cli, "SDXL img2img")
         finally:
             self.api.util_set_model("tiny-clip")
 
