@@ -152,13 +152,28 @@ def save_full_bert_sharing_image_side(out: Path, tokenizer_dir: Path):
     print(f"make_fixtures: full-bert: {time.time() - t0:.1f} s", file=sys.stderr)
 
 
-def peak_rss_gb():
-    """The harness's peak resident memory so far (and its children's): CI has 24 GB, and the full-size
-    fixtures come close, so each step says where it stands."""
+def memory_report():
+    """The harness's resident memory now, its peak so far and its children's peak: CI has 24 GB, and the
+    full-size fixtures come close, so each step says where it stands."""
     import resource
 
-    kb = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return f"peak RSS {kb[0] / 2**20:.1f} GB (children {kb[1] / 2**20:.1f} GB)"
+    rss_kb = next((int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmRSS:")), 0)
+    peaks = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return f"RSS {rss_kb / 2**20:.1f} GB (peak {peaks[0] / 2**20:.1f} GB, children's peak {peaks[1] / 2**20:.1f} GB)"
+
+
+def release_memory():
+    """Gives the heap's free pages back to the system after a step: a full-size step frees gigabytes of
+    tensors, which glibc keeps for reuse otherwise, and the SDXL step's child process needs them."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
 
 
 def run_reference_modules(out: Path, full: bool):
@@ -183,7 +198,8 @@ def run_reference_modules(out: Path, full: bool):
         t0 = time.time()
         module.make(out, full)
         stamp.write_text(key)
-        print(f"make_fixtures: reference {path.stem}: {time.time() - t0:.1f} s, {peak_rss_gb()}", file=sys.stderr,
+        release_memory()
+        print(f"make_fixtures: reference {path.stem}: {time.time() - t0:.1f} s, {memory_report()}", file=sys.stderr,
               flush=True)
 
 
@@ -223,7 +239,9 @@ def main():
                 shutil.copyfile(VOCAB_DATA / "bert-base-chinese-vocab.txt", folder / "tokenizer" / "vocab.txt")
             sched.write_text(json.dumps(dict(json.loads(sched.read_text()), clip_sample=False), indent=2) + "\n")
             folder.rename(final)
-            print(f"make_fixtures: {final.name}: {time.time() - t0:.1f} s, {peak_rss_gb()}", file=sys.stderr, flush=True)
+            del pipe
+            release_memory()
+            print(f"make_fixtures: {final.name}: {time.time() - t0:.1f} s, {memory_report()}", file=sys.stderr, flush=True)
     if not args.pipelines_only:
         run_reference_modules(out, args.full)
     (out / "VERSION").write_text(f"{FIXTURE_VERSION}\n")
