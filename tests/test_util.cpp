@@ -25,7 +25,8 @@ fs::path fixtures_dir() {
                      "runs tools/make_fixtures.py first)";
     return {};
   }
-  fs::path dir(env);
+  // Absolute, so that the tests' folder variants may link to fixtures whatever the working directory.
+  const fs::path dir = fs::absolute(env);
   std::ifstream version_file(dir / "VERSION");
   int version = 0;
   if (!(version_file >> version) || version != kFixtureVersion) {
@@ -52,7 +53,8 @@ std::vector<taiyi::Image> run_pipeline_case(const nlohmann::json& c, taiyi::Pipe
 taiyi::GenerationRequest request_of_case(const nlohmann::json& c) {
   taiyi::GenerationRequest r;
   r.prompt = c["prompt"];
-  r.negative_prompt = c["negative_prompt"];
+  // null: diffusers' negative_prompt=None (SDXL: zeros with force_zeros_for_empty_prompt), taiyi's empty one
+  r.negative_prompt = c.at("negative_prompt").is_null() ? "" : c.at("negative_prompt").get<std::string>();
   r.steps = c["steps"];
   r.cfg_scale = c["cfg_scale"];
   r.seed = c["seed"];

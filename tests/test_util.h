@@ -48,7 +48,8 @@ void expect_error_naming(Action&& action, const std::vector<std::string>& needle
 // through a pipeline loaded with `options` (its scheduler and eta come from the case).
 nlohmann::json pipeline_cases();
 std::vector<taiyi::Image> run_pipeline_case(const nlohmann::json& c, taiyi::PipelineOptions options);
-// A case's request: prompt, negative_prompt, steps, cfg_scale, seed, width, height, count, clip_skip (1 if absent).
+// A case's request: prompt, negative_prompt (null: ""), steps, cfg_scale, seed, width, height, count, clip_skip
+// (1 if absent).
 taiyi::GenerationRequest request_of_case(const nlohmann::json& c);
 // Images as one float tensor [N, H, W, 3] of byte values, the layout of the reference's "<case>.images".
 torch::Tensor image_tensor(const std::vector<taiyi::Image>& images);

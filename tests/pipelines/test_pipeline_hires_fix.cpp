@@ -12,15 +12,7 @@ using taiyi::test::fixture;
 namespace {
 
 taiyi::GenerationRequest hires_request(const nlohmann::json& c) {
-  taiyi::GenerationRequest r;
-  r.prompt = c.at("prompt");
-  r.negative_prompt = c.at("negative_prompt");
-  r.steps = c.at("steps");
-  r.cfg_scale = c.at("cfg_scale");
-  r.seed = c.at("seed");
-  r.count = c.at("count");
-  r.width = c.at("width");
-  r.height = c.at("height");
+  taiyi::GenerationRequest r = taiyi::test::request_of_case(c);
   r.sampler = c.at("sampler");
   r.hires_scale = c.at("scale");
   r.hires_width = c.at("resize_x");

@@ -80,16 +80,7 @@ TEST(SdxlParity, UNetWithTextEmbedsAndTimeIdsEqualsDiffusers) {
 }
 
 taiyi::GenerationRequest request_of(const Json& c) {
-  taiyi::GenerationRequest r;
-  r.prompt = c.at("prompt");
-  r.negative_prompt = c.at("negative_prompt").is_null() ? "" : c.at("negative_prompt").get<std::string>();
-  r.steps = c.at("steps");
-  r.cfg_scale = c.at("cfg_scale");
-  r.seed = c.at("seed");
-  r.count = c.at("count");
-  r.width = c.at("width");
-  r.height = c.at("height");
-  r.clip_skip = c.at("clip_skip");
+  taiyi::GenerationRequest r = taiyi::test::request_of_case(c);
   if (c.at("kind") != "txt2img") {
     r.init_image = fixture(c.at("image").get<std::string>()).string();
     r.strength = c.at("strength");
